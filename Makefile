@@ -1,0 +1,54 @@
+# sightline: `make run` reproduces the pipeline, `make test` runs the fast tests.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: help setup data run test test-slow lint format bench reproduce-check clean
+
+help: ## show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv and install sightline with its dev tools
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+data: ## install Debian's dataset-fashion-mnist when it is missing and apt is usable
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
+	  sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "dataset-fashion-mnist not installable here; prepare falls back to torchvision's download"; \
+	fi
+
+run: setup data ## set up, then reproduce the whole pipeline (dvc repro)
+	$(BIN)/dvc repro
+
+test: setup ## set up, then run the fast tests (tiny configs, synthetic data)
+	$(BIN)/python -m pytest -m "not slow and not gpu"
+
+test-slow: setup data ## real-data tests (several minutes)
+	$(BIN)/python -m pytest -m slow
+
+lint: setup ## ruff lint + format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: setup ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+bench: setup data ## Lightning vs plain PyTorch training throughput
+	$(BIN)/python benchmarks/train_throughput.py
+
+reproduce-check: setup data ## retrain the classifier from scratch and compare with metrics/classifier.json
+	$(BIN)/python pipeline/check_reproducible.py classifier
+
+clean: ## remove run scratch and caches (keeps data, models and metrics)
+	rm -rf runs .pytest_cache .ruff_cache

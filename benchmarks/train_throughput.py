@@ -1,0 +1,113 @@
+"""Training throughput: the Lightning loop vs a plain PyTorch loop on the same net and data.
+
+Both loops train ``ClassifierModule`` from the same initial weights on the same prepared
+batches (uint8 -> normalise -> augment on the device), with the same optimiser, scheduler,
+precision and batch size. Steps after a warm-up are timed; the script prints images/s of each
+and their ratio (Lightning / plain). Run: ``python benchmarks/train_throughput.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "pipeline"))
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from sightline.data.augment import augment_batch  # noqa: E402
+
+
+class StepTimer(L.Callback):
+    """Wall time of the training steps after ``warmup`` steps."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.end = warmup, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.end = time.perf_counter()
+
+
+def lightning_loop(module, dm, section, steps: int, warmup: int) -> float:
+    timer = StepTimer(warmup)
+    trainer_kwargs = {**section.trainer.model_dump(), "max_steps": steps, "max_epochs": -1}
+    trainer_kwargs.update(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False, limit_val_batches=0, callbacks=[timer])  # fmt: skip
+    L.Trainer(**trainer_kwargs).fit(module, datamodule=dm)
+    return (steps - warmup) * dm.batch_size / (timer.end - timer.start)
+
+
+def plain_loop(module, dm, section, steps: int, warmup: int) -> float:
+    device = torch.device("cuda" if torch.cuda.is_available() and section.trainer.accelerator != "cpu" else "cpu")  # fmt: skip
+    module = module.to(device).train()
+    opt, sched = module.build_optimizer(steps)
+    bf16 = section.trainer.precision.startswith("bf16")
+    loader = dm.train_dataloader()
+    step, start = 0, None
+    while step < steps:
+        for x, y in loader:
+            if step == warmup:
+                start = time.perf_counter()
+            x = augment_batch(dm.preprocess.normalize(x.to(device)), **dm.augment)
+            y = y.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(module(x), y, label_smoothing=module.hparams.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            step += 1
+            if step == steps:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (steps - warmup) * dm.batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    import common
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument(
+        "--rounds", type=int, default=2, help="alternating rounds; the best of each is kept"
+    )
+    args = p.parse_args()
+    params, sections = common.load(args.params)
+    section = sections["classifier"]
+    from sightline.registry import get_model
+
+    spec = get_model("classifier")
+    dm = spec.datamodule(section, ROOT / common.PREPARED / section.data.dataset, params.seed)
+    L.seed_everything(params.seed, verbose=False)
+    base = spec.module(**spec.module_kwargs(section, dm))
+    results = {"lightning": [], "plain": []}
+    for _ in range(args.rounds):
+        for name, fn in (("plain", plain_loop), ("lightning", lightning_loop)):
+            torch.manual_seed(params.seed)
+            results[name].append(fn(copy.deepcopy(base), dm, section, args.steps, args.warmup))
+    best = {k: max(v) for k, v in results.items()}
+    print(f"classifier on {section.data.dataset}, batch {section.data.batch_size}, precision {section.trainer.precision}, {args.steps - args.warmup} timed steps x {args.rounds} rounds, {torch.get_num_threads()} threads")  # fmt: skip
+    for k in ("plain", "lightning"):
+        print(
+            f"  {k:9s} {best[k]:8.0f} images/s   (rounds: {', '.join(f'{v:.0f}' for v in results[k])})"
+        )
+    print(f"  ratio lightning/plain = {best['lightning'] / best['plain']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Stage ``prepare@<dataset>``: raw images -> data/prepared/<dataset>/ (arrays + meta.json)."""
+
+from __future__ import annotations
+
+import common
+
+
+def main() -> None:
+    p = common.parser(__doc__)
+    p.add_argument("dataset", help="a key of `datasets` in params.yaml")
+    args = p.parse_args()
+    params, _ = common.load(args.params)
+
+    from sightline.data.prepare import prepare_dataset
+    from sightline.errors import ConfigError
+
+    if args.dataset not in params.datasets:
+        raise ConfigError(f"{args.params}: datasets.{args.dataset}: section missing")
+    out = common.PREPARED / args.dataset
+    meta = prepare_dataset(
+        args.dataset, params.datasets[args.dataset], params.seed, out, common.DOWNLOADS
+    )
+    counts = {s: c["total"] for s, c in meta["counts"].items()}
+    print(
+        f"prepared {args.dataset} from {meta['source']}: {counts}, shape {meta['shape']}, "
+        f"skipped {meta['skipped']} unreadable files (list in {out / 'report.json'})"
+    )
+
+
+if __name__ == "__main__":
+    common.run(main)

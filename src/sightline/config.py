@@ -1,0 +1,155 @@
+"""Typed params: ``params.yaml`` is parsed once into frozen pydantic objects.
+
+An unknown or mistyped key is an error that names the key (``models.classifier.model.widht``),
+never a silent default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sightline.errors import ConfigError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """Base for every params section: unknown keys and wrong types are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DatasetConfig(Strict):
+    """How ``prepare`` builds one dataset (``datasets.<name>``)."""
+
+    root: str | None = None  # overrides the default location (IDX dir, zip or image folder)
+    download: bool = True  # fall back to torchvision's download when no local copy exists
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5)  # only when the source has no test split
+    max_per_class: int | None = Field(None, gt=0)  # tiny runs: cap images per class and split
+
+
+class AugmentConfig(Strict):
+    """Batch augmentation applied on the device after transfer (training only)."""
+
+    shift: int = Field(0, ge=0, le=8)  # random translation in pixels, zero padded
+    hflip: bool = False
+    erase: float = Field(0.0, ge=0.0, le=1.0)  # probability of random erasing per image
+
+
+class ImageDataConfig(Strict):
+    """``models.<name>.data`` for models trained on a prepared image dataset."""
+
+    dataset: Literal["fashion_mnist", "cifar10"] = "fashion_mnist"
+    batch_size: int = Field(128, gt=0)
+    eval_batch_size: int = Field(512, gt=0)
+    num_workers: int = Field(0, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+    train_subset: int | None = Field(None, gt=0)  # use only the first N shuffled train images
+
+
+class TrainerConfig(Strict):
+    """``models.<name>.trainer``: passed straight to ``lightning.Trainer``."""
+
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    strategy: str = "auto"
+    num_nodes: int = Field(1, gt=0)
+    precision: str = "32-true"
+    max_epochs: int = Field(10, gt=0)
+    max_steps: int = -1
+    deterministic: bool = True
+    gradient_clip_val: float | None = None
+    accumulate_grad_batches: int = Field(1, gt=0)
+    log_every_n_steps: int = Field(50, gt=0)
+    limit_train_batches: int | float = 1.0
+    limit_val_batches: int | float = 1.0
+    enable_progress_bar: bool = True
+
+
+class ModelParams(Strict):
+    """One ``models.<name>`` section; each model narrows ``data`` and ``model``."""
+
+    data: Strict
+    model: Strict
+    trainer: TrainerConfig = TrainerConfig()
+
+
+class Params(Strict):
+    """The whole ``params.yaml``."""
+
+    seed: int
+    datasets: dict[str, DatasetConfig]
+    models: dict[str, Any]  # validated per model against the registry in ``load_params``
+
+
+def _format_error(err: ValidationError, prefix: str, cls: type[BaseModel]) -> str:
+    first = err.errors()[0]
+    key = ".".join([prefix, *(str(p) for p in first["loc"])]).strip(".")
+    if first["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if first["type"] == "missing":
+        return f"{key}: missing key"
+    return f"{key}: {first['msg']} (got {first.get('input')!r})"
+
+
+def validate(cls: type[T], data: Any, prefix: str) -> T:
+    """Validate ``data`` against ``cls``; raise ``ConfigError`` naming the first bad key.
+
+    Args:
+        cls: the pydantic section class.
+        data: the raw (YAML) value.
+        prefix: the dotted path of ``data`` in the params file, for the message.
+
+    Returns:
+        The validated, frozen section.
+    """
+    try:
+        return cls.model_validate(data if data is not None else {})
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, prefix, cls)) from None
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> tuple[Params, dict[str, ModelParams]]:
+    """Parse a raw params mapping into the top-level params and one typed section per model.
+
+    Returns:
+        ``(params, sections)`` where ``sections[name]`` is that model's typed section.
+    """
+    from sightline.registry import get_model, list_models
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        params = validate(Params, raw, "")
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    sections: dict[str, ModelParams] = {}
+    for name, section in params.models.items():
+        if name not in list_models():
+            raise ConfigError(
+                f"{source}: models.{name}: unknown model (known: {', '.join(list_models())})"
+            )
+        try:
+            sections[name] = validate(get_model(name).params, section, f"models.{name}")
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+    return params, sections
+
+
+def load_params(path: str | Path) -> tuple[Params, dict[str, ModelParams]]:
+    """Read and validate a params YAML file (see ``parse_params``)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,1 @@
+"""Datasets, preparation and DataModules."""

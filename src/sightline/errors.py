@@ -1,0 +1,17 @@
+"""Errors that carry a one-line, user-facing message (no traceback needed)."""
+
+
+class SightlineError(Exception):
+    """Base class: the message names the bad file, key or missing thing."""
+
+
+class ConfigError(SightlineError):
+    """A params file has an unknown key, a wrong type or a bad value."""
+
+
+class DataError(SightlineError):
+    """A dataset is missing, unreadable or inconsistent."""
+
+
+class CheckpointError(SightlineError):
+    """A checkpoint is missing or cannot be rebuilt."""

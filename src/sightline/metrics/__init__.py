@@ -1,0 +1,1 @@
+"""Evaluation of trained models: metrics dicts and the pictures beside them."""

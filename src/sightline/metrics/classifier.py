@@ -1,0 +1,107 @@
+"""Evaluate the image classifier on the held-out test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from sightline.viz.figures import confusion_matrix_figure, image_grid
+from sightline.viz.filters import feature_maps_figure, filters_figure
+
+
+@torch.inference_mode()
+def predict_split(module, dm, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities ``(N, K)`` and labels ``(N,)`` for a whole split."""
+    device = next(module.parameters()).device
+    probs, labels = [], []
+    for x, y in dm._loader(split, False, dm.eval_batch_size):
+        x = dm.preprocess.normalize(x.to(device))
+        probs.append(module(x).float().softmax(-1).cpu())
+        labels.append(y)
+    return torch.cat(probs), torch.cat(labels)
+
+
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+    """Accuracy, macro F1, per-class precision/recall and the confusion matrix (torchmetrics)."""
+    k = len(classes)
+    metrics = MetricCollection(
+        {
+            "acc": MulticlassAccuracy(k, average="micro"),
+            "f1_macro": MulticlassF1Score(k, average="macro"),
+            "precision": MulticlassPrecision(k, average=None),
+            "recall": MulticlassRecall(k, average=None),
+            "confusion": MulticlassConfusionMatrix(k),
+        }
+    )
+    out = metrics(probs, labels)
+    return {
+        "test/acc": round(float(out["acc"]), 6),
+        "test/f1_macro": round(float(out["f1_macro"]), 6),
+        "test/per_class": {
+            c: {"precision": round(float(p), 6), "recall": round(float(r), 6)}
+            for c, p, r in zip(classes, out["precision"], out["recall"], strict=True)
+        },
+        "confusion": out["confusion"].numpy(),
+    }
+
+
+def _stage_outputs(module, x: torch.Tensor) -> list[torch.Tensor]:
+    maps = []
+    h = x
+    if module.hparams.channels_last:
+        h = h.contiguous(memory_format=torch.channels_last)
+    for stage in module.net.stages:
+        h = stage(h)
+        maps.append(h)
+    return maps
+
+
+@torch.inference_mode()
+def evaluate_classifier(module, dm, report_dir: Path) -> dict:
+    """Metrics dict plus pictures in ``report_dir``.
+
+    Pictures: confusion matrix, first-layer filters vs classic kernels, feature maps of a few
+    test images after each stage, and the most confident mistakes.
+    """
+    report_dir = Path(report_dir)
+    classes = dm.class_names
+    probs, labels = predict_split(module, dm, "test")
+    m = classification_metrics(probs, labels, classes)
+    cm = m.pop("confusion")
+    confusion_matrix_figure(cm, classes, report_dir / "confusion_matrix.png", f"classifier, test split (n={len(labels)}), accuracy {m['test/acc']:.4f}")  # fmt: skip
+
+    matches = filters_figure(module.net.first_conv.weight, report_dir / "filters.png")
+    counts: dict[str, int] = {}
+    for name, _ in matches:
+        counts[name] = counts.get(name, 0) + 1
+
+    x_all, _ = dm.split("test").tensors
+    device = next(module.parameters()).device
+    picks = [int(np.flatnonzero(labels.numpy() == c)[0]) for c in (0, len(classes) // 2, len(classes) - 1)]  # fmt: skip
+    xs = x_all[picks]
+    maps = _stage_outputs(module, dm.preprocess.normalize(xs.to(device)))
+    feature_maps_figure(xs.float().numpy() / 255.0, maps, [f"stage {i + 1}" for i in range(len(maps))], report_dir / "feature_maps.png")  # fmt: skip
+
+    pred = probs.argmax(-1)
+    wrong = torch.nonzero(pred != labels).flatten()
+    wrong = wrong[probs[wrong, pred[wrong]].argsort(descending=True)][:32]
+    if len(wrong):
+        titles = [f"{classes[labels[i]]}\n-> {classes[pred[i]]} {probs[i, pred[i]]:.2f}" for i in wrong.tolist()]  # fmt: skip
+        image_grid(x_all[wrong].float().numpy() / 255.0, report_dir / "mistakes.png", titles, title="most confident mistakes: true -> predicted (probability)")  # fmt: skip
+
+    return {
+        **m,
+        "test/n": len(labels),
+        "test/errors": int((pred != labels).sum()),
+        "filters/closest_kernel_counts": dict(sorted(counts.items())),
+    }

@@ -1,0 +1,1 @@
+"""Pictures written by the evaluate stages (PNG files shown by ``dvc plots``)."""

@@ -1,0 +1,159 @@
+"""Shared fixtures: tiny synthetic datasets in the real on-disk formats, tiny configs."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import shutil
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+
+
+def pattern_images(labels: np.ndarray, size: int, channels: int, seed: int) -> np.ndarray:
+    """Learnable synthetic images: class k is a bright band at a class-specific position."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 60, size=(len(labels), channels, size, size), dtype=np.uint8)
+    band = max(1, size // 10)
+    for i, k in enumerate(labels):
+        top = (k * band) % (size - band)
+        x[i, :, top : top + band, 2 : size - 2] = 220
+    return x
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}i", *array.shape
+    )
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_fashion_idx(root: Path, train_per_class: int = 40, test_per_class: int = 10) -> Path:
+    """Four gzipped IDX files shaped like Fashion-MNIST's, with learnable patterns."""
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", train_per_class, 0), ("t10k", test_per_class, 1)):
+        y = np.repeat(np.arange(10), n)
+        x = pattern_images(y, 28, 1, seed)[:, 0]
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", x)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", y)
+    return root
+
+
+def make_image_zip(path: Path, per_class: int = 12, classes: int = 3, corrupt: int = 1) -> Path:
+    """A CIFAR-style zip ``train/<class>/<n>.png`` with ``corrupt`` unreadable files."""
+    y = np.repeat(np.arange(classes), per_class)
+    x = pattern_images(y, 32, 3, 2)
+    with zipfile.ZipFile(path, "w") as zf:
+        for i, (img, k) in enumerate(zip(x, y, strict=True)):
+            buf = io.BytesIO()
+            Image.fromarray(img.transpose(1, 2, 0)).save(buf, format="PNG")
+            zf.writestr(f"train/class{k}/{i:04d}.png", buf.getvalue())
+        for j in range(corrupt):
+            zf.writestr(f"train/class0/broken{j}.jpg", b"not an image at all")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fashion_root(tmp_path_factory) -> Path:
+    return make_fashion_idx(tmp_path_factory.mktemp("fmnist-idx"))
+
+
+@pytest.fixture(scope="session")
+def prepared_fashion(tmp_path_factory, fashion_root) -> Path:
+    from sightline.config import DatasetConfig
+    from sightline.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("prepared") / "fashion_mnist"
+    cfg = DatasetConfig(root=str(fashion_root), download=False, val_fraction=0.2)
+    prepare_dataset("fashion_mnist", cfg, 0, out, out.parent / "dl")
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_cifar(tmp_path_factory) -> Path:
+    from sightline.config import DatasetConfig
+    from sightline.data.prepare import prepare_dataset
+
+    base = tmp_path_factory.mktemp("cifar")
+    zip_path = make_image_zip(base / "cifar.zip", per_class=20, classes=10, corrupt=2)
+    cfg = DatasetConfig(root=str(zip_path), download=False, val_fraction=0.2, test_fraction=0.2)
+    prepare_dataset("cifar10", cfg, 0, base / "cifar10", base / "dl")
+    return base / "cifar10"
+
+
+TINY_TRAINER = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "max_epochs": 1,
+    "precision": "32-true",
+    "enable_progress_bar": False,
+    "log_every_n_steps": 1,
+}
+
+
+def tiny_section(name: str, **trainer):
+    """The model's params section with its ``tiny`` overrides (small nets, one epoch)."""
+    from sightline.registry import get_model
+
+    spec = get_model(name)
+    raw = {"data": {"batch_size": 16, "eval_batch_size": 64}, "model": TINY_MODEL.get(name, {}), "trainer": {**TINY_TRAINER, **trainer}}  # fmt: skip
+    return spec.params.model_validate(raw)
+
+
+TINY_MODEL = {
+    "classifier": {
+        "channels": [8, 16],
+        "blocks_per_stage": 1,
+        "hidden": 16,
+        "pool": "flatten",
+        "channels_last": False,
+        "lr": 0.01,
+        "dropout": 0.0,
+    },  # fmt: skip
+}
+
+
+@pytest.fixture(scope="session")
+def repo_copy(tmp_path_factory, fashion_root) -> Path:
+    """A git + DVC copy of the repository whose params are tiny and use the synthetic IDX files."""
+    import yaml
+
+    dst = tmp_path_factory.mktemp("repo")
+    for item in ("pipeline", "src", "dvc.yaml", "params.yaml", ".dvc", ".dvcignore", ".gitignore"):
+        src = REPO / item
+        if src.is_dir():
+            shutil.copytree(src, dst / item, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp", "*.egg-info"))  # fmt: skip
+        elif src.exists():
+            shutil.copy2(src, dst / item)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["datasets"] = {"fashion_mnist": {"root": str(fashion_root), "download": False, "val_fraction": 0.2}}  # fmt: skip
+    for name, section in params["models"].items():
+        section["data"].update(
+            {"dataset": "fashion_mnist", "batch_size": 16, "eval_batch_size": 64}
+        )
+        section["model"].update(TINY_MODEL.get(name, {}))
+        section["trainer"].update(TINY_TRAINER)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dst, check=True)
+    subprocess.run([*git, "commit", "-qm", "tiny"], cwd=dst, check=True)
+    return dst
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a command with this interpreter's environment (so `python` and `dvc` resolve)."""
+    import os
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

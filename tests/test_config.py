@@ -1,0 +1,90 @@
+"""params.yaml -> typed config: unknown keys and wrong types fail with the key's name."""
+
+from __future__ import annotations
+
+import inspect
+
+import lightning as L
+import pytest
+import yaml
+from conftest import REPO
+
+from sightline.config import TrainerConfig, load_params, parse_params
+from sightline.errors import ConfigError
+from sightline.registry import ModelSpec, get_model, list_models, register_model
+
+
+def raw_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_repository_params_parse():
+    params, sections = load_params(REPO / "params.yaml")
+    assert params.seed == 42
+    assert set(sections) == set(params.models)
+    assert sections["classifier"].data.dataset == "fashion_mnist"
+
+
+def test_unknown_key_is_named():
+    raw = raw_params()
+    raw["models"]["classifier"]["model"]["widht"] = 3
+    with pytest.raises(ConfigError, match=r"models\.classifier\.model\.widht: unknown key"):
+        parse_params(raw)
+
+
+def test_unknown_top_level_key_is_named():
+    raw = raw_params()
+    raw["sed"] = 1
+    with pytest.raises(ConfigError, match=r"sed: unknown key"):
+        parse_params(raw)
+
+
+def test_wrong_type_is_named():
+    raw = raw_params()
+    raw["models"]["classifier"]["trainer"]["max_epochs"] = "ten"
+    with pytest.raises(ConfigError, match=r"models\.classifier\.trainer\.max_epochs: .*'ten'"):
+        parse_params(raw)
+
+
+def test_bad_choice_is_named():
+    raw = raw_params()
+    raw["models"]["classifier"]["data"]["dataset"] = "mnist"
+    with pytest.raises(ConfigError, match=r"models\.classifier\.data\.dataset"):
+        parse_params(raw)
+
+
+def test_unknown_model_is_named():
+    raw = raw_params()
+    raw["models"]["clasifier"] = raw["models"]["classifier"]
+    with pytest.raises(ConfigError, match=r"models\.clasifier: unknown model"):
+        parse_params(raw)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_key_is_a_constructor_argument(name):
+    spec = get_model(name)
+    section = load_params(REPO / "params.yaml")[1][name]
+    accepted = set(inspect.signature(spec.module.__init__).parameters) - {"self"}
+    assert set(section.model.model_dump()) <= accepted
+
+
+def test_every_trainer_key_is_a_trainer_argument():
+    accepted = set(inspect.signature(L.Trainer.__init__).parameters)
+    assert set(TrainerConfig.model_fields) <= accepted
+
+
+def test_registry_rejects_duplicates_and_unknown_names():
+    spec = get_model("classifier")
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(ModelSpec(**{**spec.__dict__}))
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
+        get_model("nope")

@@ -1,0 +1,114 @@
+"""The DVC stages end to end on a tiny copy of the repository, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import run_cli
+
+CLASSIFIER_KEYS = {"model", "dataset", "test/acc", "test/f1_macro", "test/per_class", "test/n", "train_time_s", "epochs", "params"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reproduced(repo_copy):
+    """`dvc repro` once on the tiny copy; returns the copy."""
+    result = run_cli(["dvc", "repro"], repo_copy)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return repo_copy
+
+
+def test_dvc_repro_end_to_end(reproduced):
+    metrics = json.loads((reproduced / "metrics/classifier.json").read_text())
+    assert set(metrics) >= CLASSIFIER_KEYS
+    assert metrics["test/n"] == 100 and 0.0 <= metrics["test/acc"] <= 1.0
+    assert len(metrics["test/per_class"]) == 10
+    for png in ("confusion_matrix", "filters", "feature_maps"):
+        assert (reproduced / f"reports/classifier/{png}.png").stat().st_size > 1000
+    assert (reproduced / "models/classifier/model.safetensors").is_file()
+    assert (reproduced / "dvclive/classifier/plots/metrics/val/acc.tsv").is_file()
+    assert (reproduced / "dvc.lock").is_file()
+    # nothing changed -> nothing re-runs
+    again = run_cli(["dvc", "repro"], reproduced)
+    assert again.returncode == 0 and "Running stage" not in again.stdout
+    shown = run_cli(["dvc", "metrics", "show", "--json"], reproduced)
+    assert "test/acc" in shown.stdout
+    plots = run_cli(["dvc", "plots", "show", "--json"], reproduced)
+    assert (
+        plots.returncode == 0
+        and "confusion_matrix.png" in plots.stdout
+        and "val/acc" in plots.stdout
+    )
+
+
+def test_params_change_reruns_only_that_model(reproduced):
+    status = run_cli(["dvc", "status", "--json"], reproduced)
+    assert json.loads(status.stdout or "{}") == {}
+    params = yaml.safe_load((reproduced / "params.yaml").read_text())
+    params["models"]["classifier"]["model"]["dropout"] = 0.1
+    (reproduced / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = json.loads(run_cli(["dvc", "status", "--json"], reproduced).stdout)
+    assert set(changed) == {"train@classifier", "evaluate@classifier"}
+    params["models"]["classifier"]["model"]["dropout"] = 0.0
+    (reproduced / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (lambda p: p["models"]["classifier"]["trainer"].update(max_epoch=3), "models.classifier.trainer.max_epoch: unknown key"),
+        (lambda p: p["models"]["classifier"]["data"].update(batch_size="big"), "models.classifier.data.batch_size"),
+        (lambda p: p.update(seed=1.5), "seed"),
+    ],
+)  # fmt: skip
+def test_bad_params_fail_with_one_line(repo_copy, tmp_path, edit, needle):
+    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    edit(params)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    for stage in (["pipeline/train.py", "classifier"], ["pipeline/prepare.py", "fashion_mnist"]):
+        result = run_cli(["python", *stage, "--params", str(bad)], repo_copy)
+        assert result.returncode == 2
+        assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in result.stderr
+
+
+def test_missing_dataset_and_checkpoint_fail_with_one_line(repo_copy, tmp_path):
+    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    params["datasets"]["fashion_mnist"]["root"] = str(tmp_path / "absent")
+    bad = tmp_path / "p.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    result = run_cli(
+        ["python", "pipeline/prepare.py", "fashion_mnist", "--params", str(bad)], repo_copy
+    )
+    assert result.returncode == 2 and "absent" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for item in ("pipeline", "src", "params.yaml"):
+        (empty / item).symlink_to(repo_copy / item)
+    result = run_cli(["python", "pipeline/evaluate.py", "classifier"], empty)
+    assert result.returncode == 2 and "models/classifier" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (empty / "metrics").exists()
+    result = run_cli(["python", "pipeline/train.py", "nosuchmodel"], empty)
+    assert result.returncode == 2 and "unknown model 'nosuchmodel'" in result.stderr
+
+
+def test_ddp_two_cpu_processes(reproduced, tmp_path):
+    """strategy=ddp, devices=2 on the CPU: the same training runs in two gloo processes."""
+    params = yaml.safe_load((reproduced / "params.yaml").read_text())
+    params["models"]["classifier"]["trainer"].update(
+        strategy="ddp", devices=2, accelerator="cpu", max_steps=3
+    )
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(params))
+    result = run_cli(
+        ["python", "pipeline/train.py", "classifier", "--params", str(path)], reproduced
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((reproduced / "models/classifier/train.json").read_text())
+    assert info["world_size"] == 2 and info["global_steps"] == 3
+    run_cli(["dvc", "checkout", "-f", "models/classifier"], reproduced)  # restore the repro output
