@@ -88,3 +88,10 @@ def test_registry_rejects_duplicates_and_unknown_names():
         register_model(ModelSpec(**{**spec.__dict__}))
     with pytest.raises(ConfigError, match="unknown model 'nope'"):
         get_model("nope")
+
+
+def test_blocks_per_stage_must_fit_channels():
+    raw = raw_params()
+    raw["models"]["classifier"]["model"].update(channels=[8, 16], blocks_per_stage=[1, 2, 3])
+    with pytest.raises(ConfigError, match=r"models\.classifier\.model.*blocks_per_stage"):
+        parse_params(raw)

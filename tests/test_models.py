@@ -134,3 +134,13 @@ def test_same_seed_same_weights(prepared_fashion, tmp_path):
     a = load_module(tmp_path / "m0").state_dict()
     b = load_module(tmp_path / "m1").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trains_and_serves_on_gpu(prepared_fashion, tmp_path):
+    section = tiny_section("classifier", accelerator="gpu", precision="bf16-mixed")
+    info = train("classifier", section, 0, prepared_fashion, tmp_path / "m", tmp_path / "r", None)
+    assert info["device"].startswith("cuda")
+    model, preprocess, _ = load_for_inference(tmp_path / "m")
+    assert next(model.parameters()).is_cuda

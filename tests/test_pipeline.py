@@ -112,3 +112,15 @@ def test_ddp_two_cpu_processes(reproduced, tmp_path):
     info = json.loads((reproduced / "models/classifier/train.json").read_text())
     assert info["world_size"] == 2 and info["global_steps"] == 3
     run_cli(["dvc", "checkout", "-f", "models/classifier"], reproduced)  # restore the repro output
+
+
+def test_rerun_reproduces_committed_metrics_and_catches_tampering(reproduced, tmp_path):
+    result = run_cli(["python", "pipeline/check_reproducible.py", "classifier"], reproduced)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "reproduced" in result.stdout
+    metrics = json.loads((reproduced / "metrics/classifier.json").read_text())
+    metrics["test/acc"] = round(metrics["test/acc"] + 0.01, 6)
+    tampered = tmp_path / "tampered.json"
+    tampered.write_text(json.dumps(metrics))
+    result = run_cli(["python", "pipeline/check_reproducible.py", "classifier", "--metrics", str(tampered)], reproduced)
+    assert result.returncode == 1 and "test/acc" in result.stderr

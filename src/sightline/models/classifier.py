@@ -7,7 +7,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -21,7 +21,7 @@ class ClassifierConfig(Strict):
     """``models.classifier.model``: every key is a ``ClassifierModule`` argument."""
 
     channels: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
-    blocks_per_stage: int = Field(2, ge=1)
+    blocks_per_stage: int | list[int] = 2  # one count for all stages, or one per stage
     pool: Literal["gap", "flatten"] = "gap"
     hidden: int = Field(128, gt=0)
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
@@ -31,6 +31,16 @@ class ClassifierConfig(Strict):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
     channels_last: bool = True
+
+
+    @model_validator(mode="after")
+    def _blocks_match_channels(self) -> ClassifierConfig:
+        counts = self.blocks_per_stage
+        if isinstance(counts, list) and (len(counts) != len(self.channels) or min(counts) < 1):
+            raise ValueError(f"blocks_per_stage needs {len(self.channels)} counts >= 1, one per entry of channels")  # fmt: skip
+        if isinstance(counts, int) and counts < 1:
+            raise ValueError("blocks_per_stage must be >= 1")
+        return self
 
 
 class ClassifierParams(ModelParams):
@@ -57,16 +67,18 @@ class ClassifierNet(nn.Module):
 
     def __init__(
         self, in_channels: int, size: tuple[int, int], num_classes: int, channels: list[int],
-        blocks_per_stage: int, pool: str, hidden: int, dropout: float, negative_slope: float,
+        blocks_per_stage: int | list[int], pool: str, hidden: int, dropout: float,
+        negative_slope: float,
     ) -> None:  # fmt: skip
         super().__init__()
+        counts = blocks_per_stage if isinstance(blocks_per_stage, list) else [blocks_per_stage] * len(channels)  # fmt: skip
+        if len(counts) != len(channels) or min(counts) < 1:
+            raise ValueError(f"blocks_per_stage {blocks_per_stage!r} does not fit channels {channels!r}")
         stages, c, h, w = [], in_channels, *size
-        for i, c_out in enumerate(channels):
+        for i, (c_out, n_blocks) in enumerate(zip(channels, counts, strict=True)):
             stride = 1 if i == 0 else 2
             blocks = [conv_block(c, c_out, stride, negative_slope)]
-            blocks += [
-                conv_block(c_out, c_out, 1, negative_slope) for _ in range(blocks_per_stage - 1)
-            ]
+            blocks += [conv_block(c_out, c_out, 1, negative_slope) for _ in range(n_blocks - 1)]
             stages.append(nn.Sequential(*blocks))
             c = c_out
             h, w = (h + 2 - 3) // stride + 1, (w + 2 - 3) // stride + 1
@@ -109,7 +121,7 @@ class ClassifierModule(L.LightningModule):
         class_names: list[str],
         preprocess: dict,
         channels: list[int] = (32, 64, 128),
-        blocks_per_stage: int = 2,
+        blocks_per_stage: int | list[int] = 2,
         pool: str = "gap",
         hidden: int = 128,
         dropout: float = 0.3,
