@@ -17,12 +17,12 @@ import common
 
 
 def main() -> None:
-    p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("model", help="a registered model name")
-    p.add_argument("--metrics", type=Path, help="committed metrics file (default metrics/<model>.json)")
-    args = p.parse_args()
-    params, sections = common.load(args.params)
-    section = common.section_of(sections, args.model)
+    def options(p) -> None:
+        p.add_argument(
+            "--metrics", type=Path, help="committed metrics (default metrics/<model>.json)"
+        )
+
+    args, params, section = common.model_stage(__doc__.splitlines()[0], options)
 
     from sightline.errors import SightlineError
     from sightline.evaluation import compare_metrics, evaluate
@@ -39,10 +39,14 @@ def main() -> None:
         info = train(args.model, section, params.seed, data_dir, tmp / "model", tmp / "run", None)
         if info is None:  # a non-zero DDP rank
             return
-        metrics = evaluate(args.model, section, params.seed, tmp / "model", data_dir, tmp / "reports")
+        metrics = evaluate(
+            args.model, section, params.seed, tmp / "model", data_dir, tmp / "reports"
+        )
     diffs = compare_metrics(committed, metrics)
     if diffs:
-        print(f"NOT reproduced: {len(diffs)} metric(s) differ from {committed_path}", file=sys.stderr)
+        print(
+            f"NOT reproduced: {len(diffs)} metric(s) differ from {committed_path}", file=sys.stderr
+        )
         for d in diffs:
             print(f"  {d}", file=sys.stderr)
         sys.exit(1)

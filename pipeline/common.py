@@ -46,6 +46,22 @@ def section_of(sections: dict, name: str):
     return sections[name]
 
 
+def model_stage(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None):
+    """Parse ``<model> [--params FILE]`` (plus ``extra`` options) for a per-model stage.
+
+    Returns:
+        ``(args, params, section)``: the parsed arguments, the whole typed params and the
+        model's own typed section.
+    """
+    p = parser(description)
+    p.add_argument("model", help="a registered model name (a key of `models` in params.yaml)")
+    if extra is not None:
+        extra(p)
+    args = p.parse_args()
+    params, sections = load(args.params)
+    return args, params, section_of(sections, args.model)
+
+
 def run(main: Callable[[], None]) -> None:
     """Run a stage; a ``SightlineError`` becomes one line on stderr and exit code 2."""
     from sightline.errors import SightlineError

@@ -8,11 +8,7 @@ import common
 
 
 def main() -> None:
-    p = common.parser(__doc__)
-    p.add_argument("model", help="a registered model name")
-    args = p.parse_args()
-    params, sections = common.load(args.params)
-    section = common.section_of(sections, args.model)
+    args, params, section = common.model_stage(__doc__)
 
     from sightline.evaluation import evaluate
     from sightline.io import write_json

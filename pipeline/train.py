@@ -8,11 +8,7 @@ import common
 
 
 def main() -> None:
-    p = common.parser(__doc__)
-    p.add_argument("model", help="a registered model name (a key of `models` in params.yaml)")
-    args = p.parse_args()
-    params, sections = common.load(args.params)
-    section = common.section_of(sections, args.model)
+    args, params, section = common.model_stage(__doc__)
 
     from sightline.training import device_summary, train
 
