@@ -117,3 +117,30 @@ def test_serving_preprocess_equals_training_tensors(fixture, request):
     ]
     serving = dm.preprocess(pil)
     assert torch.equal(training, serving)
+
+
+class _FakeTorchvision:
+    """Stands in for a torchvision dataset class: same attributes, no network."""
+
+    def __init__(self, root, train, download):
+        n = 20 if train else 10
+        rng = np.random.default_rng(int(train))
+        shape = (n, 28, 28) if self.grey else (n, 32, 32, 3)
+        self.data = rng.integers(0, 255, size=shape, dtype=np.uint8)
+        self.targets = list(np.arange(n) % 10)
+
+
+def test_torchvision_fallback_when_no_local_copy(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    from sightline.data import sources
+
+    monkeypatch.setattr(sources, "FASHION_MNIST_DEBIAN_ROOT", tmp_path / "not-installed")
+    monkeypatch.setattr(tvd, "FashionMNIST", type("F", (_FakeTorchvision,), {"grey": True}))
+    monkeypatch.setattr(tvd, "CIFAR10", type("C", (_FakeTorchvision,), {"grey": False}))
+    raw = load_fashion_mnist(None, download=True, cache_dir=tmp_path)
+    assert raw.train_x.shape == (20, 1, 28, 28) and raw.test_x.shape == (10, 1, 28, 28)
+    cifar = sources.load_cifar10(tmp_path / "absent.zip", download=True, cache_dir=tmp_path)
+    assert cifar.train_x.shape == (20, 3, 32, 32) and cifar.test_x is None  # carved later
+    with pytest.raises(DataError, match="dataset-fashion-mnist"):
+        load_fashion_mnist(None, download=False, cache_dir=tmp_path)
