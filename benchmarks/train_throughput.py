@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -101,12 +102,15 @@ def main() -> None:
             torch.manual_seed(params.seed)
             results[name].append(fn(copy.deepcopy(base), dm, section, args.steps, args.warmup))
     best = {k: max(v) for k, v in results.items()}
+    median = {k: statistics.median(v) for k, v in results.items()}
     print(f"classifier on {section.data.dataset}, batch {section.data.batch_size}, precision {section.trainer.precision}, {args.steps - args.warmup} timed steps x {args.rounds} rounds, {torch.get_num_threads()} threads")  # fmt: skip
     for k in ("plain", "lightning"):
         print(
             f"  {k:9s} {best[k]:8.0f} images/s   (rounds: {', '.join(f'{v:.0f}' for v in results[k])})"
         )
-    print(f"  ratio lightning/plain = {best['lightning'] / best['plain']:.3f}")
+    print(
+        f"  ratio lightning/plain = {best['lightning'] / best['plain']:.3f} (best of each), {median['lightning'] / median['plain']:.3f} (median of each)"
+    )
 
 
 if __name__ == "__main__":

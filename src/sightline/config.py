@@ -87,7 +87,7 @@ class Params(Strict):
     models: dict[str, Any]  # validated per model against the registry in ``load_params``
 
 
-def _format_error(err: ValidationError, prefix: str, cls: type[BaseModel]) -> str:
+def _format_error(err: ValidationError, prefix: str) -> str:
     first = err.errors()[0]
     key = ".".join([prefix, *(str(p) for p in first["loc"])]).strip(".")
     if first["type"] == "extra_forbidden":
@@ -111,7 +111,7 @@ def validate(cls: type[T], data: Any, prefix: str) -> T:
     try:
         return cls.model_validate(data if data is not None else {})
     except ValidationError as err:
-        raise ConfigError(_format_error(err, prefix, cls)) from None
+        raise ConfigError(_format_error(err, prefix)) from None
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> tuple[Params, dict[str, ModelParams]]:
