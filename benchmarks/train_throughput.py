@@ -82,10 +82,10 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=15)
     p.add_argument(
-        "--rounds", type=int, default=2, help="alternating rounds; the best of each is kept"
+        "--rounds", type=int, default=5, help="rounds, order alternating; median and best kept"
     )
     args = p.parse_args()
     params, sections = common.load(args.params)
@@ -97,8 +97,9 @@ def main() -> None:
     L.seed_everything(params.seed, verbose=False)
     base = spec.module(**spec.module_kwargs(section, dm))
     results = {"lightning": [], "plain": []}
+    order = (("plain", plain_loop), ("lightning", lightning_loop))
     for _ in range(args.rounds):
-        for name, fn in (("plain", plain_loop), ("lightning", lightning_loop)):
+        for name, fn in order[:: 1 if len(results["plain"]) % 2 == 0 else -1]:
             torch.manual_seed(params.seed)
             results[name].append(fn(copy.deepcopy(base), dm, section, args.steps, args.warmup))
     best = {k: max(v) for k, v in results.items()}
