@@ -100,9 +100,7 @@ def test_missing_dataset_and_checkpoint_fail_with_one_line(repo_copy, tmp_path):
 def test_ddp_two_cpu_processes(reproduced, tmp_path):
     """strategy=ddp, devices=2 on the CPU: the same training runs in two gloo processes."""
     params = yaml.safe_load((reproduced / "params.yaml").read_text())
-    params["models"]["classifier"]["trainer"].update(
-        strategy="ddp", devices=2, accelerator="cpu"
-    )
+    params["models"]["classifier"]["trainer"].update(strategy="ddp", devices=2, accelerator="cpu")
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(params))
     result = run_cli(
@@ -123,5 +121,8 @@ def test_rerun_reproduces_committed_metrics_and_catches_tampering(reproduced, tm
     metrics["test/acc"] = round(metrics["test/acc"] + 0.01, 6)
     tampered = tmp_path / "tampered.json"
     tampered.write_text(json.dumps(metrics))
-    result = run_cli(["python", "pipeline/check_reproducible.py", "classifier", "--metrics", str(tampered)], reproduced)
+    result = run_cli(
+        ["python", "pipeline/check_reproducible.py", "classifier", "--metrics", str(tampered)],
+        reproduced,
+    )
     assert result.returncode == 1 and "test/acc" in result.stderr

@@ -31,7 +31,9 @@ def evaluate(
     try:
         info = json.loads((model_dir / TRAIN_INFO_FILE).read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{model_dir / TRAIN_INFO_FILE}: missing; re-run train@{name}") from None
+        raise CheckpointError(
+            f"{model_dir / TRAIN_INFO_FILE}: missing; re-run train@{name}"
+        ) from None
     L.seed_everything(seed, verbose=False)
     dm = spec.datamodule(section, data_dir, seed)
     with atomic_dir(report_dir) as tmp:

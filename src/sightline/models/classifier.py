@@ -32,7 +32,6 @@ class ClassifierConfig(Strict):
     scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
     channels_last: bool = True
 
-
     @model_validator(mode="after")
     def _blocks_match_channels(self) -> ClassifierConfig:
         counts = self.blocks_per_stage
@@ -73,7 +72,9 @@ class ClassifierNet(nn.Module):
         super().__init__()
         counts = blocks_per_stage if isinstance(blocks_per_stage, list) else [blocks_per_stage] * len(channels)  # fmt: skip
         if len(counts) != len(channels) or min(counts) < 1:
-            raise ValueError(f"blocks_per_stage {blocks_per_stage!r} does not fit channels {channels!r}")
+            raise ValueError(
+                f"blocks_per_stage {blocks_per_stage!r} does not fit channels {channels!r}"
+            )
         stages, c, h, w = [], in_channels, *size
         for i, (c_out, n_blocks) in enumerate(zip(channels, counts, strict=True)):
             stride = 1 if i == 0 else 2
