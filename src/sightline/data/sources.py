@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import io
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def load_image_folder(path: Path, mode: str = "RGB", split: str = "train") -> Ra
     Unreadable files, and files whose size differs from the first image, are skipped and
     listed in ``RawSplits.skipped``. Classes are the sorted folder names.
     """
-    entries: list[tuple[str, str, callable]] = []  # (class, name, read-bytes)
+    entries: list[tuple[str, str, Callable[[], bytes]]] = []  # (class, name, read-bytes)
     if path.is_file() and zipfile.is_zipfile(path):
         zf = zipfile.ZipFile(path)
         for info in zf.infolist():

@@ -17,6 +17,14 @@ from sightline.data.preprocess import ImagePreprocess
 from sightline.registry import ModelSpec, register_model
 
 
+def stage_block_counts(blocks_per_stage: int | list[int], channels: list[int]) -> list[int]:
+    """One block count per stage; ``ValueError`` when they do not fit ``channels``."""
+    counts = blocks_per_stage if isinstance(blocks_per_stage, list) else [blocks_per_stage] * len(channels)  # fmt: skip
+    if len(counts) != len(channels) or min(counts) < 1:
+        raise ValueError(f"blocks_per_stage {blocks_per_stage!r} needs one count >= 1 per entry of channels {channels!r}")  # fmt: skip
+    return counts
+
+
 class ClassifierConfig(Strict):
     """``models.classifier.model``: every key is a ``ClassifierModule`` argument."""
 
@@ -34,11 +42,7 @@ class ClassifierConfig(Strict):
 
     @model_validator(mode="after")
     def _blocks_match_channels(self) -> ClassifierConfig:
-        counts = self.blocks_per_stage
-        if isinstance(counts, list) and (len(counts) != len(self.channels) or min(counts) < 1):
-            raise ValueError(f"blocks_per_stage needs {len(self.channels)} counts >= 1, one per entry of channels")  # fmt: skip
-        if isinstance(counts, int) and counts < 1:
-            raise ValueError("blocks_per_stage must be >= 1")
+        stage_block_counts(self.blocks_per_stage, self.channels)
         return self
 
 
@@ -70,11 +74,7 @@ class ClassifierNet(nn.Module):
         negative_slope: float,
     ) -> None:  # fmt: skip
         super().__init__()
-        counts = blocks_per_stage if isinstance(blocks_per_stage, list) else [blocks_per_stage] * len(channels)  # fmt: skip
-        if len(counts) != len(channels) or min(counts) < 1:
-            raise ValueError(
-                f"blocks_per_stage {blocks_per_stage!r} does not fit channels {channels!r}"
-            )
+        counts = stage_block_counts(blocks_per_stage, channels)
         stages, c, h, w = [], in_channels, *size
         for i, (c_out, n_blocks) in enumerate(zip(channels, counts, strict=True)):
             stride = 1 if i == 0 else 2
