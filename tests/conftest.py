@@ -101,12 +101,21 @@ TINY_TRAINER = {
 }
 
 
-def tiny_section(name: str, **trainer):
-    """The model's params section with its ``tiny`` overrides (small nets, one epoch)."""
+def tiny_section(name: str, upstream: str | Path | None = None, model: dict | None = None, **trainer):  # fmt: skip
+    """The model's params section with its ``tiny`` overrides (small nets, one epoch).
+
+    Args:
+        upstream: the trained classifier directory a generative model is scored with.
+        model: further ``model`` overrides.
+    """
     from sightline.registry import get_model
 
     spec = get_model(name)
-    raw = {"data": {"batch_size": 16, "eval_batch_size": 64}, "model": TINY_MODEL.get(name, {}), "trainer": {**TINY_TRAINER, **trainer}}  # fmt: skip
+    raw = {"data": {"batch_size": 16, "eval_batch_size": 64}, "model": {**TINY_MODEL.get(name, {}), **(model or {})}, "trainer": {**TINY_TRAINER, **trainer}}  # fmt: skip
+    if "score" in spec.params.model_fields:
+        raw["score"] = TINY_SCORE
+    if upstream is not None:
+        raw["upstream"] = str(upstream)
     return spec.params.model_validate(raw)
 
 
@@ -120,7 +129,26 @@ TINY_MODEL = {
         "lr": 0.01,
         "dropout": 0.0,
     },  # fmt: skip
+    "vae": {"latent_dim": 4, "channels": [8, 16], "hidden": 32, "lr": 0.005, "max_samples": 64},
+    "gan": {
+        "latent_dim": 8,
+        "generator_channels": [16, 8],
+        "discriminator_channels": [8, 16],
+        "fixed_samples": 8,
+        "max_samples": 64,
+    },
 }
+TINY_SCORE = {"samples": 60, "val_samples": 40, "kid_subsets": 5, "kid_subset_size": 20, "batch_size": 32}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory, prepared_fashion) -> Path:
+    """A classifier trained one epoch on the synthetic Fashion-MNIST: the FID feature extractor."""
+    from sightline.training import train
+
+    base = tmp_path_factory.mktemp("classifier")
+    train("classifier", tiny_section("classifier"), 0, prepared_fashion, base / "model", base / "run", None)  # fmt: skip
+    return base / "model"
 
 
 @pytest.fixture(scope="session")
@@ -143,6 +171,8 @@ def repo_copy(tmp_path_factory, fashion_root) -> Path:
         )
         section["model"].update(TINY_MODEL.get(name, {}))
         section["trainer"].update(TINY_TRAINER)
+        if "score" in section:
+            section["score"].update(TINY_SCORE)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)

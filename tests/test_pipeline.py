@@ -29,6 +29,11 @@ def test_dvc_repro_end_to_end(reproduced):
     assert (reproduced / "models/classifier/model.safetensors").is_file()
     assert (reproduced / "dvclive/classifier/plots/metrics/val/acc.tsv").is_file()
     assert (reproduced / "dvc.lock").is_file()
+    for name, pictures in (("vae", ("reconstructions", "samples", "interpolation", "latent_space")), ("gan", ("samples", "progress", "interpolation", "class_coverage"))):  # fmt: skip
+        scores = json.loads((reproduced / f"metrics/{name}.json").read_text())
+        assert scores["fid"] > 0 and scores["samples"] == 60 and "fid" in scores["real_floor"]
+        for png in pictures:
+            assert (reproduced / f"reports/{name}/{png}.png").stat().st_size > 1000
     # nothing changed -> nothing re-runs
     again = run_cli(["dvc", "repro"], reproduced)
     assert again.returncode == 0 and "Running stage" not in again.stdout
@@ -51,6 +56,11 @@ def test_params_change_reruns_only_that_model(reproduced):
     changed = json.loads(run_cli(["dvc", "status", "--json"], reproduced).stdout)
     assert set(changed) == {"train@classifier", "evaluate@classifier"}
     params["models"]["classifier"]["model"]["dropout"] = 0.0
+    params["models"]["vae"]["model"]["beta"] = 2.0  # the classifier does not depend on the VAE
+    (reproduced / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = json.loads(run_cli(["dvc", "status", "--json"], reproduced).stdout)
+    assert set(changed) == {"train@vae", "evaluate@vae"}
+    params["models"]["vae"]["model"]["beta"] = 1.0
     (reproduced / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 

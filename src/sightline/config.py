@@ -71,9 +71,25 @@ class TrainerConfig(Strict):
     enable_progress_bar: bool = True
 
 
-class ModelParams(Strict):
-    """One ``models.<name>`` section; each model narrows ``data`` and ``model``."""
+class ScoreConfig(Strict):
+    """``models.<name>.score``: sample-quality scoring on the project classifier's features."""
 
+    samples: int = Field(10000, gt=1)  # generated (and real) images behind FID/KID/IS at evaluation
+    val_samples: int = Field(2000, gt=1)  # per validation epoch, when FID selects the checkpoint
+    kid_subsets: int = Field(100, gt=0)
+    kid_subset_size: int = Field(1000, gt=1)
+    batch_size: int = Field(500, gt=0)
+
+
+class ModelParams(Strict):
+    """One ``models.<name>`` section; each model narrows ``data`` and ``model``.
+
+    ``upstream`` is a further input of the model's train/evaluate stages (``dvc.yaml`` reads it):
+    the trained classifier whose features score generated images, or, for a model that needs
+    none, its own prepared data again.
+    """
+
+    upstream: str | None = None
     data: Strict
     model: Strict
     trainer: TrainerConfig = TrainerConfig()

@@ -15,3 +15,7 @@ class DataError(SightlineError):
 
 class CheckpointError(SightlineError):
     """A checkpoint is missing or cannot be rebuilt."""
+
+
+class InputError(SightlineError, ValueError):
+    """A request that cannot be served: a count out of range, an image that does not fit."""

@@ -37,7 +37,7 @@ def evaluate(
     L.seed_everything(seed, verbose=False)
     dm = spec.datamodule(section, data_dir, seed)
     with atomic_dir(report_dir) as tmp:
-        metrics = spec.evaluate(module, dm, tmp)
+        metrics = spec.evaluate(module, dm, tmp, section, seed, model_dir)
     return {
         "model": name,
         "dataset": section.data.dataset,

@@ -24,9 +24,11 @@ class ModelSpec:
         datamodule: ``(section, data_dir, seed) -> LightningDataModule``.
         module_kwargs: ``(section, datamodule) -> dict`` of constructor arguments, i.e. the
             ``model`` section plus what the data decide (class names, preprocessing).
-        evaluate: ``(checkpoint, datamodule, report_dir) -> metrics dict``.
+        evaluate: ``(module, datamodule, report_dir, section, seed, model_dir) -> metrics``.
         monitor: the validation metric that selects the best checkpoint.
         mode: ``"max"`` or ``"min"`` for ``monitor``.
+        callbacks: ``(section, datamodule, seed) -> list`` of extra Lightning callbacks the
+            model trains with (e.g. the validation FID that ``monitor`` names).
     """
 
     name: str
@@ -37,6 +39,7 @@ class ModelSpec:
     evaluate: Callable[..., dict]
     monitor: str
     mode: str
+    callbacks: Callable[..., list] = lambda section, dm, seed: []
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -22,6 +22,15 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CKPT_FILE = "best.ckpt"
 TRAIN_INFO_FILE = "train.json"
+ARTIFACTS = "artifacts"  # files callbacks write during training; exported with the model
+
+
+def artifacts_dir(trainer: L.Trainer) -> Path:
+    """Where callbacks keep training-time files (e.g. per-epoch samples) that ship with the model.
+
+    It lives in the run directory, so a resumed run keeps the files of earlier epochs.
+    """
+    return Path(trainer.default_root_dir) / ARTIFACTS
 
 
 def fingerprint(name: str, section: ModelParams, seed: int, data_meta: dict) -> str:
@@ -55,13 +64,17 @@ def _resume_checkpoint(run_dir: Path, fp: str) -> Path | None:
 
 
 def export_model(
-    module: L.LightningModule, name: str, ckpt: Path, out_dir: Path, info: dict
-) -> None:
-    """Write ``out_dir`` = best.ckpt + model.safetensors + config.json + train.json, atomically."""
+    module: L.LightningModule, name: str, ckpt: Path, out_dir: Path, info: dict,
+    artifacts: Path | None = None,
+) -> None:  # fmt: skip
+    """Write ``out_dir`` = best.ckpt + model.safetensors + config.json + train.json (+ the
+    run's ``artifacts/``), atomically."""
     from safetensors.torch import save_file
 
     with atomic_dir(out_dir) as tmp:
         shutil.copy2(ckpt, tmp / CKPT_FILE)
+        if artifacts is not None and artifacts.is_dir():
+            shutil.copytree(artifacts, tmp / ARTIFACTS)
         state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"name": name})
         write_json(tmp / CONFIG_FILE, {"name": name, "hyper_parameters": dict(module.hparams)})
@@ -108,7 +121,8 @@ def train(
         dirpath=run_dir / "checkpoints", filename="best", monitor=spec.monitor, mode=spec.mode, save_last=True,
         enable_version_counter=False,
     )  # fmt: skip
-    callbacks = [ckpt_cb, *(callbacks or [])] + ([LearningRateMonitor("step")] if logger else [])
+    callbacks = [ckpt_cb, *spec.callbacks(section, dm, seed), *(callbacks or [])]
+    callbacks += [LearningRateMonitor("step")] if logger else []
     trainer = L.Trainer(**section.trainer.model_dump(), logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))  # fmt: skip
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
@@ -131,7 +145,7 @@ def train(
         "fingerprint": fp,
     }
     best_module = type(module).load_from_checkpoint(best, map_location="cpu", weights_only=True)
-    export_model(best_module, name, best, out_dir, info)
+    export_model(best_module, name, best, out_dir, info, artifacts_dir(trainer))
     shutil.rmtree(run_dir, ignore_errors=True)  # finished: the next run starts fresh
     return info
 

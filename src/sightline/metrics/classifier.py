@@ -67,8 +67,9 @@ def _stage_outputs(module, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def evaluate_classifier(module, dm, report_dir: Path) -> dict:
-    """Metrics dict plus pictures in ``report_dir``.
+def evaluate_classifier(module, dm, report_dir: Path, section, seed: int, model_dir: Path) -> dict:
+    """Metrics dict plus pictures in ``report_dir`` (``section``, ``seed`` and
+    ``model_dir`` are not needed: the test split is fixed and prediction is deterministic).
 
     Pictures: confusion matrix, first-layer filters vs classic kernels, feature maps of a few
     test images after each stage, and the most confident mistakes.

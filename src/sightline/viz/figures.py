@@ -70,3 +70,65 @@ def confusion_matrix_figure(cm: np.ndarray, classes: list[str], path: Path, titl
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
     ax.set_title(title, fontsize=10)
     save_figure(fig, path)
+
+
+def image_rows(
+    rows: list[np.ndarray], path: Path, row_labels: list[str], title: str | None = None,
+    col_labels: list[str] | None = None,
+) -> None:  # fmt: skip
+    """Save rows of images (each ``(N, C, H, W)`` in [0, 1]) as one labelled picture."""
+    ncols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(
+        len(rows), ncols, figsize=(1.1 * ncols + 1.2, 1.15 * len(rows) + 0.6), squeeze=False
+    )
+    for i, row in enumerate(rows):
+        for j, ax in enumerate(axes[i]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < len(row):
+                arr, cmap = to_display(row[j])
+                ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            if j == 0:
+                ax.set_ylabel(row_labels[i], fontsize=8, rotation=0, ha="right", va="center")
+            if i == 0 and col_labels:
+                ax.set_title(col_labels[j] if j < len(col_labels) else "", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    save_figure(fig, path)
+
+
+def sample_grid(images: np.ndarray, path: Path, title: str, ncols: int = 8) -> None:
+    """uint8 images ``(N, C, H, W)`` as a tight grid of ``ncols`` columns."""
+    x = np.asarray(images, dtype=np.float32) / 255
+    image_rows([x[i : i + ncols] for i in range(0, len(x), ncols)], path, [""] * -(-len(x) // ncols), title)  # fmt: skip
+
+
+def class_counts_figure(counts: dict[str, list[int]], classes: list[str], path: Path, title: str) -> None:  # fmt: skip
+    """Grouped bars: how many images of each set the classifier assigns to each class."""
+    k, n = len(classes), len(counts)
+    fig, ax = plt.subplots(figsize=(0.7 * k + 2, 3.6))
+    width = 0.8 / n
+    for i, (name, values) in enumerate(counts.items()):
+        ax.bar(np.arange(k) + (i - (n - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("images (classifier's label)")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def scatter_figure(points: np.ndarray, labels: np.ndarray, classes: list[str], path: Path, title: str, axis_labels: tuple[str, str]) -> None:  # fmt: skip
+    """2-D points ``(N, 2)`` coloured by class, with a legend."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for c, name in enumerate(classes):
+        sel = labels == c
+        ax.scatter(points[sel, 0], points[sel, 1], s=3, alpha=0.5, color=cmap(c % cmap.N), label=name)  # fmt: skip
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.legend(markerscale=4, fontsize=8, loc="best")
+    ax.set_title(title, fontsize=10)
+    save_figure(fig, path)

@@ -1,0 +1,66 @@
+"""Evaluation of ``gan``: sample quality on the classifier's features, training progress, pictures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sightline.generative import score_generator
+from sightline.viz.figures import class_counts_figure, image_rows, sample_grid
+
+PROGRESS_COLUMNS = 12
+PROGRESS_ROWS = 12
+
+
+def load_progress(model_dir: Path) -> list[tuple[int, np.ndarray]]:
+    """``[(epoch, uint8 (N, C, H, W))]`` saved by ``FixedNoiseProgress``, in epoch order."""
+    files = sorted((Path(model_dir) / "artifacts" / "progress").glob("epoch_*.npy"))
+    return [(int(f.stem.split("_")[1]), np.load(f)) for f in files]
+
+
+def _progress_figure(progress, best_epoch: int | None, path: Path) -> None:
+    """First -> last epoch as rows (at most ``PROGRESS_ROWS``, evenly spaced, best included)."""
+    keep = np.unique(np.linspace(0, len(progress) - 1, min(PROGRESS_ROWS, len(progress))).round().astype(int))  # fmt: skip
+    epochs = [e for e, _ in progress]
+    if best_epoch in epochs:
+        keep = np.unique(np.append(keep, epochs.index(best_epoch)))
+    rows = [progress[i][1][:PROGRESS_COLUMNS].astype(np.float32) / 255 for i in keep]
+    labels = [f"epoch {progress[i][0] + 1}" + (" (best)" if progress[i][0] == best_epoch else "") for i in keep]  # fmt: skip
+    image_rows(rows, path, labels, "gan: the same fixed noise after each epoch (first -> last)")
+
+
+@torch.no_grad()
+def evaluate_gan(module, dm, report_dir: Path, section, seed: int, model_dir: Path) -> dict:
+    """Metrics dict plus pictures in ``report_dir``: samples, the fixed-noise progression over
+    epochs, latent interpolations and the class coverage of samples."""
+    report_dir = Path(report_dir)
+    classes = dm.class_names
+    scores, fake = score_generator(module, dm, section.upstream, section.score, seed)
+    sample_grid(fake[:64], report_dir / "samples.png", f"gan: samples (FID {scores['fid']:.2f} on classifier features)")  # fmt: skip
+
+    model_dir = Path(model_dir)
+    best_epoch = None
+    if (model_dir / "best.ckpt").is_file():  # the epoch the validation FID chose
+        best_epoch = int(torch.load(model_dir / "best.ckpt", map_location="cpu", weights_only=True)["epoch"])  # fmt: skip
+    progress = load_progress(model_dir)
+    if progress:
+        _progress_figure(progress, best_epoch, report_dir / "progress.png")
+
+    g = torch.Generator().manual_seed(seed)
+    rows = [module.interpolate_noise(10, g).cpu().numpy() for _ in range(4)]
+    image_rows(rows, report_dir / "interpolation.png", [f"z{2 * i} -> z{2 * i + 1}" for i in range(4)], "gan: images along straight lines between two noise vectors")  # fmt: skip
+    class_counts_figure(
+        {"gan samples": list(scores["class_counts"].values()), "real (validation)": list(scores["real_floor"]["class_counts"].values())},
+        classes, report_dir / "class_coverage.png",
+        f"gan: classifier's labels for {scores['samples']} samples ({scores['classes_covered']}/{len(classes)} classes covered)",
+    )  # fmt: skip
+    train_info = json.loads((model_dir / "train.json").read_text()) if (model_dir / "train.json").is_file() else {}  # fmt: skip
+    return {
+        **scores,
+        "best_epoch": None if best_epoch is None else best_epoch + 1,
+        "val/fid_at_best": train_info.get("best_val/fid"),
+        "progress_epochs": len(progress),
+    }

@@ -1,0 +1,94 @@
+"""Evaluation of ``vae``: test negative ELBO and its parts, active units, sample quality, pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from sightline.generative import score_generator
+from sightline.viz.figures import class_counts_figure, image_rows, sample_grid, scatter_figure
+
+ACTIVE_THRESHOLD = 0.01  # a latent unit is active when Var_x(E_q[z_u | x]) > 0.01 (Burda et al.)
+LIKELIHOODS = {
+    "continuous_bernoulli": "continuous Bernoulli density on [0, 1] per pixel (nats; a density, so the NELBO can be negative)",  # fmt: skip
+    "bernoulli": "Bernoulli per pixel with grey values as soft targets (nats)",
+}
+
+
+@torch.no_grad()
+def test_terms(module, dm, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``(recon, kl, mu, labels)`` over the test split; one seeded posterior sample per image."""
+    L.seed_everything(seed, verbose=False)
+    recon, kl, mus, labels = [], [], [], []
+    for x, y in dm.test_dataloader():
+        x = dm.preprocess.normalize(x.to(module.device))
+        r, k, mu = module.terms(x)
+        recon.append(r.cpu())
+        kl.append(k.cpu())
+        mus.append(mu.float().cpu())
+        labels.append(y)
+    return torch.cat(recon), torch.cat(kl), torch.cat(mus), torch.cat(labels)
+
+
+def _pca_2d(x: torch.Tensor) -> tuple[np.ndarray, list[float]]:
+    """Project rows onto their two principal axes; also the explained variance fractions."""
+    x = x.double() - x.double().mean(0)
+    _, s, v = torch.linalg.svd(x, full_matrices=False)
+    var = (s**2) / (s**2).sum()
+    return (x @ v[:2].T).numpy(), [round(float(f), 4) for f in var[:2]]
+
+
+def _interpolation_rows(module, dm, labels: torch.Tensor, pairs: list[tuple[int, int]], steps: int):
+    images = dm.split("test").tensors[0]
+    rows, names = [], []
+    for a, b in pairs:
+        i, j = (int(torch.nonzero(labels == c)[0]) for c in (a, b))
+        x = dm.preprocess.normalize(images[[i, j]].to(module.device))
+        rows.append(module.interpolate(x[0], x[1], steps).cpu().numpy())
+        names.append(f"{dm.class_names[a]}\n-> {dm.class_names[b]}")
+    return rows, names
+
+
+@torch.no_grad()
+def evaluate_vae(module, dm, report_dir: Path, section, seed: int, model_dir: Path) -> dict:
+    """Metrics dict plus pictures in ``report_dir``: reconstructions, prior samples,
+    interpolations, the latent space coloured by class and the class coverage of samples."""
+    report_dir = Path(report_dir)
+    classes = dm.class_names
+    recon, kl, mu, labels = test_terms(module, dm, seed)
+    active = int((mu.var(0) > ACTIVE_THRESHOLD).sum())
+    nelbo = float((recon + kl).mean())
+    scores, fake = score_generator(module, dm, section.upstream, section.score, seed)
+
+    x_test = dm.split("test").tensors[0]
+    picks = torch.cat([torch.nonzero(labels == c)[:2, 0] for c in range(len(classes))])
+    x = dm.preprocess.normalize(x_test[picks].to(module.device))
+    image_rows(
+        [x.cpu().numpy(), module.reconstruct(x).cpu().numpy()], report_dir / "reconstructions.png",
+        ["input", "recon"], f"vae: test images and their reconstructions (test NELBO {nelbo:.1f} nats)",
+    )  # fmt: skip
+    sample_grid(fake[:64], report_dir / "samples.png", f"vae: samples from the prior N(0, I) (FID {scores['fid']:.2f} on classifier features)")  # fmt: skip
+    pairs = [(0, len(classes) - 1), (1, len(classes) // 2), (2, 5)]
+    rows, names = _interpolation_rows(module, dm, labels, pairs, steps=10)
+    image_rows(rows, report_dir / "interpolation.png", names, "vae: decoding the line between two test images' latent means")  # fmt: skip
+    points, var = _pca_2d(mu)
+    scatter_figure(points, labels.numpy(), classes, report_dir / "latent_space.png", f"vae: test-set latent means (z = {mu.shape[1]}-D), first two principal components", (f"PC1 ({var[0]:.0%} of variance)", f"PC2 ({var[1]:.0%})"))  # fmt: skip
+    class_counts_figure(
+        {"vae samples": list(scores["class_counts"].values()), "real (validation)": list(scores["real_floor"]["class_counts"].values())},
+        classes, report_dir / "class_coverage.png",
+        f"vae: classifier's labels for {scores['samples']} samples ({scores['classes_covered']}/{len(classes)} classes covered)",
+    )  # fmt: skip
+    return {
+        "likelihood": section.model.likelihood,
+        "likelihood_note": LIKELIHOODS[section.model.likelihood],
+        "test/nelbo": round(nelbo, 4),
+        "test/recon": round(float(recon.mean()), 4),
+        "test/kl": round(float(kl.mean()), 4),
+        "test/n": len(labels),
+        "latent/dim": int(mu.shape[1]),
+        "latent/active_units": active,
+        **scores,
+    }

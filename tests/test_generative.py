@@ -1,0 +1,216 @@
+"""The VAE and the DCGAN: shapes, loss terms, manual optimisation, seeded sampling, scoring."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from conftest import tiny_section
+
+from sightline.config import parse_params
+from sightline.errors import CheckpointError, ConfigError, InputError
+from sightline.evaluation import evaluate
+from sightline.generative import SampleScorer, load_classifier
+from sightline.models.vae import kl_divergence, reparameterize
+from sightline.registry import get_model
+from sightline.training import train
+
+GENERATIVE = ["vae", "gan"]
+
+
+def build(name: str, data_dir, **model):
+    spec = get_model(name)
+    section = tiny_section(name, model=model)
+    dm = spec.datamodule(section, data_dir, 0)
+    return spec.module(**spec.module_kwargs(section, dm)), dm
+
+
+def first_batch(dm) -> torch.Tensor:
+    x, _ = next(iter(dm.train_dataloader()))
+    return dm.preprocess.normalize(x)
+
+
+@pytest.mark.parametrize("fixture,shape", [("prepared_fashion", (1, 28, 28)), ("prepared_cifar", (3, 32, 32))])  # fmt: skip
+def test_vae_shapes_and_pixel_range(fixture, shape, request):
+    module, dm = build("vae", request.getfixturevalue(fixture))
+    x = first_batch(dm)
+    assert x.shape[1:] == shape and x.min() >= 0 and x.max() <= 1  # the likelihood's support
+    logits, mu, logvar = module.net(x)
+    assert logits.shape == x.shape
+    assert mu.shape == logvar.shape == (len(x), module.hparams.latent_dim)
+    samples = module.sample(5)
+    assert samples.shape == (5, *shape) and samples.min() >= 0 and samples.max() <= 1
+    assert module.interpolate(x[0], x[1], steps=7).shape == (7, *shape)
+
+
+@pytest.mark.parametrize("fixture,shape", [("prepared_fashion", (1, 28, 28)), ("prepared_cifar", (3, 32, 32))])  # fmt: skip
+def test_gan_shapes_and_pixel_range(fixture, shape, request):
+    module, dm = build("gan", request.getfixturevalue(fixture))
+    x = first_batch(dm)
+    assert x.shape[1:] == shape and x.min() >= -1 and x.max() <= 1  # tanh's range
+    fake = module(torch.randn(6, module.hparams.latent_dim))
+    assert fake.shape == (6, *shape) and fake.abs().max() <= 1
+    assert module.discriminator(x).shape == (len(x),)
+    assert module.sample(3).shape == (3, *shape)
+
+
+def test_kl_is_zero_at_the_prior_and_positive_elsewhere():
+    zeros = torch.zeros(4, 8)
+    assert torch.allclose(kl_divergence(zeros, zeros), torch.zeros(4))
+    assert (kl_divergence(torch.full((4, 8), 0.5), zeros) > 0).all()
+    assert (kl_divergence(zeros, torch.full((4, 8), -1.0)) > 0).all()
+    # closed form for one dimension: 0.5 * (s^2 + m^2 - 1 - ln s^2)
+    m, lv = torch.tensor([[1.5]]), torch.tensor([[0.7]])
+    expected = 0.5 * (torch.exp(lv) + m**2 - 1 - lv)
+    assert torch.allclose(kl_divergence(m, lv), expected.squeeze(-1))
+
+
+def test_reparameterisation_gives_gradients_to_mu_and_sigma():
+    mu = torch.zeros(3, 5, requires_grad=True)
+    logvar = torch.zeros(3, 5, requires_grad=True)
+    torch.manual_seed(0)
+    (reparameterize(mu, logvar) ** 2).sum().backward()
+    assert mu.grad.abs().sum() > 0 and logvar.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli"])
+def test_vae_loss_is_recon_plus_beta_kl(likelihood, prepared_fashion):
+    module, dm = build("vae", prepared_fashion, beta=2.5, likelihood=likelihood)
+    x = first_batch(dm)
+    module.log = lambda *a, **k: None  # outside a Trainer
+    torch.manual_seed(1)
+    loss = module._common_step((x, None), "train")
+    torch.manual_seed(1)
+    recon, kl, _ = module.terms(x)
+    assert torch.allclose(loss, (recon + 2.5 * kl).mean())
+    assert recon.shape == kl.shape == (len(x),) and (kl >= 0).all()
+
+
+def test_vae_loss_goes_down_on_a_fixed_batch(prepared_fashion):
+    torch.manual_seed(0)
+    module, dm = build("vae", prepared_fashion)
+    x = first_batch(dm)
+    opt = torch.optim.Adam(module.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(60):
+        recon, kl, _ = module.terms(x)
+        loss = (recon + kl).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_one_gan_step_changes_generator_and_discriminator(prepared_fashion):
+    L.seed_everything(0, verbose=False)
+    module, dm = build("gan", prepared_fashion)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    trainer = L.Trainer(
+        max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    after = module.state_dict()
+    for part in ("generator.", "discriminator."):
+        weights = [k for k in before if k.startswith(part) and k.endswith("weight")]
+        assert any(not torch.equal(before[k], after[k]) for k in weights), part
+    assert trainer.global_step == 2  # one discriminator step + one generator step
+
+
+@pytest.mark.parametrize("name", GENERATIVE)
+def test_same_seed_same_images(name, prepared_fashion):
+    module, _ = build(name, prepared_fashion)
+    module.eval()
+    a = module.sample(6, torch.Generator().manual_seed(5))
+    b = module.sample(6, torch.Generator().manual_seed(5))
+    c = module.sample(6, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", GENERATIVE)
+@pytest.mark.parametrize("n", [0, -3, 65, 2.5, True])
+def test_sample_counts_out_of_range_are_clear_errors(name, n, prepared_fashion):
+    module, _ = build(name, prepared_fashion)  # tiny max_samples = 64
+    with pytest.raises(InputError, match="number of images must be"):
+        module.sample(n)
+
+
+@pytest.mark.parametrize(
+    "name,edit,needle",
+    [
+        ("vae", {"model": {"beta": 0.0}}, "models.vae.model.beta"),
+        ("vae", {"model": {"beta": "big"}}, "models.vae.model.beta"),
+        ("vae", {"model": {"latent_dim": 0}}, "models.vae.model.latent_dim"),
+        ("gan", {"model": {"latent_dim": -1}}, "models.gan.model.latent_dim"),
+        ("gan", {"model": {"beta1": 1.5}}, "models.gan.model.beta1"),
+        ("gan", {"score": {"samples": 1}}, "models.gan.score.samples"),
+    ],
+)
+def test_bad_generative_params_name_the_key(name, edit, needle):
+    section = {"upstream": "models/classifier"}
+    for key, value in edit.items():
+        section[key] = value
+    with pytest.raises(ConfigError) as err:
+        parse_params({"seed": 0, "datasets": {}, "models": {name: section}})
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name,key", [("vae", "channels"), ("gan", "generator_channels")])
+def test_network_depth_that_does_not_fit_the_image_size_is_named(name, key, prepared_fashion):
+    spec = get_model(name)
+    section = tiny_section(name, model={key: [8, 8, 8]})  # 28 / 2**3 is not an integer
+    dm = spec.datamodule(section, prepared_fashion, 0)
+    with pytest.raises(ConfigError, match=rf"models.{name}.model.{key}: .*28x28"):
+        spec.module_kwargs(section, dm)
+
+
+def _noisy(images: torch.Tensor, std: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(images.shape, generator=g) * std
+    return (images.float() + noise).clamp(0, 255).round().to(torch.uint8)
+
+
+def test_fid_is_zero_against_itself_and_grows_with_noise(tiny_classifier, prepared_fashion):
+    dm = get_model("classifier").datamodule(tiny_section("classifier"), prepared_fashion, 0)
+    clf = load_classifier(tiny_classifier, dm.class_names, dm.preprocess, "cpu")
+    images = dm.split("train").tensors[0][:200]
+    fids = []
+    for std in (0.0, 20.0, 60.0):
+        scorer = SampleScorer(clf, kid_subsets=5, kid_subset_size=50)
+        scorer.update(images, real=True)
+        scorer.update(_noisy(images, std, 0) if std else images, real=False)
+        fids.append(scorer.compute()["fid"])
+    assert abs(fids[0]) < 1e-3
+    assert fids[0] < fids[1] < fids[2]
+
+
+def test_scoring_refuses_a_classifier_of_other_images(tiny_classifier, prepared_cifar):
+    dm = get_model("classifier").datamodule(tiny_section("classifier"), prepared_cifar, 0)
+    with pytest.raises(CheckpointError, match="trained on other images"):
+        load_classifier(tiny_classifier, dm.class_names, dm.preprocess, "cpu")
+    with pytest.raises(CheckpointError, match="run `dvc repro train@classifier`"):
+        load_classifier(tiny_classifier.parent / "missing", dm.class_names, dm.preprocess, "cpu")
+
+
+@pytest.mark.parametrize("name", GENERATIVE)
+def test_train_and_evaluate_write_scores_and_pictures(name, prepared_fashion, tiny_classifier, tmp_path):  # fmt: skip
+    section = tiny_section(name, upstream=tiny_classifier, max_epochs=2)
+    info = train(name, section, 0, prepared_fashion, tmp_path / "m", tmp_path / "run", None)
+    metrics = evaluate(name, section, 0, tmp_path / "m", prepared_fashion, tmp_path / "report")
+    json.dumps(metrics)  # serialisable as metrics/<name>.json
+    assert metrics["samples"] == 60 and metrics["fid"] > 0 and metrics["real_floor"]["fid"] >= 0
+    assert sum(metrics["class_counts"].values()) == 60
+    assert 0 <= metrics["classes_covered"] <= 10 and metrics["inception_score"] >= 1.0
+    pictures = {p.name for p in (tmp_path / "report").glob("*.png")}
+    assert {"samples.png", "interpolation.png", "class_coverage.png"} <= pictures
+    if name == "vae":
+        assert metrics["test/nelbo"] == pytest.approx(metrics["test/recon"] + metrics["test/kl"], abs=1e-3)  # fmt: skip
+        assert 0 <= metrics["latent/active_units"] <= 4
+        assert {"reconstructions.png", "latent_space.png"} <= pictures
+    else:  # the FID callback chose the best epoch; the fixed noise was saved every epoch
+        assert info["best_val/fid"] > 0 and metrics["best_epoch"] in (1, 2)
+        assert sorted(p.name for p in (tmp_path / "m/artifacts/progress").iterdir()) == ["epoch_000.npy", "epoch_001.npy"]  # fmt: skip
+        assert "progress.png" in pictures and metrics["progress_epochs"] == 2
