@@ -2,6 +2,7 @@
 VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
+MODEL  ?= classifier
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -47,8 +48,8 @@ format: setup ## apply ruff fixes and formatting
 bench: setup data ## Lightning vs plain PyTorch training throughput
 	$(BIN)/python benchmarks/train_throughput.py
 
-reproduce-check: setup data ## retrain the classifier from scratch and compare with metrics/classifier.json
-	$(BIN)/python pipeline/check_reproducible.py classifier
+reproduce-check: setup data ## retrain MODEL (default classifier) from scratch, compare with metrics/$(MODEL).json
+	$(BIN)/python pipeline/check_reproducible.py $(MODEL)
 
 clean: ## remove run scratch and caches (keeps data, models and metrics)
 	rm -rf runs .pytest_cache .ruff_cache
