@@ -78,9 +78,8 @@ def image_rows(
 ) -> None:  # fmt: skip
     """Save rows of images (each ``(N, C, H, W)`` in [0, 1]) as one labelled picture."""
     ncols = max(len(r) for r in rows)
-    fig, axes = plt.subplots(
-        len(rows), ncols, figsize=(1.1 * ncols + 1.2, 1.15 * len(rows) + 0.6), squeeze=False
-    )
+    height = 1.15 * len(rows) + 0.6
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.1 * ncols + 1.2, height), squeeze=False)
     for i, row in enumerate(rows):
         for j, ax in enumerate(axes[i]):
             ax.set_xticks([])
@@ -95,8 +94,8 @@ def image_rows(
             if i == 0 and col_labels:
                 ax.set_title(col_labels[j] if j < len(col_labels) else "", fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+        fig.suptitle(title, fontsize=10, y=1 - 0.1 / height)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05, top=1 - 0.45 / height)  # title close to images
     save_figure(fig, path)
 
 
