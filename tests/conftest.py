@@ -111,7 +111,7 @@ def tiny_section(name: str, upstream: str | Path | None = None, model: dict | No
     from sightline.registry import get_model
 
     spec = get_model(name)
-    raw = {"data": {"batch_size": 16, "eval_batch_size": 64}, "model": {**TINY_MODEL.get(name, {}), **(model or {})}, "trainer": {**TINY_TRAINER, **trainer}}  # fmt: skip
+    raw = {"data": {"batch_size": 16, "eval_batch_size": 64, **TINY_DATA.get(name, {})}, "model": {**TINY_MODEL.get(name, {}), **(model or {})}, "trainer": {**TINY_TRAINER, **trainer}}  # fmt: skip
     if "score" in spec.params.model_fields:
         raw["score"] = TINY_SCORE
     if upstream is not None:
@@ -138,6 +138,7 @@ TINY_MODEL = {
         "max_samples": 64,
     },
 }
+TINY_DATA = {"clip": {"fashion_pairs": 32}}
 TINY_SCORE = {"samples": 60, "val_samples": 40, "kid_subsets": 5, "kid_subset_size": 20, "batch_size": 32}  # fmt: skip
 
 
@@ -152,7 +153,7 @@ def tiny_classifier(tmp_path_factory, prepared_fashion) -> Path:
 
 
 @pytest.fixture(scope="session")
-def repo_copy(tmp_path_factory, fashion_root) -> Path:
+def repo_copy(tmp_path_factory, fashion_root, emoji_package) -> Path:
     """A git + DVC copy of the repository whose params are tiny and use the synthetic IDX files."""
     import yaml
 
@@ -164,11 +165,12 @@ def repo_copy(tmp_path_factory, fashion_root) -> Path:
         elif src.exists():
             shutil.copy2(src, dst / item)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["datasets"] = {"fashion_mnist": {"root": str(fashion_root), "download": False, "val_fraction": 0.2}}  # fmt: skip
+    params["datasets"] = {
+        "fashion_mnist": {"root": str(fashion_root), "download": False, "val_fraction": 0.2},
+        "emoji": {"root": str(emoji_package), "download": False, "val_fraction": 0.2, "test_fraction": 0.25},
+    }  # fmt: skip
     for name, section in params["models"].items():
-        section["data"].update(
-            {"dataset": "fashion_mnist", "batch_size": 16, "eval_batch_size": 64}
-        )
+        section["data"].update({"batch_size": 16, "eval_batch_size": 64, **TINY_DATA.get(name, {})})
         section["model"].update(TINY_MODEL.get(name, {}))
         section["trainer"].update(TINY_TRAINER)
         if "score" in section:
@@ -187,3 +189,51 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Comple
 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+EMOJI_CATEGORIES = ["Smileys & Emotion", "Animals & Nature", "Flags"]
+
+
+def make_emoji_package(root: Path, per_category: int = 8) -> Path:
+    """An unpacked ``emoji-datasource-google`` lookalike: emoji.json + RGBA PNGs (one broken,
+    one Component entry, skin-tone variants)."""
+    import json
+
+    img_dir = root / "img/google/64"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    colors = [(230, 180, 20), (40, 160, 60), (30, 60, 200)]
+    entries, order = [], 0
+    for c, category in enumerate(EMOJI_CATEGORIES):
+        for k in range(per_category):
+            code = f"{c + 1}F{k:03d}"
+            entry = {"name": f"{category.split()[0].upper()} THING {k}", "short_name": f"t{c}{k}", "unified": code, "image": f"{code.lower()}.png", "category": category, "sort_order": order, "has_img_google": True}  # fmt: skip
+            order += 1
+            if k % 4 == 1:
+                entry["skin_variations"] = {
+                    t: {"image": f"{code.lower()}-{t.lower()}.png", "has_img_google": True} for t in ("1F3FB", "1F3FD")
+                }  # fmt: skip
+            entries.append(entry)
+            for image in [entry["image"], *(v["image"] for v in entry.get("skin_variations", {}).values())]:  # fmt: skip
+                img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+                img.paste(Image.new("RGBA", (16 + 4 * k, 16 + 4 * k), (*colors[c], 255)), (8, 8))
+                img.save(img_dir / image)
+    (img_dir / entries[2]["image"]).write_bytes(b"broken png")
+    entries.append({"name": "EMOJI MODIFIER FITZPATRICK TYPE-3", "short_name": "skin-tone-3", "unified": "1F3FC", "image": "1f3fc.png", "category": "Component", "sort_order": order})  # fmt: skip
+    (root / "emoji.json").write_text(json.dumps(entries))
+    return root
+
+
+@pytest.fixture(scope="session")
+def emoji_package(tmp_path_factory) -> Path:
+    return make_emoji_package(tmp_path_factory.mktemp("emoji-pkg") / "package")
+
+
+@pytest.fixture(scope="session")
+def prepared_emoji(tmp_path_factory, emoji_package) -> Path:
+    from sightline.config import DatasetConfig
+    from sightline.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("prepared-emoji") / "emoji"
+    cfg = DatasetConfig(root=str(emoji_package), download=False, val_fraction=0.2, test_fraction=0.25)  # fmt: skip
+    prepare_dataset("emoji", cfg, 0, out, out.parent / "dl")
+    return out

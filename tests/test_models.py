@@ -7,11 +7,12 @@ import pytest
 import torch
 from conftest import tiny_section
 
+from sightline.config import ImageDataConfig
 from sightline.inference import load_for_inference, load_module
 from sightline.registry import get_model, list_models
 from sightline.training import export_model, train
 
-IMAGE_MODELS = [n for n in list_models() if "dataset" in get_model(n).params.model_fields["data"].annotation.model_fields]  # fmt: skip
+IMAGE_MODELS = [n for n in list_models() if get_model(n).params.model_fields["data"].annotation is ImageDataConfig]  # fmt: skip
 
 
 def build(name: str, data_dir):

@@ -54,7 +54,7 @@ def load_raw(name: str, cfg: DatasetConfig, cache_dir: Path) -> RawSplits:
         return load_fashion_mnist(root, cfg.download, cache_dir)
     if name == "cifar10":
         return load_cifar10(root, cfg.download, cache_dir)
-    raise DataError(f"datasets.{name}: unknown dataset (known: fashion_mnist, cifar10)")
+    raise DataError(f"datasets.{name}: unknown dataset (known: fashion_mnist, cifar10, emoji)")
 
 
 def split_raw(
@@ -94,6 +94,10 @@ def prepare_dataset(
     Returns:
         The meta dict written to ``meta.json``.
     """
+    if name == "emoji":  # captioned images: their own layout (captions, base-emoji groups)
+        from sightline.data.emoji import prepare_emoji
+
+        return prepare_emoji(cfg, seed, out_dir, cache_dir)
     raw = load_raw(name, cfg, cache_dir)
     splits = split_raw(raw, cfg, seed)
     train_x = splits["train"][0].astype(np.float64) / 255.0

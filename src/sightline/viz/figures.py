@@ -131,3 +131,25 @@ def scatter_figure(points: np.ndarray, labels: np.ndarray, classes: list[str], p
     ax.legend(markerscale=4, fontsize=8, loc="best")
     ax.set_title(title, fontsize=10)
     save_figure(fig, path)
+
+
+def similarity_figure(sim: np.ndarray, images: np.ndarray, captions: list[str], path: Path, title: str) -> None:  # fmt: skip
+    """Image-caption similarity matrix ``(N, N)``: rows = images (thumbnails at the left),
+    columns = captions; the true pairs lie on the diagonal."""
+    n = len(captions)
+    fig, ax = plt.subplots(figsize=(0.62 * n + 3, 0.62 * n + 3.2))
+    im = ax.imshow(sim, cmap="viridis")
+    short = [c if len(c) <= 38 else c[:36] + "…" for c in captions]
+    ax.set_xticks(range(n), short, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n), [""] * n)
+    for i in range(n):
+        thumb = ax.inset_axes([-1.0 / n - 0.01, 1 - (i + 1) / n, 1.0 / n, 1.0 / n])
+        thumb.imshow(images[i].transpose(1, 2, 0) if images[i].shape[0] == 3 else images[i][0], cmap=None if images[i].shape[0] == 3 else "gray")  # fmt: skip
+        thumb.axis("off")
+        for j in range(n):
+            ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=5.5, color="white" if sim[i, j] < sim.max() * 0.7 else "black")  # fmt: skip
+    ax.set_xlabel("captions")
+    ax.set_ylabel("images", labelpad=0.62 * n + 6)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="cosine similarity")
+    ax.set_title(title, fontsize=9)
+    save_figure(fig, path)

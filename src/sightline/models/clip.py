@@ -1,0 +1,220 @@
+"""``clip``: CLIP-style image-text alignment built with open_clip, trained from scratch or
+fine-tuned from a local open_clip checkpoint.
+
+The architecture is an open_clip model config (``clip_configs/*.json``, registered with
+``open_clip.add_model_config``); the tokenizer is open_clip's built-in BPE (its vocabulary
+ships inside the package, nothing is fetched); the loss is open_clip's ``ClipLoss``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from pydantic import Field
+
+from sightline.config import ModelParams, Strict, TrainerConfig
+from sightline.errors import ConfigError, InputError
+from sightline.registry import ModelSpec, register_model
+
+CONFIG_DIR = Path(__file__).parent / "clip_configs"
+MAX_LOGIT_SCALE = math.log(100)  # open_clip clamps the learned temperature here
+
+
+def open_clip_module():
+    """``open_clip`` with this package's model configs registered (idempotent)."""
+    import open_clip
+
+    if not any(name.startswith("sightline-") for name in open_clip.list_models()):
+        open_clip.add_model_config(CONFIG_DIR)
+    return open_clip
+
+
+class ClipDataConfig(Strict):
+    """``models.clip.data``: emoji pairs, plus Fashion-MNIST pairs from ``upstream``."""
+
+    dataset: Literal["emoji"] = "emoji"
+    fashion_pairs: int = Field(3000, ge=0)  # Fashion-MNIST pairs drawn per epoch; 0 = emoji only
+    batch_size: int = Field(256, gt=1)
+    eval_batch_size: int = Field(512, gt=0)
+    num_workers: int = Field(0, ge=0)
+
+
+class ClipConfig(Strict):
+    """``models.clip.model``: every key is a ``ClipModule`` argument."""
+
+    arch: str = "sightline-ViT-T-4-32"  # an open_clip model config name
+    context_length: int = Field(24, ge=4, le=77)
+    pretrained: str | None = None  # a local open_clip checkpoint to fine-tune from
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    warmup_steps: int = Field(50, ge=0)
+    max_texts: int = Field(256, ge=1)  # the most captions or labels one request may embed
+
+
+class ClipParams(ModelParams):
+    upstream: str = "data/prepared/fashion_mnist"  # Fashion-MNIST pairs and zero-shot test
+    data: ClipDataConfig = ClipDataConfig()
+    model: ClipConfig = ClipConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+
+class ClipModule(L.LightningModule):
+    """An open_clip ``CLIP`` trained with ``ClipLoss``; rebuilt from its hyperparameters alone.
+
+    Args:
+        arch: open_clip model config name.
+        context_length: tokens per caption (longer captions are truncated, never an error).
+        pretrained: local checkpoint loaded when fitting starts (not when rebuilding for
+            serving, where the trained weights replace it anyway).
+        lr, weight_decay, warmup_steps: AdamW with linear warmup then cosine decay; no weight
+            decay on gains, biases, embeddings' positions or the logit scale (as open_clip).
+        max_texts: request limit for ``embed_texts``.
+    """
+
+    def __init__(
+        self, arch: str = "sightline-ViT-T-4-32", context_length: int = 24,
+        pretrained: str | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
+        warmup_steps: int = 50, max_texts: int = 256,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.save_hyperparameters()
+        oc = open_clip_module()
+        self.model, _, self.preprocess_one = oc.create_model_and_transforms(
+            arch, pretrained=None, force_context_length=context_length
+        )
+        self.tokenizer = oc.get_tokenizer(arch, context_length=context_length)
+        self.loss = oc.ClipLoss()
+
+    def preprocess(self, images) -> torch.Tensor:
+        """PIL images (any mode or size) -> the normalised batch ``(B, 3, S, S)`` (open_clip's
+        eval transform: resize, centre crop, RGB, normalise); training uses the same."""
+        if not images:
+            raise InputError("no images given")
+        return torch.stack([self.preprocess_one(im) for im in images])
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Captions -> token ids ``(B, context_length)``; over-long captions are truncated."""
+        if isinstance(texts, str) or not texts:
+            raise InputError("expected a non-empty list of captions")
+        if len(texts) > self.hparams.max_texts:
+            raise InputError(f"at most {self.hparams.max_texts} captions per request, got {len(texts)}")  # fmt: skip
+        return self.tokenizer([str(t) for t in texts])
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.pretrained:
+            open_clip_module().load_checkpoint(self.model, self.hparams.pretrained, weights_only=True)  # fmt: skip
+        world = self.trainer.world_size
+        if world > 1:  # gather features across processes: every pair sees every negative
+            self.loss = open_clip_module().ClipLoss(gather_with_grad=True, rank=self.global_rank, world_size=world)  # fmt: skip
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor):
+        """``(image_features (B, D), text_features (B, D), logit_scale.exp())``, unit norm."""
+        img = self.model.encode_image(images, normalize=True)
+        txt = self.model.encode_text(tokens, normalize=True)
+        return img, txt, self.model.logit_scale.exp()
+
+    def _common_step(self, batch, stage: str) -> torch.Tensor:
+        images, tokens = batch
+        img, txt, scale = self(images, tokens)
+        loss = self.loss(img.float(), txt.float(), scale.float())
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True)  # fmt: skip
+        if on_step:
+            self.log("train/logit_scale", scale, on_step=True, on_epoch=False)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._common_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._common_step(batch, "val")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        with torch.no_grad():  # as open_clip's training loop: temperature <= 100
+            self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        named = list(self.model.named_parameters())
+        no_decay = [p for n, p in named if p.ndim < 2 or "logit_scale" in n or "positional_embedding" in n or n.endswith(".bias")]  # fmt: skip
+        ids = {id(p) for p in no_decay}
+        decay = [p for _, p in named if id(p) not in ids]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr, betas=(0.9, 0.98), eps=1e-6,
+        )  # fmt: skip
+        total, warm = max(1, int(self.trainer.estimated_stepping_batches)), hp.warmup_steps
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    @torch.no_grad()
+    def embed_images(self, images) -> torch.Tensor:
+        """PIL images -> unit-norm embeddings ``(B, D)`` (float32, on the CPU)."""
+        x = self.preprocess(images).to(self.device)
+        return self.model.encode_image(x, normalize=True).float().cpu()
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """Captions -> unit-norm embeddings ``(B, D)`` (float32, on the CPU)."""
+        return self.model.encode_text(self.tokenize(texts).to(self.device), normalize=True).float().cpu()  # fmt: skip
+
+    @torch.no_grad()
+    def class_embeddings(self, labels: list[str], templates: list[str]) -> torch.Tensor:
+        """One unit-norm text embedding per label: the mean over prompt templates."""
+        if not labels:
+            raise InputError("expected a non-empty list of labels")
+        rows = [self.embed_texts([t.format(label) for t in templates]).mean(0) for label in labels]
+        return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
+
+    @torch.no_grad()
+    def postprocess(self, logits: torch.Tensor, labels: list[str], top_k: int = 5) -> list[list[dict]]:  # fmt: skip
+        """Image-label logits ``(B, K)`` -> per image the ``top_k`` ``{"label", "probability"}``."""
+        probs = (logits.float() * self.model.logit_scale.exp().float().cpu()).softmax(-1)
+        values, idx = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        return [[{"label": labels[i], "probability": round(float(p), 6)} for p, i in zip(v, ix, strict=True)] for v, ix in zip(values.tolist(), idx.tolist(), strict=True)]  # fmt: skip
+
+
+def _datamodule(section: ClipParams, data_dir, seed: int):
+    from sightline.data.captions import CaptionDataModule
+
+    d = section.data
+    return CaptionDataModule(data_dir, section.upstream, d.batch_size, d.eval_batch_size, d.num_workers, d.fashion_pairs, seed)  # fmt: skip
+
+
+def _module_kwargs(section: ClipParams, dm) -> dict:
+    m = section.model
+    if m.arch not in open_clip_module().list_models():
+        raise ConfigError(f"models.clip.model.arch: {m.arch!r} is not an open_clip model config (ours: {', '.join(p.stem for p in sorted(CONFIG_DIR.glob('*.json')))})")  # fmt: skip
+    if m.pretrained is not None and not Path(m.pretrained).expanduser().is_file():
+        raise ConfigError(f"models.clip.model.pretrained: {m.pretrained}: file not found")
+    return m.model_dump()
+
+
+def _evaluate(*args, **kwargs) -> dict:
+    from sightline.metrics.clip import evaluate_clip
+
+    return evaluate_clip(*args, **kwargs)
+
+
+register_model(
+    ModelSpec(
+        name="clip",
+        module=ClipModule,
+        params=ClipParams,
+        datamodule=_datamodule,
+        module_kwargs=_module_kwargs,
+        evaluate=_evaluate,
+        monitor="val/loss",
+        mode="min",
+    )
+)

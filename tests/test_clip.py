@@ -1,0 +1,161 @@
+"""The open_clip model: tokenizer, features, loss, temperature, retrieval, data, fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import math
+import tarfile
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_section
+from PIL import Image
+
+from sightline.data.emoji import load_emoji, split_groups
+from sightline.errors import ConfigError, DataError, InputError
+from sightline.evaluation import evaluate
+from sightline.metrics.clip import recall_at_k
+from sightline.models.clip import MAX_LOGIT_SCALE, ClipModule
+from sightline.registry import get_model
+from sightline.training import train
+
+
+@pytest.fixture(scope="module")
+def module() -> ClipModule:
+    torch.manual_seed(0)
+    return ClipModule().eval()
+
+
+def build(prepared_emoji, prepared_fashion, **model):
+    spec = get_model("clip")
+    section = tiny_section("clip", upstream=prepared_fashion, model=model)
+    dm = spec.datamodule(section, prepared_emoji, 0)
+    return spec.module(**spec.module_kwargs(section, dm)), dm, section
+
+
+def test_tokenizer_is_offline_and_pads_or_truncates_to_the_context(module):
+    tokens = module.tokenize(["thumbs up sign, medium skin tone", "a " * 200])
+    assert tokens.shape == (2, 24) and tokens.dtype == torch.long
+    assert tokens[1, -1] == module.tokenizer.eot_token_id  # over-long: truncated, ends with EOT
+    assert tokens[0, 0] == module.tokenizer.sot_token_id and tokens[0, -1] == 0  # short: padded
+    with pytest.raises(InputError, match="non-empty list"):
+        module.tokenize([])
+    with pytest.raises(InputError, match="at most 256"):
+        module.tokenize(["x"] * 257)
+
+
+def test_features_share_a_width_and_have_unit_norm(module):
+    images = [Image.new("RGB", (32, 32), (200, 30, 30)), Image.new("L", (50, 70), 128), Image.new("RGBA", (64, 64))]  # fmt: skip
+    img = module.embed_images(images)  # any mode or size is converted
+    txt = module.embed_texts(["a red square", "grey", "nothing"])
+    assert img.shape == txt.shape == (3, 128)
+    assert torch.allclose(img.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(txt.norm(dim=-1), torch.ones(3), atol=1e-5)
+    with pytest.raises(InputError, match="no images"):
+        module.embed_images([])
+
+
+def test_logits_are_b_by_b_and_the_loss_is_symmetric(module):
+    torch.manual_seed(1)
+    img = torch.nn.functional.normalize(torch.randn(6, 128), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(6, 128), dim=-1)
+    logits_img, logits_txt = module.loss.get_logits(img, txt, torch.tensor(10.0))
+    assert logits_img.shape == logits_txt.shape == (6, 6)
+    assert torch.allclose(logits_img, logits_txt.T)
+    assert torch.allclose(module.loss(img, txt, torch.tensor(10.0)), module.loss(txt, img, torch.tensor(10.0)))  # fmt: skip
+    aligned = module.loss(img, img, torch.tensor(10.0))
+    assert aligned < module.loss(img, txt, torch.tensor(10.0))  # matching pairs -> lower loss
+
+
+def test_logit_scale_starts_at_1_over_007_and_stays_clamped(prepared_emoji, prepared_fashion):
+    clip, dm, _ = build(prepared_emoji, prepared_fashion, lr=0.5, warmup_steps=0)
+    assert math.isclose(clip.model.logit_scale.item(), math.log(1 / 0.07), rel_tol=1e-6)
+    with torch.no_grad():
+        clip.model.logit_scale.fill_(MAX_LOGIT_SCALE - 1e-3)
+    trainer = L.Trainer(max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    trainer.fit(clip, datamodule=dm)
+    assert clip.model.logit_scale.item() <= MAX_LOGIT_SCALE + 1e-6
+
+
+def test_recall_at_k_on_a_hand_made_matrix():
+    sim = torch.tensor([
+        [0.9, 0.1, 0.0, 0.0],  # match first
+        [0.8, 0.5, 0.1, 0.0],  # match second
+        [0.7, 0.6, 0.2, 0.1],  # match third
+        [0.9, 0.8, 0.7, 0.0],  # match last
+    ])  # fmt: skip
+    assert recall_at_k(sim, (1, 2, 3, 4)) == {1: 0.25, 2: 0.5, 3: 0.75, 4: 1.0}
+
+
+def test_training_and_serving_preprocess_identically(prepared_emoji, prepared_fashion):
+    clip, dm, _ = build(prepared_emoji, prepared_fashion)
+    dm.attach(clip)
+    x, _, captions = dm.split("train")
+    images, tokens = dm.collate([(Image.fromarray(x[0].transpose(1, 2, 0)), captions[0])])
+    served = clip.preprocess([Image.fromarray(x[0].transpose(1, 2, 0))])
+    assert torch.equal(images, served) and torch.equal(tokens, clip.tokenize([captions[0]]))
+
+
+def test_emoji_prepare_splits_by_base_emoji(prepared_emoji, emoji_package, tmp_path):
+    meta = json.loads((prepared_emoji / "meta.json").read_text())
+    assert meta["classes"] == ["Smileys & Emotion", "Animals & Nature", "Flags"]  # no Component
+    groups = {s: set(np.load(prepared_emoji / f"{s}_group.npy").tolist()) for s in ("train", "val", "test")}  # fmt: skip
+    assert not (groups["train"] & groups["test"]) and not (groups["train"] & groups["val"])
+    report = json.loads((prepared_emoji / "report.json").read_text())
+    assert report["skipped"] == 1 and report["skipped_files"][0].startswith("img/google/64/")
+    raw = load_emoji(emoji_package, False, tmp_path)
+    assert any(c.endswith(", medium skin tone") for c in raw.captions)
+    assert len(raw.captions) == 3 * 8 + 3 * 2 * 2 - 1  # bases + 2 tones for 2 of 8 each, one broken
+    # the same data read from the npm .tgz
+    tgz = tmp_path / "emoji-datasource-google-0.0.0.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(emoji_package, arcname="package")
+    assert load_emoji(tgz, False, tmp_path).captions == raw.captions
+    parts = split_groups(raw.groups, [0.2, 0.2], 0)
+    assert sum(len(p) for p in parts) == len(raw.groups)
+    with pytest.raises(DataError, match="no emoji.json"):
+        load_emoji(tmp_path, False, tmp_path)
+
+
+def test_missing_pretrained_file_and_unknown_arch_are_one_line_errors(prepared_emoji, prepared_fashion, tmp_path):  # fmt: skip
+    with pytest.raises(ConfigError, match=r"models.clip.model.pretrained: .*missing.pt: file not found"):  # fmt: skip
+        build(prepared_emoji, prepared_fashion, pretrained=str(tmp_path / "missing.pt"))
+    with pytest.raises(ConfigError, match="models.clip.model.arch: 'ViT-Nope'"):
+        build(prepared_emoji, prepared_fashion, arch="ViT-Nope")
+
+
+class _CheckStart(L.Callback):
+    def __init__(self, expected: dict) -> None:
+        self.expected, self.matched = expected, None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        state = pl_module.model.state_dict()
+        self.matched = all(torch.equal(state[k], v) for k, v in self.expected.items())
+
+
+def test_fine_tunes_from_a_local_open_clip_checkpoint(prepared_emoji, prepared_fashion, tmp_path):
+    torch.manual_seed(5)
+    source = ClipModule()
+    path = tmp_path / "local-clip.pt"
+    torch.save({"state_dict": source.model.state_dict()}, path)
+    section = tiny_section("clip", upstream=prepared_fashion, model={"pretrained": str(path)}, limit_train_batches=1)  # fmt: skip
+    check = _CheckStart(source.model.state_dict())
+    info = train("clip", section, 0, prepared_emoji, tmp_path / "m", tmp_path / "run", None, callbacks=[check])  # fmt: skip
+    assert check.matched and info["global_steps"] == 1
+
+
+def test_train_and_evaluate_write_metrics_and_pictures(prepared_emoji, prepared_fashion, tmp_path):
+    section = tiny_section("clip", upstream=prepared_fashion)
+    train("clip", section, 0, prepared_emoji, tmp_path / "m", tmp_path / "run", None)
+    metrics = evaluate("clip", section, 0, tmp_path / "m", prepared_emoji, tmp_path / "report")
+    json.dumps(metrics)
+    n = metrics["test/n_pairs"]
+    assert metrics["test/chance_recall@5"] == round(5 / n, 6)
+    for key in ("test/i2t_recall@1", "test/t2i_recall@5", "zero_shot/fashion_mnist_acc", "zero_shot/emoji_category_acc"):  # fmt: skip
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["test/t2i_recall@10"] >= metrics["test/t2i_recall@5"] >= metrics["test/t2i_recall@1"]  # fmt: skip
+    assert metrics["zero_shot/fashion_mnist_n"] == 100 and metrics["trained_from"] == "scratch"
+    for png in ("similarity_matrix.png", "retrieval.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 1000
