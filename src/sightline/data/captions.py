@@ -66,8 +66,8 @@ class CaptionDataModule(L.LightningDataModule):
     """
 
     def __init__(
-        self, data_dir: str | Path, fashion_dir: str | Path, batch_size: int = 256,
-        eval_batch_size: int = 512, num_workers: int = 0, fashion_pairs: int = 3000, seed: int = 0,
+        self, data_dir: str | Path, fashion_dir: str | Path, batch_size: int = 128,
+        eval_batch_size: int = 512, num_workers: int = 0, fashion_pairs: int = 2000, seed: int = 0,
     ) -> None:  # fmt: skip
         super().__init__()
         self.data_dir, self.fashion_dir = Path(data_dir), Path(fashion_dir)
@@ -84,7 +84,7 @@ class CaptionDataModule(L.LightningDataModule):
 
     def attach(self, module) -> CaptionDataModule:
         """Use ``module``'s open_clip transform and tokenizer (done by ``setup`` when fitting)."""
-        self.transform, self.tokenizer = module.preprocess_one, module.tokenize
+        self.transform, self.tokenizer = module.preprocess_one, module.tokenizer
         return self
 
     def setup(self, stage: str) -> None:

@@ -37,8 +37,8 @@ class ClipDataConfig(Strict):
     """``models.clip.data``: emoji pairs, plus Fashion-MNIST pairs from ``upstream``."""
 
     dataset: Literal["emoji"] = "emoji"
-    fashion_pairs: int = Field(3000, ge=0)  # Fashion-MNIST pairs drawn per epoch; 0 = emoji only
-    batch_size: int = Field(256, gt=1)
+    fashion_pairs: int = Field(2000, ge=0)  # Fashion-MNIST pairs drawn per epoch; 0 = emoji only
+    batch_size: int = Field(128, gt=1)
     eval_batch_size: int = Field(512, gt=0)
     num_workers: int = Field(0, ge=0)
 
@@ -51,7 +51,7 @@ class ClipConfig(Strict):
     pretrained: str | None = None  # a local open_clip checkpoint to fine-tune from
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.1, ge=0.0)
-    warmup_steps: int = Field(50, ge=0)
+    warmup_steps: int = Field(30, ge=0)
     max_texts: int = Field(256, ge=1)  # the most captions or labels one request may embed
 
 
@@ -78,7 +78,7 @@ class ClipModule(L.LightningModule):
     def __init__(
         self, arch: str = "sightline-ViT-T-4-32", context_length: int = 24,
         pretrained: str | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
-        warmup_steps: int = 50, max_texts: int = 256,
+        warmup_steps: int = 30, max_texts: int = 256,
     ) -> None:  # fmt: skip
         super().__init__()
         self.save_hyperparameters()
