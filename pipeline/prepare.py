@@ -1,4 +1,4 @@
-"""Stage ``prepare@<dataset>``: raw images -> data/prepared/<dataset>/ (arrays + meta.json)."""
+"""Stage ``prepare@<dataset>``: raw images or emails -> data/prepared/<dataset>/ (+ meta.json)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ def main() -> None:
         args.dataset, params.datasets[args.dataset], params.seed, out, common.DOWNLOADS
     )
     counts = {s: c["total"] for s, c in meta["counts"].items()}
+    shape = f", shape {meta['shape']}" if "shape" in meta else ""
     print(
-        f"prepared {args.dataset} from {meta['source']}: {counts}, shape {meta['shape']}, "
+        f"prepared {args.dataset} from {meta['source']}: {counts}{shape}, "
         f"skipped {meta['skipped']} unreadable files (list in {out / 'report.json'})"
     )
 

@@ -138,6 +138,7 @@ TINY_MODEL = {
         "max_samples": 64,
     },
 }
+TINY_MODEL["spam"] = {"vocab_size": 300, "max_tokens": 48, "dim": 16, "layers": 1, "heads": 2, "image_size": 32, "image_channels": [8, 16], "lr": 0.005, "warmup_steps": 0}  # fmt: skip
 TINY_DATA = {"clip": {"fashion_pairs": 32}}
 TINY_SCORE = {"samples": 60, "val_samples": 40, "kid_subsets": 5, "kid_subset_size": 20, "batch_size": 32}  # fmt: skip
 
@@ -153,7 +154,7 @@ def tiny_classifier(tmp_path_factory, prepared_fashion) -> Path:
 
 
 @pytest.fixture(scope="session")
-def repo_copy(tmp_path_factory, fashion_root, emoji_package) -> Path:
+def repo_copy(tmp_path_factory, fashion_root, emoji_package, spam_corpus) -> Path:
     """A git + DVC copy of the repository whose params are tiny and use the synthetic IDX files."""
     import yaml
 
@@ -168,6 +169,7 @@ def repo_copy(tmp_path_factory, fashion_root, emoji_package) -> Path:
     params["datasets"] = {
         "fashion_mnist": {"root": str(fashion_root), "download": False, "val_fraction": 0.2},
         "emoji": {"root": str(emoji_package), "download": False, "val_fraction": 0.2, "test_fraction": 0.25},
+        "spam": {**TINY_SPAM_DATASET, "root": str(spam_corpus)},
     }  # fmt: skip
     for name, section in params["models"].items():
         section["data"].update({"batch_size": 16, "eval_batch_size": 64, **TINY_DATA.get(name, {})})
@@ -236,4 +238,71 @@ def prepared_emoji(tmp_path_factory, emoji_package) -> Path:
     out = tmp_path_factory.mktemp("prepared-emoji") / "emoji"
     cfg = DatasetConfig(root=str(emoji_package), download=False, val_fraction=0.2, test_fraction=0.25)  # fmt: skip
     prepare_dataset("emoji", cfg, 0, out, out.parent / "dl")
+    return out
+
+
+HAM_WORDS = ["kernel", "patch", "build", "release", "meeting", "notes", "agenda", "python", "script", "mailing", "list", "thanks", "regards", "config", "server", "debian", "package", "bug", "report", "version"]  # fmt: skip
+SPAM_WORDS = ["free", "money", "cash", "prize", "winner", "click", "offer", "limited", "viagra", "mortgage", "rates", "guaranteed", "income", "credit", "cheap", "pills", "unsubscribe", "act", "now"]  # fmt: skip
+
+
+def png_bytes(size: tuple[int, int] = (40, 30), color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_email(subject: str, body: str, html: bool = False, images: list[bytes] = (), charset: str = "utf-8") -> bytes:  # fmt: skip
+    """An RFC 822 message: plain or HTML-only body, optional PNG attachments."""
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "a@example.org", "b@example.org", subject
+    msg["Date"] = "Tue, 06 Aug 2002 11:51:02 +0100"
+    msg["X-Spam-Status"] = "leaky header that must never be read"
+    if html:
+        msg.set_content(f"<html><body><p>{body}</p></body></html>", subtype="html", charset=charset)
+    else:
+        msg.set_content(body, charset=charset)
+    for k, data in enumerate(images):
+        msg.add_attachment(data, maintype="image", subtype="png", filename=f"img{k}.png")
+    return msg.as_bytes()
+
+
+def make_spam_corpus(root: Path, per_class: int = 24, seed: int = 0) -> Path:
+    """A SpamAssassin-style folder: easy_ham, spam (earlier), easy_ham_2, spam_2 (later), with
+    HTML-only and image messages, a cross-collection duplicate, a non-email and a broken image."""
+    rng = np.random.default_rng(seed)
+    for folder, words, n in (("easy_ham", HAM_WORDS, per_class), ("spam", SPAM_WORDS, per_class), ("easy_ham_2", HAM_WORDS, per_class), ("spam_2", SPAM_WORDS, per_class)):  # fmt: skip
+        d = root / folder
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            era = "latercollection" if folder.endswith("_2") else "earliercollection"
+            body = "\n".join(" ".join(rng.choice(words, 12)) + f" {era} {i}" for _ in range(6))
+            subject = " ".join(rng.choice(words, 4))
+            images = [png_bytes((60, 40), (int(rng.integers(256)), 60, 60))] if i % 5 == 0 else []
+            (d / f"{i:05d}.{folder}").write_bytes(make_email(subject, body, html=i % 4 == 3, images=images))  # fmt: skip
+    dup = sorted((root / "spam").iterdir())[1].read_bytes()
+    (root / "spam_2" / "99999.duplicate").write_bytes(dup)
+    (root / "easy_ham_2" / "99998.binary").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00garbage")
+    (root / "spam" / "99997.broken-image").write_bytes(make_email("cheap pills", "act now", images=[b"\x89PNG not really"]))  # fmt: skip
+    (root / "easy_ham" / "cmds").write_text("mv a b\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def spam_corpus(tmp_path_factory) -> Path:
+    return make_spam_corpus(tmp_path_factory.mktemp("spam-corpus") / "corpus")
+
+
+TINY_SPAM_DATASET = {"root": None, "download": False, "val_fraction": 0.25, "evasion": {"fraction": 0.3, "max_chars": 300}}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def prepared_spam(tmp_path_factory, spam_corpus) -> Path:
+    from sightline.config import SpamDatasetConfig
+    from sightline.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("prepared-spam") / "spam"
+    cfg = SpamDatasetConfig.model_validate({**TINY_SPAM_DATASET, "root": str(spam_corpus)})
+    prepare_dataset("spam", cfg, 0, out, out.parent / "dl")
     return out

@@ -34,6 +34,11 @@ def test_dvc_repro_end_to_end(reproduced):
         assert scores["fid"] > 0 and scores["samples"] == 60 and "fid" in scores["real_floor"]
         for png in pictures:
             assert (reproduced / f"reports/{name}/{png}.png").stat().st_size > 1000
+    spam = json.loads((reproduced / "metrics/spam.json").read_text())
+    assert spam["dataset"] == "spam" and 0.0 <= spam["test/f1"] <= 1.0 and "image_only/f1" in spam
+    assert (reproduced / "reports/spam/curves/roc_fused.json").is_file()
+    prepared = json.loads((reproduced / "data/prepared/spam/meta.json").read_text())
+    assert prepared["split"] == "by collection" and prepared["counts"]["test"]["evasion"] > 0
     # nothing changed -> nothing re-runs
     again = run_cli(["dvc", "repro"], reproduced)
     assert again.returncode == 0 and "Running stage" not in again.stdout
@@ -44,6 +49,7 @@ def test_dvc_repro_end_to_end(reproduced):
         plots.returncode == 0
         and "confusion_matrix.png" in plots.stdout
         and "val/acc" in plots.stdout
+        and "roc_fused.json" in plots.stdout
     )
 
 

@@ -33,6 +33,29 @@ class DatasetConfig(Strict):
     max_per_class: int | None = Field(None, gt=0)  # tiny runs: cap images per class and split
 
 
+class EvasionConfig(Strict):
+    """``datasets.spam.evasion``: synthetic image spam. For this fraction of messages, ham and
+    spam alike, a span of the body's own text is moved into a rendered image attachment."""
+
+    fraction: float = Field(0.25, ge=0.0, le=1.0)
+    min_share: float = Field(0.6, gt=0.0, le=1.0)  # share of the body moved, drawn uniformly
+    max_share: float = Field(1.0, gt=0.0, le=1.0)  # from [min_share, max_share]
+    min_chars: int = Field(40, gt=0)  # shorter bodies are left alone
+    max_chars: int = Field(900, gt=0)  # the most text one image carries
+
+
+class SpamDatasetConfig(DatasetConfig):
+    """``datasets.spam``: raw emails labelled by folder (or mbox file) name."""
+
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)  # of the earlier collection, stratified
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5)  # one-collection sources: the latest mail
+    near_duplicate: float = Field(0.8, gt=0.0, le=1.0)  # MinHash Jaccard above which two are one
+    evasion: EvasionConfig = EvasionConfig()
+
+
+DATASET_CONFIGS: dict[str, type[DatasetConfig]] = {"spam": SpamDatasetConfig}
+
+
 class AugmentConfig(Strict):
     """Batch augmentation applied on the device after transfer (training only)."""
 
@@ -141,6 +164,9 @@ def parse_params(raw: Any, source: str = "params.yaml") -> tuple[Params, dict[st
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     try:
+        if isinstance(raw.get("datasets"), dict):  # each dataset against its own schema
+            datasets = {name: validate(DATASET_CONFIGS.get(name, DatasetConfig), cfg, f"datasets.{name}") for name, cfg in raw["datasets"].items()}  # fmt: skip
+            raw = {**raw, "datasets": datasets}
         params = validate(Params, raw, "")
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None

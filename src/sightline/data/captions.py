@@ -75,7 +75,7 @@ class CaptionDataModule(L.LightningDataModule):
         self.fashion_pairs, self.seed = fashion_pairs, seed
         self.meta = load_meta(self.data_dir)
         self.fashion_meta = load_meta(self.fashion_dir)
-        self.transform = self.tokenizer = None
+        self.transform = self.tokenizer = self._fashion_val = None
 
     @property
     def class_names(self) -> list[str]:
@@ -98,6 +98,19 @@ class CaptionDataModule(L.LightningDataModule):
 
     def fashion_split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         return load_prepared(self.fashion_dir, name)
+
+    @property
+    def fashion_names(self) -> list[str]:
+        """Fashion-MNIST class names as captions word them."""
+        return [FASHION_NAMES.get(c, c.lower()) for c in self.fashion_meta["classes"]]
+
+    def fashion_val(self, n: int = 2000) -> tuple[list[Image.Image], np.ndarray, list[str], list[str]]:  # fmt: skip
+        """The first ``n`` Fashion-MNIST validation images (PIL), their labels, the class names and
+        the prompt templates: the per-epoch zero-shot check."""
+        if self._fashion_val is None:
+            x, y = self.fashion_split("val")
+            self._fashion_val = [to_pil(a) for a in x[:n]], y[:n]
+        return *self._fashion_val, self.fashion_names, FASHION_TEMPLATES
 
     def collate(self, items: list[tuple[Image.Image, str]]) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.stack([self.transform(im) for im, _ in items])

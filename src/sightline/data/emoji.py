@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import subprocess
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from sightline.config import DatasetConfig
+from sightline.data.sources import npm_pack
 from sightline.errors import DataError
 from sightline.io import atomic_dir, write_json
 
@@ -69,21 +68,6 @@ class _Package:
         return path.read_bytes() if path.is_file() else None
 
 
-def npm_pack(cache_dir: Path) -> Path:
-    """``npm pack emoji-datasource-google`` into ``cache_dir`` (once); the ``.tgz`` path."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    found = sorted(cache_dir.glob(f"{PACKAGE}-*.tgz"))
-    if found:
-        return found[-1]
-    if shutil.which("npm") is None:
-        raise DataError(f"datasets.emoji: no local copy and `npm` is not installed; install Node.js or set root to the {PACKAGE} .tgz or folder")  # fmt: skip
-    result = subprocess.run(["npm", "pack", PACKAGE, "--pack-destination", str(cache_dir)], capture_output=True, text=True)  # fmt: skip
-    found = sorted(cache_dir.glob(f"{PACKAGE}-*.tgz"))
-    if result.returncode != 0 or not found:
-        raise DataError(f"datasets.emoji: `npm pack {PACKAGE}` failed: {result.stderr.strip()[-200:]}")  # fmt: skip
-    return found[-1]
-
-
 def _decode_on_white(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as img:
         img = img.convert("RGBA")
@@ -105,7 +89,7 @@ def load_emoji(root: Path | None, download: bool, cache_dir: Path) -> EmojiRaw:
     if root is None:
         if not download:
             raise DataError("datasets.emoji: root is null and download is false; set root to the package .tgz or folder")  # fmt: skip
-        root = npm_pack(cache_dir)
+        root = npm_pack(PACKAGE, cache_dir, "datasets.emoji")
     if not root.exists():
         raise DataError(f"{root}: emoji package not found (a {PACKAGE} .tgz or unpacked folder)")
     pkg = _Package(root)

@@ -54,7 +54,9 @@ def load_raw(name: str, cfg: DatasetConfig, cache_dir: Path) -> RawSplits:
         return load_fashion_mnist(root, cfg.download, cache_dir)
     if name == "cifar10":
         return load_cifar10(root, cfg.download, cache_dir)
-    raise DataError(f"datasets.{name}: unknown dataset (known: fashion_mnist, cifar10, emoji)")
+    raise DataError(
+        f"datasets.{name}: unknown dataset (known: fashion_mnist, cifar10, emoji, spam)"
+    )
 
 
 def split_raw(
@@ -98,6 +100,10 @@ def prepare_dataset(
         from sightline.data.emoji import prepare_emoji
 
         return prepare_emoji(cfg, seed, out_dir, cache_dir)
+    if name == "spam":  # raw emails: parsed messages and rendered images
+        from sightline.mail.corpus import prepare_spam
+
+        return prepare_spam(cfg, seed, out_dir, cache_dir)
     raw = load_raw(name, cfg, cache_dir)
     splits = split_raw(raw, cfg, seed)
     train_x = splits["train"][0].astype(np.float64) / 255.0

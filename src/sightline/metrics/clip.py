@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sightline.data.captions import CATEGORY_TEMPLATES, FASHION_NAMES, FASHION_TEMPLATES, to_pil
+from sightline.data.captions import CATEGORY_TEMPLATES, FASHION_TEMPLATES, to_pil
 from sightline.viz.figures import image_rows, similarity_figure
 
 KS = (1, 5, 10)
@@ -55,7 +55,7 @@ def evaluate_clip(module, dm, report_dir: Path, section, seed: int, model_dir: P
     i2t, t2i = recall_at_k(sim), recall_at_k(sim.T)
 
     fx, fy = dm.fashion_split("test")
-    fashion_names = [FASHION_NAMES.get(c, c.lower()) for c in dm.fashion_meta["classes"]]
+    fashion_names = dm.fashion_names
     fashion_acc = zero_shot(module, _embed_arrays(module, fx), fy, fashion_names, FASHION_TEMPLATES)
     categories = [c.lower() for c in dm.class_names]
     emoji_acc = zero_shot(module, img, cats, categories, CATEGORY_TEMPLATES)

@@ -1,0 +1,235 @@
+"""Raw RFC 822 bytes -> what a recipient's filter sees: the subject, the body as text, images.
+
+Only the ``Subject`` header is read. Headers that relays and filters add (``Received``,
+``X-Spam-*``, ...) would leak how the message was labelled, so none of them reach the model.
+
+- ``text/plain`` parts are decoded with their charset (an unknown charset falls back to UTF-8
+  with replacement characters and is counted);
+- ``text/html`` parts become text marked ``[html]``: scripts and styles dropped, block tags
+  become line breaks, an ``<img>`` keeps its alt text, a link keeps its text plus a token for
+  its domain;
+- URLs anywhere become ``[url example.com]`` and addresses ``[email example.com]``;
+- ``image/*`` parts and inline ``data:image/...;base64`` images are decoded; corrupt,
+  oversized and 1x1 tracking images are dropped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email
+import email.policy
+import io
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from html import unescape
+from html.parser import HTMLParser
+
+from PIL import Image
+
+from sightline.errors import InputError
+
+MAX_IMAGE_BYTES = 2 * 1024 * 1024  # per attached image; larger ones are dropped
+MAX_IMAGE_PIXELS = 4096 * 4096  # decompression-bomb guard
+MAX_IMAGES = 8  # per message; further images are dropped
+MAX_TEXT_CHARS = 100_000  # body text kept per message
+TRACKING_SIDE = 2  # images whose shorter side is at most this many pixels are web bugs
+
+URL = re.compile(r"(?:https?://|ftp://|www\.)([\w.-]+)[^\s<>\"')\]]*", re.IGNORECASE)
+ADDRESS = re.compile(r"\b[\w.+-]+@([\w-]+(?:\.[\w-]+)+)\b")
+BLANKS = re.compile(r"[ \t\r\f\v]+")
+LINES = re.compile(r"\n\s*\n\s*(?:\n\s*)+")
+HTML_MARK = "[html]"  # starts the text of an HTML part: the format is something a filter sees
+BLOCK_TAGS = {"p", "br", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "hr", "blockquote", "pre", "title"}  # fmt: skip
+HIDDEN_TAGS = {"script", "style", "head"}
+
+
+class NotAnEmail(InputError):
+    """The bytes are not an RFC 822 message."""
+
+
+@dataclass
+class ParsedEmail:
+    """A message as the model sees it; ``issues`` counts what was dropped or repaired."""
+
+    subject: str
+    text: str
+    images: list[Image.Image] = field(default_factory=list)
+    issues: Counter = field(default_factory=Counter)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.subject.strip() or self.text.strip() or self.images)
+
+
+def reduce_urls(text: str) -> str:
+    """Replace URLs by ``[url <domain>]`` and addresses by ``[email <domain>]``."""
+    text = URL.sub(lambda m: f" [url {m.group(1).lower().removeprefix('www.').rstrip('.')}] ", text)
+    return ADDRESS.sub(lambda m: f" [email {m.group(1).lower()}] ", text)
+
+
+def tidy(text: str) -> str:
+    """Collapse runs of blanks and of empty lines."""
+    lines = (BLANKS.sub(" ", line).strip() for line in text.replace("\r\n", "\n").split("\n"))
+    return LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+def decode_image(data: bytes, issues: Counter, max_bytes: int = MAX_IMAGE_BYTES) -> Image.Image | None:  # fmt: skip
+    """Bytes -> an RGB image, or ``None`` (counted in ``issues``) when it is too large, does not
+    decode, or is a tracking pixel."""
+    if len(data) > max_bytes:
+        issues["image_too_large"] += 1
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                issues["image_too_large"] += 1
+                return None
+            im.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError):  # fmt: skip
+        issues["corrupt_image"] += 1
+        return None
+    if min(im.size) <= TRACKING_SIDE:
+        issues["tracking_image"] += 1
+        return None
+    if im.mode in (
+        "RGBA",
+        "LA",
+        "P",
+    ):  # composite transparency onto white, as a mail client shows it
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(canvas, rgba)
+    return im.convert("RGB")
+
+
+class _HTMLText(HTMLParser):
+    """HTML -> text with alt texts, link domains and inline data-URI images."""
+
+    def __init__(self, issues: Counter) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.images: list[Image.Image] = []
+        self.hidden = 0
+        self.issues = issues
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag in HIDDEN_TAGS:
+            self.hidden += 1
+        elif tag in BLOCK_TAGS:
+            self.parts.append("\n")
+        elif tag == "img":
+            if a.get("alt"):
+                self.parts.append(f" {a['alt']} ")
+            src = a.get("src", "")
+            if src.startswith("data:image/") and ";base64," in src:
+                try:
+                    data = base64.b64decode(src.split(",", 1)[1], validate=False)
+                except (binascii.Error, ValueError):
+                    self.issues["corrupt_image"] += 1
+                else:
+                    if (im := decode_image(data, self.issues)) is not None:
+                        self.images.append(im)
+        elif tag == "a" and a.get("href", "").lower().startswith(("http", "www", "ftp")):
+            self.parts.append(f" {a['href']} ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in HIDDEN_TAGS:
+            self.hidden = max(0, self.hidden - 1)
+        elif tag in BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.hidden:
+            self.parts.append(data)
+
+
+def html_to_text(html: str, issues: Counter | None = None) -> tuple[str, list[Image.Image]]:
+    """Visible text of an HTML body and its inline data-URI images."""
+    parser = _HTMLText(issues if issues is not None else Counter())
+    try:
+        parser.feed(html)
+        parser.close()
+    except (AssertionError, ValueError):  # pathological markup: keep what was read
+        parser.issues["malformed_html"] += 1
+    return unescape("".join(parser.parts)), parser.images
+
+
+def _part_text(part, issues: Counter) -> str:
+    try:
+        return part.get_content()
+    except (LookupError, UnicodeError):  # unknown or wrong charset: decode leniently
+        issues["unknown_charset"] += 1
+    except Exception:  # noqa: BLE001 - the email package raises assorted errors on broken parts
+        issues["malformed_part"] += 1
+    payload = part.get_payload(decode=True) or b""
+    return payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else str(payload)
+
+
+def _collect(part, texts: list[str], images: list[Image.Image], issues: Counter, max_image_bytes: int) -> None:  # fmt: skip
+    """Depth-first over the MIME tree; of a ``multipart/alternative`` only the plain text is
+    read when it has one (the HTML twin says the same)."""
+    if part.is_multipart():
+        children = list(part.iter_parts())
+        if part.get_content_subtype() == "alternative":
+            plain = [c for c in children if c.get_content_type() == "text/plain"]
+            if plain:
+                children = plain + [c for c in children if c.get_content_maintype() not in ("text", "multipart")]  # fmt: skip
+        for child in children:
+            _collect(child, texts, images, issues, max_image_bytes)
+        return
+    ctype = part.get_content_type()
+    if ctype == "text/plain":
+        texts.append(_part_text(part, issues))
+    elif ctype == "text/html":
+        text, inline = html_to_text(_part_text(part, issues), issues)
+        texts.append(f"{HTML_MARK} {text}")
+        images.extend(inline)
+    elif part.get_content_maintype() == "image":
+        data = part.get_payload(decode=True)
+        if not isinstance(data, bytes) or not data:
+            issues["corrupt_image"] += 1
+        elif (im := decode_image(data, issues, max_image_bytes)) is not None:
+            images.append(im)
+
+
+def _looks_like_email(msg, raw: bytes) -> bool:
+    if b"\x00" in raw[:4096]:
+        return False
+    return len(msg.keys()) > 0
+
+
+def parse_email(raw: bytes, max_image_bytes: int = MAX_IMAGE_BYTES, max_images: int = MAX_IMAGES) -> ParsedEmail:  # fmt: skip
+    """Parse raw message bytes.
+
+    Raises:
+        NotAnEmail: the bytes have no header section (binary data, plain text, an image...).
+    """
+    if not isinstance(raw, bytes | bytearray) or not raw.strip():
+        raise NotAnEmail("empty input: expected the raw bytes of an RFC 822 email")
+    if raw.startswith(b"From ") and b"\n" in raw:  # mbox "From " separator line
+        raw = raw.split(b"\n", 1)[1]
+    msg = email.message_from_bytes(bytes(raw), policy=email.policy.default)
+    if not _looks_like_email(msg, raw):
+        raise NotAnEmail("not an email: no RFC 822 header fields found")
+    issues: Counter = Counter()
+    if msg.defects:
+        issues["malformed"] += 1
+    try:
+        subject = str(msg.get("subject", "") or "")
+    except Exception:  # noqa: BLE001 - undecodable encoded-words
+        issues["malformed_subject"] += 1
+        subject = ""
+    texts: list[str] = []
+    images: list[Image.Image] = []
+    _collect(msg, texts, images, issues, max_image_bytes)
+    if len(images) > max_images:
+        issues["images_dropped"] += len(images) - max_images
+        images = images[:max_images]
+    text = tidy(reduce_urls("\n\n".join(t for t in texts if t)))[:MAX_TEXT_CHARS]
+    return ParsedEmail(tidy(reduce_urls(subject)), text, images, issues)

@@ -1,0 +1,508 @@
+"""``spam``: a multimodal email classifier. Raw email in, calibrated spam probability out.
+
+- Text branch: a word-level tokenizer fitted on the training split only (``tokenizers``), then
+  token + position embeddings, a small pre-norm Transformer encoder, masked mean pooling.
+- Image branch: a small CNN over each of the message's 0..N images (grey, width-fitted onto a
+  square), averaged; a learned "no image" vector stands in when there is none.
+- Fusion: the two vectors are concatenated and a dense head gives one logit. Each branch is
+  also trained alone through the same head (the other replaced by its learned "absent"
+  vector, an extra loss term), and modality dropout blanks a branch of the fused input now
+  and then, so each branch works alone: that is how the text-only and image-only ablations
+  are scored.
+- Calibration: after every validation epoch a temperature is fitted on the validation logits
+  and the decision threshold that maximises Youden's J on validation is chosen. Both are buffers, so
+  each checkpoint carries its own.
+
+``predict_email(raw_bytes)`` and ``predict(subject, body, images)`` share ``encode`` with the
+DataModule: training and serving preprocess identically.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from PIL import Image
+from pydantic import Field, model_validator
+from torch import nn
+from torch.nn import functional as F
+
+from sightline.config import ModelParams, Strict, TrainerConfig
+from sightline.errors import ConfigError, InputError
+from sightline.registry import ModelSpec, register_model
+
+SPECIALS = ["[PAD]", "[UNK]", "[SEP]"]
+
+
+class SpamDataConfig(Strict):
+    """``models.spam.data``."""
+
+    dataset: Literal["spam"] = "spam"
+    batch_size: int = Field(32, gt=1)
+    eval_batch_size: int = Field(128, gt=0)
+    num_workers: int = Field(0, ge=0)
+
+
+class SpamConfig(Strict):
+    """``models.spam.model``: every key is a ``SpamModule`` argument (the tokenizer is fitted)."""
+
+    vocab_size: int = Field(8000, ge=16)
+    max_tokens: int = Field(256, ge=8, le=4096)
+    dim: int = Field(128, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    image_size: int = Field(192, ge=16)
+    image_channels: list[int] = [16, 32, 64, 128]
+    max_images: int = Field(4, ge=1)  # per message; further images are ignored
+    modality_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # fused input: a branch read as absent
+    branch_loss: float = Field(0.5, ge=0.0)  # weight of each branch's own loss (alone, same head)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_steps: int = Field(50, ge=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> SpamConfig:
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if not self.image_channels:
+            raise ValueError("image_channels must name at least one stage")
+        return self
+
+
+class SpamParams(ModelParams):
+    upstream: str = "data/prepared/spam"
+    data: SpamDataConfig = SpamDataConfig()
+    model: SpamConfig = SpamConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+
+def fit_tokenizer(texts, vocab_size: int, min_count: int = 2) -> str:
+    """A lower-casing word-level tokenizer (``tokenizers``) over ``texts``, as its JSON.
+
+    The vocabulary is the ``vocab_size - 3`` most frequent words (ties broken alphabetically,
+    so the same texts always give the same tokenizer; the library's trainers break ties in hash
+    order), plus ``[PAD]`` = 0, ``[UNK]`` and ``[SEP]``.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    for special in SPECIALS:
+        counts.pop(special.lower(), None)
+    words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))  # fmt: skip
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + words[: vocab_size - len(SPECIALS)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.add_special_tokens(SPECIALS)
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre
+    return tok.to_str()
+
+
+def message_text(subject: str, body: str) -> str:
+    """What the text branch reads: the subject, a separator, the body."""
+    return f"{subject} [SEP] {body}"
+
+
+@dataclass
+class Example:
+    """One encoded message."""
+
+    ids: list[int]
+    images: torch.Tensor  # (k, 1, S, S), k may be 0
+    label: float = 0.0
+
+
+def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
+    """Pad token ids; stack every image with the index of the message it belongs to."""
+    length = max(1, max(len(e.ids) for e in examples))
+    ids = torch.zeros(len(examples), length, dtype=torch.long)
+    for i, e in enumerate(examples):
+        ids[i, : len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
+    images = torch.cat([e.images for e in examples])
+    owner = torch.cat([torch.full((len(e.images),), i, dtype=torch.long) for i, e in enumerate(examples)])  # fmt: skip
+    return {"ids": ids, "images": images, "owner": owner, "labels": torch.tensor([e.label for e in examples])}  # fmt: skip
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature ``T`` minimising the log loss of ``sigmoid(logits / T)``."""
+    log_t = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100, line_search_fn="strong_wolfe")
+    logits, labels = logits.detach().float().cpu(), labels.float().cpu()
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
+def best_threshold(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """The probability threshold that maximises Youden's J (TPR - FPR) on ``(probs, labels)``.
+
+    J does not depend on the share of spam, which moves between collections (13% in the
+    earlier, 43% in the later); an F1-optimal threshold does, and would not carry over.
+    """
+    from torchmetrics.functional.classification import binary_roc
+
+    fpr, tpr, thresholds = binary_roc(probs.float(), labels.long())
+    j = tpr - fpr
+    best = int(j.argmax())
+    return float(thresholds[best].clamp(0.0, 1.0)) if len(thresholds) else 0.5
+
+
+class ImageBranch(nn.Module):
+    """Per image: stride-2 Conv-BN-ReLU + Conv-BN-ReLU stages, global average pool, linear."""
+
+    def __init__(self, channels: list[int], dim: int) -> None:
+        super().__init__()
+        layers, c_in = [], 1
+        for c in channels:
+            layers += [
+                nn.Conv2d(c_in, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+            ]  # fmt: skip
+            c_in = c
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.proj = nn.Linear(c_in, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.body(x))
+
+
+class TextBranch(nn.Module):
+    """Token + learned position embeddings, pre-norm Transformer encoder, then the masked mean
+    and max over tokens, projected back to ``dim``."""
+
+    def __init__(self, vocab: int, max_tokens: int, dim: int, layers: int, heads: int, dropout: float) -> None:  # fmt: skip
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim, padding_idx=0)
+        self.pos = nn.Parameter(torch.randn(max_tokens, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True)  # fmt: skip
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(2 * dim, dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pad = ids == 0
+        h = self.embed(ids) + self.pos[: ids.shape[1]]
+        h = self.norm(self.encoder(h, src_key_padding_mask=pad))
+        keep = (~pad).unsqueeze(-1).to(h.dtype)
+        mean = (h * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        peak = h.masked_fill(pad.unsqueeze(-1), float("-inf")).amax(1).nan_to_num(0.0, neginf=0.0)
+        return self.proj(torch.cat([mean, peak], dim=1))
+
+
+class SpamModule(L.LightningModule):
+    """Text + image branches, concatenated, a dense head: one spam logit per message.
+
+    Args:
+        tokenizer: the fitted tokenizer's JSON (saved with the hyperparameters, so a checkpoint
+            reloads it exactly).
+        class_names: ``["ham", "spam"]``.
+        pos_weight: weight of the spam term in the training loss (ham/spam ratio of the data).
+        The rest: ``SpamConfig``.
+    """
+
+    def __init__(
+        self, tokenizer: str, class_names: list[str] | None = None, pos_weight: float = 1.0,
+        vocab_size: int = 8000, max_tokens: int = 256, dim: int = 128, layers: int = 2,
+        heads: int = 4, image_size: int = 192, image_channels: list[int] | None = None,
+        max_images: int = 4, modality_dropout: float = 0.1, branch_loss: float = 0.5, dropout: float = 0.1, lr: float = 1e-3,
+        weight_decay: float = 0.01, warmup_steps: int = 50,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.save_hyperparameters()
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_str(tokenizer)
+        self.tokenizer.enable_truncation(max_tokens)
+        self.class_names = list(class_names or ["ham", "spam"])
+        vocab = self.tokenizer.get_vocab_size()
+        self.text = TextBranch(vocab, max_tokens, dim, layers, heads, dropout)
+        self.image = ImageBranch(list(image_channels or [16, 32, 64, 128]), dim)
+        self.no_text = nn.Parameter(torch.zeros(dim))
+        self.no_image = nn.Parameter(torch.zeros(dim))
+        self.head = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, 1))  # fmt: skip
+        self.register_buffer("temperature", torch.ones(()))
+        self.register_buffer("threshold", torch.full((), 0.5))
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # preprocessing: one path for the DataModule and for serving
+    def tokenize(self, subject: str, body: str) -> list[int]:
+        return self.tokenizer.encode(message_text(subject, body)).ids
+
+    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
+        """Any PIL image -> ``(1, S, S)`` in [-1, 1]: grey, scaled to the width ``S`` (aspect
+        kept), pasted at the top of a white square (a taller picture is cut at the bottom)."""
+        s = self.hparams.image_size
+        im = image.convert("L")
+        h = max(1, round(im.height * s / im.width))
+        im = im.resize((s, h), Image.BILINEAR)
+        canvas = Image.new("L", (s, s), 255)
+        canvas.paste(im.crop((0, 0, s, min(h, s))), (0, 0))
+        x = torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(1, s, s)
+        return x.float().div(127.5).sub(1.0)
+
+    def encode(self, subject: str, body: str, images: list[Image.Image], label: float = 0.0) -> Example:  # fmt: skip
+        images = list(images)[: self.hparams.max_images]
+        s = self.hparams.image_size
+        stack = torch.stack([self.preprocess_image(im) for im in images]) if images else torch.zeros(0, 1, s, s)  # fmt: skip
+        return Example(self.tokenize(subject or "", body or ""), stack, float(label))
+
+    # model
+    def branches(self, ids, images, owner, use_text: bool = True, use_image: bool = True):
+        """``(text vectors (B, D), image vectors (B, D), has_image (B,))``; an unused or
+        missing branch gives its learned "absent" vector."""
+        b = ids.shape[0]
+        t = self.text(ids) if use_text else self.no_text.expand(b, -1)
+        has = torch.zeros(b, dtype=torch.bool, device=ids.device)
+        v = self.no_image.expand(b, -1)
+        if use_image and images.shape[0]:
+            feats = self.image(images)
+            total = torch.zeros(b, feats.shape[1], device=feats.device, dtype=feats.dtype).index_add_(0, owner, feats)  # fmt: skip
+            count = torch.bincount(owner, minlength=b)
+            has = count > 0
+            v = torch.where(has.unsqueeze(1), total / count.clamp_min(1).unsqueeze(1), v.to(total.dtype))  # fmt: skip
+        return t, v, has
+
+    def fuse(self, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([t, v.to(t.dtype)], dim=1)).squeeze(1)
+
+    def forward(self, ids, images, owner, use_text: bool = True, use_image: bool = True) -> torch.Tensor:  # fmt: skip
+        """Logits ``(B,)``. ``use_text`` / ``use_image`` False: that branch reads as absent."""
+        t, v, _ = self.branches(ids, images, owner, use_text, use_image)
+        return self.fuse(t, v)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated spam probabilities."""
+        return torch.sigmoid(logits.float() / self.temperature.float())
+
+    def _loss(self, logits, labels) -> torch.Tensor:
+        pos = torch.tensor(self.hparams.pos_weight, device=logits.device)
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=pos)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Fused loss, plus ``branch_loss`` x the loss of each branch alone through the same head
+        (image-only on messages that have images); modality dropout on the fused input."""
+        y = batch["labels"]
+        t, v, has = self.branches(batch["ids"], batch["images"], batch["owner"])
+        b, p = len(y), self.hparams.modality_dropout
+        no_t, no_v = self.no_text.expand(b, -1), self.no_image.expand(b, -1).to(v.dtype)
+        drop_t = torch.rand(b, device=y.device) < p
+        drop_v = (torch.rand(b, device=y.device) < p) & has & ~drop_t
+        fused = self.fuse(torch.where(drop_t.unsqueeze(1), no_t, t), torch.where(drop_v.unsqueeze(1), no_v, v))  # fmt: skip
+        loss = fused_loss = self._loss(fused, y)
+        w = self.hparams.branch_loss
+        if w > 0:
+            loss = loss + w * self._loss(self.fuse(t, no_v), y)
+            if has.any():
+                loss = loss + w * self._loss(self.fuse(no_t[has], v[has]), y[has])
+        self.log_dict({"train/loss": loss, "train/fused_loss": fused_loss}, on_step=True, on_epoch=True, prog_bar=True, batch_size=b)  # fmt: skip
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        logits = self(batch["ids"], batch["images"], batch["owner"])
+        self._val.append((logits.float(), batch["labels"]))
+
+    def on_validation_epoch_end(self) -> None:
+        """Validation loss, then calibration (temperature, threshold) and the scores it gives."""
+        from torchmetrics.functional.classification import binary_average_precision, binary_f1_score
+
+        if not self._val:
+            return
+        logits, labels = (torch.cat(t) for t in zip(*self._val, strict=True))
+        self._val = []
+        if self.trainer.world_size > 1:
+            logits, labels = (self.all_gather(t).flatten() for t in (logits, labels))
+        self.log("val/loss", F.binary_cross_entropy_with_logits(logits, labels.float()), sync_dist=False)  # fmt: skip
+        if self.trainer.sanity_checking or labels.unique().numel() < 2:
+            return
+        self.temperature.fill_(fit_temperature(logits, labels))
+        probs = self.probabilities(logits)
+        self.threshold.fill_(best_threshold(probs.cpu(), labels.cpu()))
+        y = labels.long()
+        self.log_dict({
+            "val/f1": binary_f1_score(probs, y, threshold=float(self.threshold)),
+            "val/pr_auc": binary_average_precision(probs, y),
+            "val/temperature": self.temperature, "val/threshold": self.threshold,
+        })  # fmt: skip
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "pos" not in n and "embed" not in n]  # fmt: skip
+        ids = {id(p) for p in decay}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=hp.lr)  # fmt: skip
+        total, warm = max(1, int(self.trainer.estimated_stepping_batches)), hp.warmup_steps
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # inference
+    @torch.no_grad()
+    def predict_batch(self, examples: list[Example]) -> list[dict]:
+        """Encoded messages -> per message the calibrated probability, label and modalities."""
+        if not examples:
+            raise InputError("no messages given")
+        batch = collate(examples)
+        logits = self(batch["ids"].to(self.device), batch["images"].to(self.device), batch["owner"].to(self.device))  # fmt: skip
+        probs = self.probabilities(logits).cpu().tolist()
+        threshold = float(self.threshold)
+        return [
+            {
+                "spam_probability": round(p, 6), "label": self.class_names[int(p >= threshold)],
+                "threshold": round(threshold, 6),
+                "modalities": {"text": len(e.ids) > 1, "images": int(e.images.shape[0])},
+            }
+            for p, e in zip(probs, examples, strict=True)
+        ]  # fmt: skip
+
+    def predict(self, subject: str = "", body: str = "", images: list[Image.Image] | None = None) -> dict:  # fmt: skip
+        """Classify a message given as parts; at least one part must be non-empty."""
+        images = list(images or [])
+        if not (str(subject).strip() or str(body).strip() or images):
+            raise InputError("nothing to classify: subject, body and images are all empty")
+        return self.predict_batch([self.encode(str(subject), str(body), images)])[0]
+
+    def predict_email(self, raw: bytes) -> dict:
+        """Classify raw RFC 822 bytes (an ``.eml`` file); ``InputError`` if it is no email."""
+        from sightline.mail.parse import parse_email
+
+        parsed = parse_email(raw)
+        out = self.predict(parsed.subject, parsed.text, parsed.images)
+        return {**out, "parse_issues": dict(parsed.issues)}
+
+
+class MessageDataset(torch.utils.data.Dataset):
+    """Prepared messages, encoded by the module's ``encode`` on first access and then cached."""
+
+    def __init__(self, rows: list[dict], data_dir: Path, encode) -> None:
+        self.rows, self.data_dir, self.encode = rows, data_dir, encode
+        self.cache: dict[int, Example] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Example:
+        if i not in self.cache:
+            r = self.rows[i]
+            images = []
+            for name in r["images"]:
+                with Image.open(self.data_dir / name) as im:
+                    images.append(im.convert("RGB"))
+            self.cache[i] = self.encode(r["subject"], r["text"], images, float(r["label"]))
+        return self.cache[i]
+
+
+class EmailDataModule(L.LightningDataModule):
+    """Batches of prepared emails (``prepare@spam``) as ``collate`` dicts.
+
+    Encoding uses the module being trained (``attach``): its tokenizer and image preprocessing.
+    """
+
+    def __init__(self, data_dir, batch_size: int = 32, eval_batch_size: int = 128, num_workers: int = 0, seed: int = 0) -> None:  # fmt: skip
+        super().__init__()
+        from sightline.data.prepare import load_meta
+
+        self.data_dir = Path(data_dir)
+        self.batch_size, self.eval_batch_size, self.num_workers, self.seed = batch_size, eval_batch_size, num_workers, seed  # fmt: skip
+        self.meta = load_meta(self.data_dir)
+        self.encode = None
+        self._rows: dict[str, list[dict]] = {}
+        self._sets: dict[str, MessageDataset] = {}
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    def rows(self, split: str) -> list[dict]:
+        """The prepared rows of a split: id, label, subject, text, images, evasion."""
+        if split not in self._rows:
+            from sightline.mail.corpus import load_messages
+
+            self._rows[split] = load_messages(self.data_dir, split)
+        return self._rows[split]
+
+    def attach(self, module) -> EmailDataModule:
+        self.encode, self._sets = module.encode, {}
+        return self
+
+    def setup(self, stage: str) -> None:
+        if self.trainer is not None:
+            self.attach(self.trainer.lightning_module)
+
+    def dataset(self, split: str) -> MessageDataset:
+        if split not in self._sets:
+            self._sets[split] = MessageDataset(self.rows(split), self.data_dir, self.encode)
+        return self._sets[split]
+
+    def loader(self, split: str, shuffle: bool = False) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            self.dataset(split), batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle, collate_fn=collate, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )  # fmt: skip
+
+    def train_dataloader(self):
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self.loader("val")
+
+    def test_dataloader(self):
+        return self.loader("test")
+
+
+def _datamodule(section: SpamParams, data_dir, seed: int):
+    d = section.data
+    return EmailDataModule(data_dir, d.batch_size, d.eval_batch_size, d.num_workers, seed)
+
+
+def _module_kwargs(section: SpamParams, dm) -> dict:
+    m = section.model
+    rows = dm.rows("train")
+    spam = sum(r["label"] for r in rows)
+    if spam == 0 or spam == len(rows):
+        raise ConfigError("datasets.spam: the training split needs both ham and spam")
+    texts = (message_text(r["subject"], r["text"]) for r in rows)
+    return {"tokenizer": fit_tokenizer(texts, m.vocab_size), "class_names": dm.class_names, "pos_weight": round((len(rows) - spam) / spam, 6), **m.model_dump()}  # fmt: skip
+
+
+def _evaluate(*args, **kwargs) -> dict:
+    from sightline.metrics.spam import evaluate_spam
+
+    return evaluate_spam(*args, **kwargs)
+
+
+register_model(
+    ModelSpec(
+        name="spam",
+        module=SpamModule,
+        params=SpamParams,
+        datamodule=_datamodule,
+        module_kwargs=_module_kwargs,
+        evaluate=_evaluate,
+        monitor="val/loss",
+        mode="min",
+    )
+)

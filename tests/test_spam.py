@@ -1,0 +1,305 @@
+"""The multimodal spam model: email parsing, the corpus and its split, the model, bad input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import tarfile
+from email.message import EmailMessage
+
+import pytest
+import torch
+from conftest import make_email, png_bytes, tiny_section
+from PIL import Image
+
+from sightline.errors import ConfigError, InputError
+from sightline.mail.corpus import group_label, load_messages, read_corpus
+from sightline.mail.parse import NotAnEmail, html_to_text, parse_email
+from sightline.registry import get_model
+
+# parsing
+
+
+def test_multipart_plain_and_html_alternative_reads_the_plain_text_once():
+    msg = EmailMessage()
+    msg["Subject"] = "quarterly report"
+    msg.set_content("numbers are in the attached sheet")
+    msg.add_alternative("<p>numbers are in the <b>attached</b> sheet</p>", subtype="html")
+    parsed = parse_email(msg.as_bytes())
+    assert parsed.subject == "quarterly report"
+    assert parsed.text.count("numbers are in the") == 1 and parsed.images == []
+
+
+def test_html_only_body_keeps_alt_text_link_domains_and_inline_images():
+    data = base64.b64encode(png_bytes((20, 10))).decode()
+    html = f"""<html><head><style>p {{color: red}}</style><script>var x = 1;</script></head><body>
+    <p>Act <b>now</b>&amp; save</p><img alt="GET RICH QUICK" src="data:image/png;base64,{data}">
+    <a href="http://www.Example.COM/buy?id=3">click here</a> or mail sales@shop.example.net</body></html>"""
+    raw = make_email("offer", html, html=True)
+    parsed = parse_email(raw)
+    assert "Act now& save" in parsed.text and "GET RICH QUICK" in parsed.text
+    assert "[url example.com]" in parsed.text and "[email shop.example.net]" in parsed.text
+    assert "color" not in parsed.text and "var x" not in parsed.text and "http" not in parsed.text
+    assert len(parsed.images) == 1 and parsed.images[0].size == (20, 10)
+
+
+@pytest.mark.parametrize("cte", ["base64", "quoted-printable"])
+def test_transfer_encodings_are_decoded(cte):
+    msg = EmailMessage()
+    msg["Subject"] = "caf\u00e9 menu"
+    msg.set_content("d\u00e9jeuner \u00e0 midi, prix 12\u20ac " * 3, cte=cte)
+    assert cte in msg.as_string().lower()
+    parsed = parse_email(msg.as_bytes())
+    assert (
+        parsed.subject == "caf\u00e9 menu"
+        and "d\u00e9jeuner \u00e0 midi, prix 12\u20ac" in parsed.text
+    )
+
+
+def test_non_utf8_and_unknown_charsets_decode_without_error():
+    latin = make_email(
+        "gr\u00fc\u00dfe", "sch\u00f6ne gr\u00fc\u00dfe aus m\u00fcnchen", charset="iso-8859-1"
+    )
+    assert b"iso-8859-1" in latin
+    assert "sch\u00f6ne gr\u00fc\u00dfe" in parse_email(latin).text
+    unknown = latin.replace(b"iso-8859-1", b"x-no-such-charset")
+    parsed = parse_email(unknown)
+    assert parsed.issues["unknown_charset"] == 1 and "sch" in parsed.text
+
+
+def test_image_attachment_is_decoded_and_tracking_pixels_and_broken_images_are_counted():
+    raw = make_email("pics", "see attached", images=[png_bytes((50, 40)), png_bytes((1, 1)), b"\x89PNG broken"])  # fmt: skip
+    parsed = parse_email(raw)
+    assert [im.size for im in parsed.images] == [(50, 40)] and parsed.images[0].mode == "RGB"
+    assert parsed.issues["tracking_image"] == 1 and parsed.issues["corrupt_image"] == 1
+
+
+def test_oversized_attachment_is_dropped_not_fatal():
+    parsed = parse_email(
+        make_email("big", "x", images=[png_bytes((300, 300))]), max_image_bytes=100
+    )
+    assert parsed.images == [] and parsed.issues["image_too_large"] == 1
+
+
+def test_message_without_body_has_its_subject_only():
+    parsed = parse_email(b"Subject: hello there\r\nFrom: a@example.org\r\n\r\n")
+    assert parsed.subject == "hello there" and parsed.text == "" and not parsed.empty
+
+
+@pytest.mark.parametrize("raw", [b"", b"   \n", b"just some words, no headers at all", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"])  # fmt: skip
+def test_bytes_that_are_not_an_email_are_rejected_with_a_reason(raw):
+    with pytest.raises(NotAnEmail, match="email"):
+        parse_email(raw)
+    assert issubclass(NotAnEmail, InputError)
+
+
+def test_html_parser_survives_broken_markup():
+    text, images = html_to_text(
+        "<p>unclosed <b>bold <img src='data:image/png;base64,!!!'> <a href="
+    )
+    assert "unclosed" in text and images == []
+
+
+# corpus and split
+
+
+def test_folder_names_give_label_and_collection():
+    assert group_label("easy_ham") == (0, 1) and group_label("hard-ham-1") == (0, 1)
+    assert group_label("spam_2") == (1, 2) and group_label("easy-ham-2") == (0, 2)
+    assert group_label("spam.mbox") == (1, 1) and group_label("misc") is None
+
+
+def test_corpus_reads_folders_archives_and_mbox(spam_corpus, tmp_path):
+    folder, _ = read_corpus(spam_corpus, False, tmp_path)
+    archive = tmp_path / "corpus.tar.bz2"
+    with tarfile.open(archive, "w:bz2") as tar:
+        tar.add(spam_corpus, arcname="package/data")
+    packed, _ = read_corpus(archive, False, tmp_path)
+    assert [(m.id, m.label, m.collection) for m in packed] == [(m.id, m.label, m.collection) for m in folder]  # fmt: skip
+    assert not any(m.id.endswith("/cmds") for m in folder)
+    mbox_dir = tmp_path / "mboxes"
+    mbox_dir.mkdir()
+    for name, label in (("ham.mbox", "ham"), ("spam.mbox", "spam")):
+        msgs = [make_email(f"{label} {i}", f"body {i}") for i in range(3)]
+        (mbox_dir / name).write_bytes(b"".join(b"From x@y Mon Jan  1 00:00:00 2024\n" + m + b"\n" for m in msgs))  # fmt: skip
+    boxed, _ = read_corpus(mbox_dir, False, tmp_path)
+    assert sorted(m.label for m in boxed) == [0, 0, 0, 1, 1, 1]
+    assert parse_email(boxed[0].raw).subject == "ham 0"
+
+
+def test_unlabelled_or_one_class_sources_are_refused(tmp_path):
+    from sightline.errors import DataError
+
+    (tmp_path / "misc").mkdir()
+    (tmp_path / "misc" / "1.eml").write_bytes(make_email("a", "b"))
+    with pytest.raises(DataError, match="no labelled emails"):
+        read_corpus(tmp_path, False, tmp_path / "dl")
+    (tmp_path / "ham").mkdir()
+    (tmp_path / "ham" / "1.eml").write_bytes(make_email("a", "b"))
+    with pytest.raises(DataError, match="only ham"):
+        read_corpus(tmp_path, False, tmp_path / "dl")
+
+
+def test_prepared_split_is_by_time_without_duplicates_and_tags_evasion(prepared_spam):
+    meta = json.loads((prepared_spam / "meta.json").read_text())
+    rows = {s: load_messages(prepared_spam, s) for s in ("train", "val", "test")}
+    ids = [r["id"] for split in rows.values() for r in split]
+    assert len(ids) == len(set(ids))  # no message in two parts
+    assert all(r["id"].split("/")[0].endswith("_2") for r in rows["test"])
+    assert not any(r["id"].split("/")[0].endswith("_2") for r in rows["train"] + rows["val"])
+    assert not any(r["id"].endswith("duplicate") for r in rows["test"])  # copy of an earlier spam
+    assert meta["counts"]["test"]["duplicates_removed"] >= 1
+    assert meta["skipped"] == 1 and meta["parse_issues"]["corrupt_image"] == 1  # the binary file
+    evasion = [r for split in rows.values() for r in split if r["evasion"]]
+    assert {r["label"] for r in evasion} == {0, 1}  # ham and spam alike
+    for r in evasion:
+        with Image.open(prepared_spam / r["images"][0]) as im:
+            assert im.mode == "RGB" and im.width >= 300
+    assert sum(meta["counts"][s]["evasion"] for s in rows) == len(evasion)
+
+
+def test_evasion_moves_text_out_of_the_body(spam_corpus, tmp_path):
+    from sightline.config import SpamDatasetConfig
+    from sightline.mail.corpus import prepare_spam
+
+    base = {"root": str(spam_corpus), "download": False, "val_fraction": 0.25}
+    plain = tmp_path / "plain"
+    prepare_spam(SpamDatasetConfig.model_validate({**base, "evasion": {"fraction": 0.0}}), 0, plain, tmp_path)  # fmt: skip
+    hidden = tmp_path / "hidden"
+    prepare_spam(SpamDatasetConfig.model_validate({**base, "evasion": {"fraction": 1.0, "min_share": 0.9}}), 0, hidden, tmp_path)  # fmt: skip
+    before = {r["id"]: r for r in load_messages(plain, "train")}
+    after = load_messages(hidden, "train")
+    assert all(r["evasion"] == (len(before[r["id"]]["text"]) >= 40) for r in after)  # min_chars
+    assert sum(r["evasion"] for r in after) >= len(after) - 1
+    assert all(
+        len(r["text"]) < 0.2 * len(before[r["id"]]["text"]) + 20 for r in after if r["evasion"]
+    )
+    with pytest.raises(ConfigError, match="min_share"):
+        prepare_spam(SpamDatasetConfig.model_validate({**base, "evasion": {"min_share": 0.9, "max_share": 0.5}}), 0, tmp_path / "x", tmp_path)  # fmt: skip
+
+
+# model
+
+
+def build(prepared_spam, **model):
+    spec = get_model("spam")
+    section = tiny_section("spam", model=model)
+    dm = spec.datamodule(section, prepared_spam, 0)
+    module = spec.module(**spec.module_kwargs(section, dm))
+    dm.attach(module)
+    return module, dm, section
+
+
+def test_tokenizer_is_fitted_on_train_only_and_deterministic(prepared_spam):
+    from sightline.models.spam import fit_tokenizer, message_text
+
+    module, dm, _ = build(prepared_spam)
+    vocab = module.tokenizer.get_vocab()
+    assert "latercollection" not in vocab  # a word seen only in the test split
+    assert "earliercollection" in vocab
+    texts = [message_text(r["subject"], r["text"]) for r in dm.rows("train")]
+    assert fit_tokenizer(texts, 300) == fit_tokenizer(texts, 300)
+
+
+@pytest.mark.parametrize("n_images", [0, 1, 3])
+def test_logits_for_messages_with_0_1_or_3_images(prepared_spam, n_images):
+    from sightline.models.spam import collate
+
+    module, _, _ = build(prepared_spam)
+    module.eval()
+    images = [Image.new("RGB", (90, 50 + 10 * k), (k * 40, 0, 0)) for k in range(n_images)]
+    batch = collate([module.encode("hello", "world", images), module.encode("free cash", "", [])])
+    assert batch["images"].shape == (n_images, 1, 32, 32)
+    for use_text, use_image in ((True, True), (True, False), (False, True)):
+        out = module(batch["ids"], batch["images"], batch["owner"], use_text, use_image)
+        assert out.shape == (2,) and torch.isfinite(out).all()
+    if n_images:  # the image branch changes the fused logit only for the message with images
+        fused = module(batch["ids"], batch["images"], batch["owner"])
+        text_only = module(batch["ids"], batch["images"], batch["owner"], use_image=False)
+        assert fused[0] != text_only[0] and fused[1] == text_only[1]
+
+
+def test_loss_decreases_on_a_fixed_batch(prepared_spam):
+    from sightline.models.spam import collate
+
+    torch.manual_seed(0)
+    module, dm, _ = build(prepared_spam, modality_dropout=0.0, dropout=0.0)
+    ds = dm.dataset("train")
+    batch = collate([ds[i] for i in range(16)])
+    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
+    module.train()
+    losses = []
+    for _ in range(30):
+        loss = module._loss(module(batch["ids"], batch["images"], batch["owner"]), batch["labels"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_train_export_reload_gives_the_same_tokenizer_and_predictions(prepared_spam, tmp_path, spam_corpus):  # fmt: skip
+    from sightline.inference import load_module
+    from sightline.training import train
+
+    section = tiny_section("spam", max_epochs=2)
+    train("spam", section, 0, prepared_spam, tmp_path / "m", tmp_path / "run", None)
+    served = load_module(tmp_path / "m", "spam")
+    from_ckpt = load_module(tmp_path / "m" / "best.ckpt", "spam")
+    assert served.tokenizer.to_str() == from_ckpt.tokenizer.to_str()
+    assert 0.05 <= float(served.temperature) <= 20 and 0 < float(served.threshold) < 1
+    raw = (spam_corpus / "spam_2" / "00003.spam_2").read_bytes()
+    a, b = served.predict_email(raw), from_ckpt.predict_email(raw)
+    assert a == b and set(a) == {
+        "spam_probability",
+        "label",
+        "threshold",
+        "modalities",
+        "parse_issues",
+    }
+    assert a["modalities"]["text"] and a["label"] in ("ham", "spam")
+
+
+def test_prediction_api_rejects_nothing_usable_and_non_emails(prepared_spam):
+    module, _, _ = build(prepared_spam)
+    module.eval()
+    with pytest.raises(InputError, match="nothing to classify"):
+        module.predict("", "  ", [])
+    with pytest.raises(InputError, match="not an email"):
+        module.predict_email(b"%PDF-1.4 binary")
+    only_subject = module.predict_email(b"Subject: win cash now\r\n\r\n")
+    assert only_subject["modalities"] == {"text": True, "images": 0}
+    broken = module.predict_email(make_email("hi", "see picture", images=[b"GIF89a broken"]))
+    assert broken["modalities"]["images"] == 0 and broken["parse_issues"] == {"corrupt_image": 1}
+    buf = io.BytesIO()
+    Image.new("P", (64, 64)).save(buf, format="GIF")
+    image_only = module.predict(images=[Image.open(buf)])
+    assert image_only["modalities"] == {"text": False, "images": 1}
+
+
+def test_heads_must_divide_dim():
+    with pytest.raises(ConfigError, match="models.spam.model: .*divisible by heads"):
+        from sightline.config import validate
+
+        validate(get_model("spam").params, {"model": {"dim": 30, "heads": 4}}, "models.spam")
+
+
+def test_train_and_evaluate_write_ablations_curves_and_pictures(prepared_spam, tmp_path):
+    from sightline.evaluation import evaluate
+    from sightline.training import train
+
+    section = tiny_section("spam")
+    train("spam", section, 0, prepared_spam, tmp_path / "m", tmp_path / "run", None)
+    metrics = evaluate("spam", section, 0, tmp_path / "m", prepared_spam, tmp_path / "report")
+    for prefix in ("test", "text_only", "image_only"):
+        for key in ("precision", "recall", "f1", "roc_auc", "pr_auc", "ece", "threshold"):
+            assert 0.0 <= metrics[f"{prefix}/{key}"] <= 1.0 or key == "threshold"
+    assert metrics["test/n_evasion"] > 0 and "evasion/text_only/recall" in metrics
+    assert sum(map(sum, metrics["test/confusion"])) == metrics["test/n"]
+    report = tmp_path / "report"
+    for name in ("confusion_matrix.png", "curves.png", "evasion_examples.png", "mistakes.md"):
+        assert (report / name).stat().st_size > 0
+    roc = json.loads((report / "curves" / "roc_fused.json").read_text())
+    assert roc[0] == {"fpr": 0.0, "tpr": 0.0} or roc[0]["fpr"] == 0.0
+    assert "| p(spam) |" in (report / "mistakes.md").read_text()
