@@ -6,7 +6,7 @@ MODEL  ?= classifier
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup data run test test-slow lint format bench reproduce-check clean
+.PHONY: help setup data run test test-slow lint format bench reproduce-check compare clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ bench: setup data ## Lightning vs plain PyTorch training throughput
 
 reproduce-check: setup data ## retrain MODEL (default classifier) from scratch, compare with metrics/$(MODEL).json
 	$(BIN)/python pipeline/check_reproducible.py $(MODEL)
+
+compare: setup ## leaderboard of the models and their DVC experiments -> reports/leaderboard.{md,html}
+	$(BIN)/python pipeline/compare.py
 
 clean: ## remove run scratch and caches (keeps data, models and metrics)
 	rm -rf runs .pytest_cache .ruff_cache

@@ -142,3 +142,22 @@ def test_rerun_reproduces_committed_metrics_and_catches_tampering(reproduced, tm
         reproduced,
     )
     assert result.returncode == 1 and "test/acc" in result.stderr
+
+
+def test_experiments_are_ranked_in_the_leaderboard(reproduced):
+    """Two real `dvc exp run` variants of the classifier appear ranked by test/acc (last test:
+    it changes the copy's workspace)."""
+    for name, dropout in (("drop-a", 0.3), ("drop-b", 0.6)):
+        result = run_cli(["dvc", "exp", "run", "-n", name, "-S", f"models.classifier.model.dropout={dropout}"], reproduced)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli(["python", "pipeline/compare.py"], reproduced)
+    assert result.returncode == 0, result.stderr[-2000:]
+    board = (reproduced / "reports/leaderboard.md").read_text()
+    section = board.split("## classifier: experiments by `test/acc` (max)")[1].split("##")[0]
+    rows = [r for r in section.splitlines() if r.startswith("| ") and "rank" not in r]
+    assert {"drop-a", "drop-b"} <= {r.split(" | ")[1] for r in rows}
+    scores = [float(r.split(" | ")[3]) for r in rows]
+    assert (
+        scores == sorted(scores, reverse=True) and len(scores) == 3
+    )  # the commit and two experiments
+    assert (reproduced / "reports/leaderboard.html").stat().st_size > 1000

@@ -31,17 +31,21 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON through a temp file + rename so a failure never leaves half a file."""
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text through a temp file + rename so a failure never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (``atomic_write_text``)."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")

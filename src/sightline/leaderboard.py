@@ -1,0 +1,195 @@
+"""Compare the models and their DVC experiments: a leaderboard in Markdown and HTML.
+
+Each model declares one selection metric (``SELECTION``): the number its experiments are ranked
+by and a promotion must beat. Experiments come from ``dvc exp show --json``; a failed
+experiment, or one without the metric, is listed last and never ranked above a scored one.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SELECTION: dict[str, tuple[str, str]] = {
+    "classifier": ("test/acc", "max"),
+    "vae": ("test/nelbo", "min"),
+    "gan": ("fid", "min"),
+    "clip": ("test/t2i_recall@5", "max"),
+    "spam": ("test/f1", "max"),
+}
+HEADLINE: dict[str, tuple[str, ...]] = {
+    "classifier": ("test/acc", "test/f1_macro"),
+    "vae": ("test/nelbo", "fid", "latent/active_units"),
+    "gan": ("fid", "kid", "inception_score"),
+    "clip": ("test/t2i_recall@5", "test/i2t_recall@5", "zero_shot/fashion_mnist_acc"),
+    "spam": ("test/f1", "test/roc_auc", "evasion/fused/recall"),
+}
+PICTURES: dict[str, tuple[str, ...]] = {
+    "classifier": ("confusion_matrix.png", "filters.png"),
+    "vae": ("reconstructions.png", "samples.png", "interpolation.png"),
+    "gan": ("samples.png", "progress.png"),
+    "clip": ("similarity_matrix.png", "retrieval.png"),
+    "spam": ("curves.png", "confusion_matrix.png"),
+}
+
+
+@dataclass
+class Experiment:
+    """One row of ``dvc exp show``: a commit (``baseline``) or an experiment derived from it."""
+
+    name: str
+    rev: str
+    params: dict = field(default_factory=dict)  # params.yaml, nested
+    metrics: dict = field(default_factory=dict)  # model name -> its metrics dict
+    error: str | None = None
+    baseline: bool = False
+
+
+def _metrics_by_model(data: dict) -> dict[str, dict]:
+    out = {}
+    for path, entry in (data.get("metrics") or {}).items():
+        if isinstance(entry, dict) and isinstance(entry.get("data"), dict):
+            out[Path(path).stem] = entry["data"]
+    return out
+
+
+def _params(data: dict) -> dict:
+    entry = (data.get("params") or {}).get("params.yaml") or {}
+    return entry.get("data") or {}
+
+
+def _error(entry: dict) -> str | None:
+    err = entry.get("error")
+    if err:
+        return err.get("msg") or err.get("type") or "failed" if isinstance(err, dict) else str(err)
+    return None
+
+
+def parse_exp_show(rows: list[dict]) -> list[Experiment]:
+    """Flatten ``dvc exp show --json`` (DVC 3): commits, then the experiments of each."""
+    out = []
+    for row in rows:
+        if row.get("rev") == "workspace":
+            continue
+        data = row.get("data") or {}
+        out.append(Experiment(row.get("name") or row["rev"][:7], row["rev"], _params(data), _metrics_by_model(data), _error(row), baseline=True))  # fmt: skip
+        for exp in row.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                d = rev.get("data") or {}
+                out.append(Experiment(exp.get("name") or rev.get("name") or rev["rev"][:7], rev["rev"], _params(d), _metrics_by_model(d), _error(rev)))  # fmt: skip
+    return out
+
+
+def score(exp: Experiment, model: str) -> float | None:
+    """The model's selection metric in ``exp``, or ``None`` (failed, missing, not a number)."""
+    if exp.error:
+        return None
+    value = exp.metrics.get(model, {}).get(SELECTION[model][0])
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return None
+    return float(value)
+
+
+def rank(experiments: list[Experiment], model: str) -> list[tuple[Experiment, float | None]]:
+    """Best first by the model's selection metric; unscored experiments last, in input order."""
+    if model not in SELECTION:
+        raise KeyError(model)
+    sign = -1.0 if SELECTION[model][1] == "max" else 1.0
+    scored = [(e, score(e, model)) for e in experiments]
+    good = sorted((p for p in scored if p[1] is not None), key=lambda p: sign * p[1])
+    return good + [p for p in scored if p[1] is None]
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out |= flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
+
+
+def changed_params(section: dict, defaults: dict) -> dict[str, Any]:
+    """Keys of a model's params section whose value differs from the schema's default
+    (``upstream``, the stage wiring, is not a hyperparameter and is left out)."""
+    flat, base = flatten(section), flatten(defaults)
+    return {k: v for k, v in flat.items() if k in base and base[k] != v and k != "upstream"}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:,.1f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return "—" if value is None else str(value)
+
+
+def model_rows(metrics: dict[str, dict], changed: dict[str, dict]) -> list[list[str]]:
+    """One row per model: name, selection metric, headline metrics, time, params, changes."""
+    rows = []
+    for model in sorted(metrics):
+        m = metrics[model]
+        key, mode = SELECTION.get(model, ("", ""))
+        heads = ", ".join(f"{k} {_fmt(m.get(k))}" for k in HEADLINE.get(model, ()) if k != key)
+        diff = (
+            ", ".join(f"{k}={v}" for k, v in sorted(changed.get(model, {}).items())) or "defaults"
+        )
+        rows.append([model, f"{key} ({mode}) **{_fmt(m.get(key))}**", heads, _fmt(m.get("train_time_s")), _fmt(m.get("params")), diff])  # fmt: skip
+    return rows
+
+
+def experiment_rows(experiments: list[Experiment], model: str) -> list[list[str]]:
+    key = SELECTION[model][0]
+    rows = []
+    for i, (exp, value) in enumerate(rank(experiments, model), 1):
+        status = "failed" if exp.error else ("no metric" if value is None else "")
+        section = flatten(exp.params.get("models", {}).get(model, {}))
+        rows.append([str(i) if value is not None else "—", exp.name + (" (commit)" if exp.baseline else ""), exp.rev[:7], _fmt(value), status, _fmt(section.get("trainer.max_epochs"))])  # fmt: skip
+    return rows if rows else [["—", "no experiments", "", "", "", ""]]
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(esc(c) for c in r) + " |" for r in rows)]  # fmt: skip
+
+
+MODEL_HEADER = ["model", "selection metric", "headline", "train s", "parameters", "params changed from defaults"]  # fmt: skip
+EXP_HEADER = ["rank", "experiment", "rev", "score", "status", "epochs"]
+
+
+def markdown(metrics: dict[str, dict], changed: dict[str, dict], experiments: list[Experiment]) -> str:  # fmt: skip
+    lines = ["# Leaderboard", "", "Workspace models (`metrics/*.json`):", "", *_md_table(MODEL_HEADER, model_rows(metrics, changed)), ""]  # fmt: skip
+    for model in sorted(
+        set(metrics) | {m for e in experiments for m in e.metrics} & set(SELECTION)
+    ):
+        key, mode = SELECTION[model]
+        lines += [f"## {model}: experiments by `{key}` ({mode})", "", *_md_table(EXP_HEADER, experiment_rows(experiments, model)), ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c).replace('**', '')}</td>" for c in r) + "</tr>" for r in rows)  # fmt: skip
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_page(metrics: dict[str, dict], changed: dict[str, dict], experiments: list[Experiment], reports: Path, page_dir: Path) -> str:  # fmt: skip
+    """The same tables plus each model's key pictures (linked relative to ``page_dir``)."""
+    import os
+
+    parts = ["<!doctype html><meta charset='utf-8'><title>sightline leaderboard</title>", "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}img{max-height:320px;margin:4px;border:1px solid #eee}</style>", "<h1>Leaderboard</h1>", _html_table(MODEL_HEADER, model_rows(metrics, changed))]  # fmt: skip
+    for model in sorted(
+        set(metrics) | {m for e in experiments for m in e.metrics} & set(SELECTION)
+    ):
+        key, mode = SELECTION[model]
+        parts += [f"<h2>{html.escape(model)}: experiments by {html.escape(key)} ({mode})</h2>", _html_table(EXP_HEADER, experiment_rows(experiments, model))]  # fmt: skip
+        for pic in PICTURES.get(model, ()):
+            path = reports / model / pic
+            if path.is_file():
+                rel = os.path.relpath(path, page_dir)
+                parts.append(f"<a href='{html.escape(rel)}'><img src='{html.escape(rel)}' alt='{html.escape(model)} {html.escape(pic)}'></a>")  # fmt: skip
+    return "\n".join(parts) + "\n"
