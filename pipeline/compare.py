@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import common
 
@@ -39,7 +40,7 @@ def main() -> None:
     changed = {name: changed_params(raw["models"][name], get_model(name).params().model_dump(mode="json")) for name in sections}  # fmt: skip
     if args.exp_json:
         try:
-            rows = json.loads(open(args.exp_json).read())
+            rows = json.loads(Path(args.exp_json).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise DataError(
                 f"{args.exp_json}: not readable `dvc exp show --json` output ({err})"
@@ -51,7 +52,7 @@ def main() -> None:
             raise DataError(f"`{' '.join(cmd)}` failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}")  # fmt: skip
         rows = json.loads(result.stdout or "[]")
     experiments = parse_exp_show(rows)
-    out = common.Path(args.out)
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "leaderboard.md", markdown(metrics, changed, experiments))
     atomic_write_text(out / "leaderboard.html", html_page(metrics, changed, experiments, common.REPORTS, out))  # fmt: skip

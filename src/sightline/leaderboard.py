@@ -143,7 +143,6 @@ def model_rows(metrics: dict[str, dict], changed: dict[str, dict]) -> list[list[
 
 
 def experiment_rows(experiments: list[Experiment], model: str) -> list[list[str]]:
-    key = SELECTION[model][0]
     rows = []
     for i, (exp, value) in enumerate(rank(experiments, model), 1):
         status = "failed" if exp.error else ("no metric" if value is None else "")
