@@ -279,7 +279,12 @@ def make_spam_corpus(root: Path, per_class: int = 24, seed: int = 0) -> Path:
             era = "latercollection" if folder.endswith("_2") else "earliercollection"
             body = "\n".join(" ".join(rng.choice(words, 12)) + f" {era} {i}" for _ in range(6))
             subject = " ".join(rng.choice(words, 4))
-            images = [png_bytes((60, 40), (int(rng.integers(256)), 60, 60))] if i % 5 == 0 else []
+            noisy = Image.fromarray(
+                rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+            )  # lossy storage would alter it
+            buf = io.BytesIO()
+            noisy.save(buf, format="PNG")
+            images = [buf.getvalue()] if i % 5 == 0 else []
             (d / f"{i:05d}.{folder}").write_bytes(make_email(subject, body, html=i % 4 == 3, images=images))  # fmt: skip
     dup = sorted((root / "spam").iterdir())[1].read_bytes()
     (root / "spam_2" / "99999.duplicate").write_bytes(dup)

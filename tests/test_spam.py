@@ -303,3 +303,26 @@ def test_train_and_evaluate_write_ablations_curves_and_pictures(prepared_spam, t
     roc = json.loads((report / "curves" / "roc_fused.json").read_text())
     assert roc[0] == {"fpr": 0.0, "tpr": 0.0} or roc[0]["fpr"] == 0.0
     assert "| p(spam) |" in (report / "mistakes.md").read_text()
+
+
+def test_serving_path_from_raw_bytes_matches_the_training_path(prepared_spam, spam_corpus):
+    """parse -> prepare -> DataModule and predict_email(raw bytes) give the same logit."""
+    from sightline.models.spam import collate
+
+    module, dm, _ = build(prepared_spam)
+    module.eval()
+    rows = dm.rows("test")
+    checked = 0
+    for i, row in enumerate(rows):
+        if row["evasion"]:  # its prepared body was rewritten on purpose
+            continue
+        group, name = row["id"].split("/")
+        raw = (spam_corpus / group / name).read_bytes()
+        batch = collate([dm.dataset("test")[i]])
+        with torch.no_grad():
+            trained = module.probabilities(module(batch["ids"], batch["images"], batch["owner"]))
+        served = module.predict_email(raw)
+        assert served["spam_probability"] == round(float(trained[0]), 6)
+        assert served["modalities"]["images"] == len(row["images"])
+        checked += 1
+    assert checked >= 10

@@ -210,8 +210,13 @@ class NearDuplicates:
 
 
 def _save_image(im, path: Path) -> None:
+    """PNG (lossless: a message's own images reach training as serving decodes them), or JPEG
+    for the rendered evasion pictures (noisy renders are large as PNG)."""
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=90)
+    if path.suffix == ".png":
+        im.save(buf, format="PNG", compress_level=1)
+    else:
+        im.save(buf, format="JPEG", quality=90)
     path.write_bytes(buf.getvalue())
 
 
@@ -254,8 +259,9 @@ def prepare_spam(cfg: SpamDatasetConfig, seed: int, out_dir: Path, cache_dir: Pa
                 parsed.images.insert(0, render_text(span, rng))
                 evasion = True
             names = []
-            for k, im in enumerate(parsed.images):
-                name = f"images/{hashlib.sha1(m.id.encode()).hexdigest()[:16]}_{k}.jpg"
+            for k, im in enumerate(parsed.images):  # the rendered picture is a JPEG attachment;
+                ext = "jpg" if evasion and k == 0 else "png"  # real ones keep their exact pixels
+                name = f"images/{hashlib.sha1(m.id.encode()).hexdigest()[:16]}_{k}.{ext}"
                 images[name], _ = im, names.append(name)
             rows[split].append({"id": m.id, "label": m.label, "subject": parsed.subject, "text": text, "images": names, "evasion": evasion})  # fmt: skip
         if not rows[split] or len({r["label"] for r in rows[split]}) < 2:
