@@ -122,7 +122,7 @@ def changed_params(section: dict, defaults: dict) -> dict[str, Any]:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 100 else f"{value:,.1f}"
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:,.2f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return "—" if value is None else str(value)
