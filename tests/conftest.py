@@ -180,7 +180,10 @@ def repo_copy(tmp_path_factory, fashion_root, emoji_package, spam_corpus) -> Pat
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
-    for key, value in (("user.email", "t@example.invalid"), ("user.name", "t")):  # `dvc exp` commits
+    for key, value in (
+        ("user.email", "t@example.invalid"),
+        ("user.name", "t"),
+    ):  # `dvc exp` commits
         subprocess.run(["git", "config", key, value], cwd=dst, check=True)
     subprocess.run([*git, "add", "-A"], cwd=dst, check=True)
     subprocess.run([*git, "commit", "-qm", "tiny"], cwd=dst, check=True)
