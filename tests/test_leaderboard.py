@@ -51,6 +51,9 @@ def test_ranks_max_and_min_metrics_with_failed_and_missing_last():
     nelbo = rank(exps, "vae")  # lower is better
     assert [e.name for e, _ in nelbo] == ["deep", "main", "wide", "broken", "no-vae"]
     assert exps[3].error == "stage failed"
+    plain = exp_entry("b" * 40, "plain-error", {"classifier": {"test/acc": 0.97}})
+    plain["error"] = "killed"  # an error given as a bare string
+    assert parse_exp_show([plain])[0].error == "killed"
     with pytest.raises(KeyError):
         rank(exps, "nosuchmodel")
 

@@ -63,9 +63,11 @@ def _params(data: dict) -> dict:
 
 def _error(entry: dict) -> str | None:
     err = entry.get("error")
-    if err:
-        return err.get("msg") or err.get("type") or "failed" if isinstance(err, dict) else str(err)
-    return None
+    if not err:
+        return None
+    if isinstance(err, dict):
+        return err.get("msg") or err.get("type") or "failed"
+    return str(err)
 
 
 def parse_exp_show(rows: list[dict]) -> list[Experiment]:
