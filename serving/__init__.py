@@ -1,0 +1,1 @@
+"""BentoML services of the sightline models (see service.py)."""

@@ -1,0 +1,385 @@
+"""The five sightline models as one BentoML service, one route prefix per model.
+
+``bentoml serve serving.service:Sightline`` (from the repository root) or ``bentoml serve
+sightline:latest`` (the packaged Bento). Models come from the BentoML model store (written by
+``dvc repro package``) and are rebuilt with ``sightline.inference.load_module``: safetensors and
+a JSON config, never a pickle. Preprocessing is the package's own, the same code training used.
+
+Settings come from ``serving/params.yaml`` next to this file (batching, limits, GPU request).
+Client mistakes are 4xx with a reason: validation (pydantic bounds, image decoding, email
+parsing) happens per request, before any batching, so one bad request never fails another's.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+import torch
+from bentoml.exceptions import InvalidArgument
+from PIL import Image as PILImage
+from PIL.Image import Image
+from pydantic import AfterValidator, BaseModel, Field, model_validator
+
+from sightline.data.captions import FASHION_TEMPLATES
+from sightline.errors import InputError
+from sightline.inference import load_module, select_device
+from sightline.packaging import load_index, load_serving_config
+
+CONFIG = load_serving_config(Path(__file__).with_name("params.yaml"))
+MAX_PIXELS = 4096 * 4096  # larger images are rejected before they are decoded in full
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def client_errors():
+    """A sightline ``InputError`` (the caller's mistake) becomes a 400 with its message."""
+    try:
+        yield
+    except InputError as err:
+        raise InvalidArgument(str(err)) from None
+
+
+class RequestSizeLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets 413 before it reaches an API.
+
+    A declared ``Content-Length`` is checked up front; a chunked body is read up to the limit and
+    replayed to the app, so memory stays bounded by the limit either way.
+    """
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def _reject(self, send) -> None:
+        body = b'{"error": "request body too large: the limit is %d bytes"}' % self.max_bytes
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]  # fmt: skip
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                return await self._reject(send)
+            return await self.app(scope, receive, send)
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._reject(send)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)
+
+
+# --- request and response types ---------------------------------------------------------------
+
+
+def decode_image(data: bytes, what: str = "image") -> Image:
+    """Bytes -> a fully decoded PIL image; ``InputError`` naming ``what`` otherwise."""
+    try:
+        img = PILImage.open(io.BytesIO(data))
+        if img.width * img.height > MAX_PIXELS:
+            raise InputError(f"{what}: {img.width}x{img.height} pixels is over the {MAX_PIXELS} limit")  # fmt: skip
+        img.load()
+    except InputError:
+        raise
+    except Exception as err:  # PIL raises many types for corrupt data
+        raise InputError(f"{what}: not a decodable image ({type(err).__name__})") from None
+    return img
+
+
+def _open_upload(path: Path) -> Image:
+    try:
+        return decode_image(Path(path).read_bytes(), "image")
+    except InputError as err:
+        raise ValueError(str(err)) from None
+
+
+def _b64_image(value: str) -> str:
+    try:
+        raw = base64.b64decode(value.split(",", 1)[-1] if value.startswith("data:") else value, validate=True)  # fmt: skip
+    except (binascii.Error, ValueError):
+        raise ValueError("not valid base64") from None
+    try:
+        decode_image(raw)
+    except InputError as err:
+        raise ValueError(str(err)) from None
+    return value
+
+
+def b64_to_image(value: str) -> Image:
+    return decode_image(base64.b64decode(value.split(",", 1)[-1] if value.startswith("data:") else value))  # fmt: skip
+
+
+def image_to_b64(img: Image) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+ImageFile = Annotated[Path, bentoml.validators.ContentType("image/*"), AfterValidator(_open_upload)]
+"""An uploaded image (``image/*``), decoded in full while the request is validated."""
+ImageFiles = Annotated[list[ImageFile], Field(min_length=1, max_length=CONFIG.max_images)]
+B64Image = Annotated[str, AfterValidator(_b64_image), Field(description="a PNG/JPEG/GIF image, base64 (a data: URI is accepted)")]  # fmt: skip
+Text = Annotated[str, Field(max_length=CONFIG.max_text_chars)]
+Count = Annotated[int, Field(ge=1, le=CONFIG.max_samples, description="how many images")]
+Seed = Annotated[int, Field(ge=0, lt=2**63, description="the same seed gives the same images")]
+
+
+class Label(BaseModel):
+    label: str
+    probability: float
+
+
+class Message(BaseModel):
+    """An email given as parts; at least one must be non-empty."""
+
+    subject: Text = Field("", examples=["Get rich quick!!!"])
+    body: Text = Field("", examples=["Earn $5,000 a week from home. Reply now."])
+    images: list[B64Image] = Field(default_factory=list, max_length=CONFIG.max_images)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Message:
+        if not (self.subject.strip() or self.body.strip() or self.images):
+            raise ValueError("nothing to classify: subject, body and images are all empty")
+        return self
+
+
+class Modalities(BaseModel):
+    text: bool
+    images: int
+
+
+class SpamResult(BaseModel):
+    spam_probability: float = Field(description="calibrated on the validation split")
+    label: str = Field(description="`spam` when the probability reaches the threshold")
+    threshold: float = Field(description="chosen on the validation split")
+    modalities: Modalities
+    parse_issues: dict[str, int] = Field(default_factory=dict)
+
+
+class Images(BaseModel):
+    seed: int
+    images: list[str] = Field(description="PNG images, base64")
+
+
+class Hit(BaseModel):
+    index: int = Field(description="position in the held-out index; GET the image from /clip/index_image")  # fmt: skip
+    caption: str
+    score: float = Field(description="cosine similarity")
+
+
+# --- the service -----------------------------------------------------------------------------
+
+
+def _grid(images: torch.Tensor) -> Image:
+    from torchvision.utils import make_grid
+
+    from sightline.generative import to_pil
+
+    nrow = max(1, int(len(images) ** 0.5 + 0.999))
+    return to_pil(make_grid(images.float().cpu(), nrow=nrow, padding=2, pad_value=1.0)[None])[0]
+
+
+def _seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@bentoml.service(
+    name=CONFIG.bento,
+    workers=CONFIG.workers,
+    resources={"gpu": CONFIG.gpu} if CONFIG.gpu else {"cpu": "1"},
+    traffic={"timeout": CONFIG.timeout_s},
+    labels={"project": "sightline"},
+)
+class Sightline:
+    """Image classification, spam filtering, VAE and GAN generation, CLIP search."""
+
+    classifier_model = bentoml.models.BentoModel("classifier:latest")
+    spam_model = bentoml.models.BentoModel("spam:latest")
+    vae_model = bentoml.models.BentoModel("vae:latest")
+    gan_model = bentoml.models.BentoModel("gan:latest")
+    clip_model = bentoml.models.BentoModel("clip:latest")
+
+    def __init__(self) -> None:
+        self.ready = False
+        if CONFIG.threads:
+            torch.set_num_threads(CONFIG.threads)
+        self.device = select_device()
+        self.half = CONFIG.half and self.device.type == "cuda"
+        self.tags = {}
+        for name in ("classifier", "spam", "vae", "gan", "clip"):
+            stored = getattr(self, f"{name}_model")
+            setattr(self, name, load_module(stored.path, name, self.device))
+            self.tags[name] = str(stored.tag)
+        tensors, meta = load_index(self.clip_model.path)
+        self.index = tensors["embeddings"].to(self.device)
+        self.index_images, self.index_captions = tensors["images"], meta["captions"]
+        self.ready = True
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    @contextmanager
+    def infer(self):
+        """No autograd; float16 autocast on CUDA when ``half`` is set, else full precision."""
+        with torch.inference_mode(), (torch.autocast("cuda", dtype=torch.float16) if self.half else nullcontext()):  # fmt: skip
+            yield
+
+    # classifier
+
+    @bentoml.api(route="/classifier/predict", batchable=True, **CONFIG.batch("classifier"))
+    def classifier_predict(self, images: ImageFiles) -> list[list[Label]]:
+        """Each image (any size or mode; resized and converted as in training) -> its top-k
+        Fashion-MNIST labels with probabilities."""
+        m = self.classifier
+        with self.infer():
+            logits = m(m.preprocess([i for i in images]).to(self.device))
+        return m.postprocess(logits.float().cpu(), top_k=CONFIG.top_k)
+
+    # spam
+
+    @bentoml.api(route="/spam/predict", batchable=True, **CONFIG.batch("spam"))
+    def spam_predict(
+        self, messages: Annotated[list[Message], Field(min_length=1, max_length=64)]
+    ) -> list[SpamResult]:
+        """Messages as JSON parts -> calibrated spam probability, label and modalities."""
+        m = self.spam
+        with client_errors():
+            examples = [m.encode(x.subject, x.body, [b64_to_image(s) for s in x.images]) for x in messages]  # fmt: skip
+            return [SpamResult(**r) for r in m.predict_batch(examples)]
+
+    @bentoml.api(route="/spam/predict_email")
+    def spam_predict_email(
+        self, email: Annotated[Path, bentoml.validators.ContentType("message/rfc822")]
+    ) -> SpamResult:
+        """A raw RFC 822 email (an ``.eml`` upload) -> as ``/spam/predict``, plus what the parser
+        had to drop (oversized or corrupt images, unknown charsets)."""
+        with client_errors():
+            return SpamResult(**self.spam.predict_email(Path(email).read_bytes()))
+
+    # vae
+
+    @bentoml.api(route="/vae/reconstruct", batchable=True, **CONFIG.batch("vae"))
+    def vae_reconstruct(self, images: ImageFiles) -> list[str]:
+        """Each image -> its reconstruction from the posterior mean (PNG, base64)."""
+        m = self.vae
+        with self.infer():
+            out = m.reconstruct(m.preprocess([i for i in images]).to(self.device))
+        return [image_to_b64(i) for i in m.postprocess(out.float())]
+
+    @bentoml.api(route="/vae/sample")
+    def vae_sample(self, n: Count = 16, seed: Seed = 0) -> Images:
+        """``n`` images decoded from z ~ N(0, I); PNGs, base64."""
+        return Images(seed=seed, images=[image_to_b64(i) for i in self.vae.postprocess(self.vae.sample(n, _seeded(seed), check=False))])  # fmt: skip
+
+    @bentoml.api(route="/vae/sample_grid")
+    def vae_sample_grid(self, n: Count = 16, seed: Seed = 0) -> Image:
+        """As ``/vae/sample``, tiled into one PNG."""
+        return _grid(self.vae.sample(n, _seeded(seed), check=False))
+
+    @bentoml.api(route="/vae/interpolate")
+    def vae_interpolate(
+        self, a: ImageFile, b: ImageFile,
+        steps: Annotated[int, Field(ge=2, le=CONFIG.max_samples)] = 10,
+    ) -> Image:  # fmt: skip
+        """Decode ``steps`` points on the line between the latent means of ``a`` and ``b``; one
+        PNG strip, ``a``'s reconstruction first."""
+        m = self.vae
+        x = m.preprocess([a, b]).to(self.device)
+        with client_errors():
+            frames = m.interpolate(x[0], x[1], steps)
+        from torchvision.utils import make_grid
+
+        from sightline.generative import to_pil
+
+        return to_pil(make_grid(frames.float().cpu(), nrow=steps, padding=2, pad_value=1.0)[None])[0]  # fmt: skip
+
+    # gan
+
+    @bentoml.api(route="/gan/sample")
+    def gan_sample(self, n: Count = 16, seed: Seed = 0) -> Images:
+        """``n`` generated images; PNGs, base64."""
+        with self.infer():
+            out = self.gan.sample(n, _seeded(seed), check=False)
+        return Images(seed=seed, images=[image_to_b64(i) for i in self.gan.postprocess(out.float())])  # fmt: skip
+
+    @bentoml.api(route="/gan/sample_grid")
+    def gan_sample_grid(self, n: Count = 16, seed: Seed = 0) -> Image:
+        """As ``/gan/sample``, tiled into one PNG."""
+        with self.infer():
+            return _grid(self.gan.sample(n, _seeded(seed), check=False))
+
+    # clip
+
+    @bentoml.api(route="/clip/embed_images", batchable=True, **CONFIG.batch("clip"))
+    def clip_embed_images(self, images: ImageFiles) -> list[list[float]]:
+        """Each image -> its unit-norm CLIP embedding."""
+        with self.infer():
+            return self.clip.embed_images([i for i in images]).tolist()
+
+    @bentoml.api(route="/clip/embed_texts", batchable=True, **CONFIG.batch("clip"))
+    def clip_embed_texts(
+        self, texts: Annotated[list[Text], Field(min_length=1, max_length=256)]
+    ) -> list[list[float]]:
+        """Each text -> its unit-norm CLIP embedding (long texts are truncated to the context)."""
+        with client_errors(), self.infer():
+            return self.clip.embed_texts(texts).tolist()
+
+    @bentoml.api(route="/clip/zero_shot")
+    def clip_zero_shot(
+        self, image: ImageFile,
+        labels: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(min_length=2, max_length=CONFIG.max_labels, examples=[["t-shirt", "sneaker", "bag"]])],
+        templates: Annotated[list[Annotated[str, Field(pattern=r"\{\}")]], Field(min_length=1, max_length=16)] = FASHION_TEMPLATES,
+        top_k: Annotated[int, Field(ge=1)] = 5,
+    ) -> list[Label]:  # fmt: skip
+        """Classify ``image`` against free-text ``labels``: each label's embedding is the mean over
+        the prompt ``templates`` (each with one ``{}``)."""
+        m = self.clip
+        with client_errors(), self.infer():
+            logits = m.embed_images([image]) @ m.class_embeddings(labels, templates).T
+        return m.postprocess(logits, labels, top_k)[0]
+
+    @bentoml.api(route="/clip/search")
+    def clip_search(
+        self, query: Annotated[str, Field(min_length=1, max_length=1000, examples=["a red heart"])],
+        top_k: Annotated[int, Field(ge=1, le=100)] = 5,
+    ) -> list[Hit]:  # fmt: skip
+        """The held-out images (never seen in training) closest to ``query``."""
+        with self.infer():
+            q = self.clip.embed_texts([query]).to(self.index.device)
+        scores, idx = (self.index @ q[0].float()).topk(min(top_k, len(self.index_captions)))
+        return [Hit(index=int(i), caption=self.index_captions[int(i)], score=round(float(s), 6)) for s, i in zip(scores, idx, strict=True)]  # fmt: skip
+
+    @bentoml.api(route="/clip/index_image")
+    def clip_index_image(self, index: Annotated[int, Field(ge=0)]) -> Image:
+        """One image of the search index, as PNG."""
+        if index >= len(self.index_captions):
+            raise InvalidArgument(f"index {index} out of range: the index holds {len(self.index_captions)} images")  # fmt: skip
+        from sightline.data.captions import to_pil
+
+        return to_pil(self.index_images[index].numpy())
+
+    @bentoml.api(route="/models")
+    def models(self) -> dict[str, str]:
+        """The BentoML model tag each route prefix serves."""
+        return self.tags
+
+
+Sightline.add_asgi_middleware(RequestSizeLimit, max_bytes=CONFIG.max_request_bytes)

@@ -1,0 +1,162 @@
+"""BentoML packaging: trained artifacts -> BentoML models -> one Bento; the serving settings.
+
+A packaged model is a directory in the BentoML model store holding exactly what
+``models/<name>/`` holds (``model.safetensors`` + ``config.json``, no pickles) plus, for
+``clip``, the held-out image index its search endpoint answers from. Labels and metadata say
+where it came from: git commit, hash of the model's params section, headline metrics, dataset,
+class names and, when promoted from an experiment, the experiment's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+
+from sightline.config import Strict, validate
+from sightline.errors import CheckpointError, ConfigError
+from sightline.training import CONFIG_FILE, WEIGHTS_FILE
+
+MODELS = ("classifier", "spam", "vae", "gan", "clip")
+INDEX_WEIGHTS = "index.safetensors"
+INDEX_META = "index.json"
+
+
+class BatchingConfig(Strict):
+    """Adaptive batching of one model's per-item endpoints."""
+
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_latency_ms: int = Field(50, ge=1)
+
+
+class ServingConfig(Strict):
+    """``serving/params.yaml``: read by the package stage and by the service at import time."""
+
+    bento: str = Field("sightline", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    gpu: int = Field(0, ge=0)  # GPUs the service requests; the device is still chosen at run time
+    half: bool = False  # float16 autocast when the service runs on CUDA
+    workers: int = Field(1, ge=1)
+    threads: int = Field(0, ge=0)  # torch intra-op threads per worker; 0: torch's default
+    timeout_s: int = Field(60, ge=1)
+    max_request_bytes: int = Field(10 * 2**20, gt=0)
+    max_images: int = Field(16, ge=1)  # images per request
+    max_samples: int = Field(64, ge=1)  # n for the generative endpoints
+    max_labels: int = Field(64, ge=2)  # zero-shot labels per request
+    max_text_chars: int = Field(100_000, ge=1)
+    top_k: int = Field(5, ge=1)
+    batching: dict[str, BatchingConfig] = {name: BatchingConfig() for name in MODELS}
+
+    def batch(self, name: str) -> dict[str, int]:
+        """``bentoml.api`` keyword arguments for ``name``'s batchable endpoints."""
+        return self.batching.get(name, BatchingConfig()).model_dump()
+
+
+def load_serving_config(path: str | Path) -> ServingConfig:
+    """Read and validate ``serving/params.yaml``; a bad key is a ``ConfigError`` naming it."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: serving params not found") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: not valid YAML") from None
+    try:
+        return validate(ServingConfig, raw, "")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def params_hash(section: Any) -> str:
+    """A short, order-independent hash of a params section (the values training saw)."""
+    text = json.dumps(section, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def headline(name: str, metrics: dict) -> dict[str, float]:
+    """The model's headline metrics (as the leaderboard shows them) from its metrics file."""
+    from sightline.leaderboard import HEADLINE, SELECTION, flatten
+
+    flat = flatten(metrics)
+    keys = (SELECTION[name][0], *HEADLINE.get(name, ()), "train_time_s", "params")
+    return {k: flat[k] for k in dict.fromkeys(keys) if isinstance(flat.get(k), int | float)}
+
+
+def read_artifact(model_dir: Path) -> dict:
+    """``config.json`` of ``models/<name>/``, checking the weights are beside it."""
+    config_path, weights = model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE
+    for path in (config_path, weights):
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing; run `dvc repro train@{model_dir.name}`")
+    return json.loads(config_path.read_text())
+
+
+def clip_index(model_dir: Path, prepared: Path, split: str = "test") -> tuple[dict, dict]:
+    """``(tensors, meta)`` of the held-out image index: unit-norm embeddings of the ``split``
+    images under the trained clip model, the images themselves (uint8) and their captions."""
+    import numpy as np
+    import torch
+
+    from sightline.data.captions import to_pil
+    from sightline.inference import load_module
+
+    try:
+        images = np.load(prepared / f"{split}_x.npy")
+        captions = json.loads((prepared / f"{split}_captions.json").read_text())["captions"]
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{err.filename}: missing; run `dvc repro prepare@emoji`") from None
+    module = load_module(model_dir, "clip", "cpu")
+    embeddings = torch.cat([module.embed_images([to_pil(a) for a in images[i : i + 256]]) for i in range(0, len(images), 256)])  # fmt: skip
+    tensors = {"embeddings": embeddings.contiguous(), "images": torch.from_numpy(images).contiguous()}  # fmt: skip
+    return tensors, {"split": split, "dataset": prepared.name, "captions": captions}
+
+
+def package_model(
+    name: str, model_dir: Path, metrics: dict, section: dict, commit: str,
+    experiment: str | None = None, extra: tuple[dict, dict] | None = None,
+):  # fmt: skip
+    """Copy ``models/<name>/`` into a new version of BentoML model ``name``; return its tag.
+
+    Args:
+        name: the model name (= BentoML model name = service route prefix).
+        model_dir: ``models/<name>/`` (safetensors + config.json).
+        metrics: the model's ``metrics/<name>.json``.
+        section: the model's params section as trained (hashed into the labels).
+        commit: the git commit the artifact was produced at.
+        experiment: the DVC experiment it was promoted from, if any.
+        extra: ``(tensors, meta)`` of an index stored beside the weights (clip).
+    """
+    import bentoml
+    from safetensors.torch import save_file
+
+    config = read_artifact(model_dir)
+    hparams = config.get("hyper_parameters", {})
+    labels = {
+        "model": name, "git_commit": commit[:12], "params_hash": params_hash(section),
+        "dataset": str(metrics.get("dataset", "")), "experiment": experiment or "workspace",
+    }  # fmt: skip
+    metadata = {
+        "metrics": headline(name, metrics),
+        "class_names": hparams.get("class_names") or metrics.get("class_names") or [],
+        "git_commit": commit, "params": json.dumps(section, sort_keys=True),
+    }  # fmt: skip
+    with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
+        for file in (WEIGHTS_FILE, CONFIG_FILE):
+            shutil.copyfile(model_dir / file, model.path_of(file))
+        if extra is not None:
+            tensors, meta = extra
+            save_file(tensors, model.path_of(INDEX_WEIGHTS))
+            Path(model.path_of(INDEX_META)).write_text(json.dumps(meta))
+    return model.tag
+
+
+def load_index(path: str | Path) -> tuple[dict, dict]:
+    """The clip index stored by ``package_model``: ``(tensors, meta)``."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    return load_file(str(path / INDEX_WEIGHTS)), json.loads((path / INDEX_META).read_text())
