@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import io
+import os
 import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -17,6 +20,13 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO))  # serving/ is imported from the checkout, as `bentoml serve` does
+
+# BentoML's model and Bento store for the whole session (and the commands it starts): never the
+# user's ~/bentoml. Read once by BentoML, so it is set before anything imports it.
+_BENTOML_HOME = Path(tempfile.mkdtemp(prefix="sightline-test-bentoml-"))
+os.environ["BENTOML_HOME"] = str(_BENTOML_HOME)
+atexit.register(shutil.rmtree, _BENTOML_HOME, ignore_errors=True)
 
 
 def pattern_images(labels: np.ndarray, size: int, channels: int, seed: int) -> np.ndarray:

@@ -1,0 +1,353 @@
+"""The BentoML service: packaging, every endpoint through ``Service.to_asgi()``, bad input, parity.
+
+Five untrained tiny models (built from tiny params on the synthetic datasets) are packaged into
+the session's BentoML store; the service loads them exactly as it loads real ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_email, png_bytes, tiny_section
+from PIL import Image
+
+from sightline.errors import ConfigError
+
+NAMES = ("classifier", "spam", "vae", "gan", "clip")
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _pil(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory, prepared_fashion, prepared_spam, prepared_emoji) -> dict[str, Path]:
+    """``{name: models/<name>}`` of five tiny models, each also packaged into the store."""
+    from sightline.packaging import clip_index, package_model
+    from sightline.registry import get_model
+    from sightline.training import export_model
+
+    torch.manual_seed(0)
+    base = tmp_path_factory.mktemp("served")
+    ckpt = base / "placeholder.ckpt"
+    ckpt.write_bytes(b"")
+    data = {"spam": prepared_spam, "clip": prepared_emoji}
+    dirs = {}
+    for name in NAMES:
+        upstream = prepared_fashion if name == "clip" else None
+        section = tiny_section(name, upstream=upstream)
+        spec = get_model(name)
+        dm = spec.datamodule(section, data.get(name, prepared_fashion), 0)
+        module = spec.module(**spec.module_kwargs(section, dm))
+        if name == "spam":  # a threshold that is not the default, so the served one is checked
+            module.threshold.fill_(0.37)
+        dirs[name] = base / name
+        export_model(module, name, ckpt, dirs[name], {})
+        metrics = {"dataset": section.data.dataset, "test/acc": 0.5, "test/f1": 0.25, "fid": 9.0}
+        extra = clip_index(dirs[name], prepared_emoji) if name == "clip" else None
+        package_model(name, dirs[name], metrics, section.model_dump(mode="json"), "0123456789abcdef", "exp-1", extra)  # fmt: skip
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def client(packaged):
+    from starlette.testclient import TestClient
+
+    from serving.service import Sightline
+
+    with TestClient(Sightline.to_asgi(), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def local(packaged):
+    """The same models loaded in-process, for parity."""
+    from sightline.inference import load_module
+
+    return {name: load_module(path, name, "cpu") for name, path in packaged.items()}
+
+
+def shoe() -> Image.Image:
+    img = Image.new("L", (28, 28), 10)
+    img.paste(200, (4, 14, 24, 22))
+    return img
+
+
+def upload(data: bytes, field: str = "images", name: str = "x.png", ctype: str = "image/png"):
+    return [(field, (name, data, ctype))]
+
+
+def assert_client_error(resp, status: int, *words: str) -> None:
+    assert resp.status_code == status, resp.text
+    text = resp.text.lower()
+    for w in words:
+        assert w.lower() in text, (w, resp.text)
+
+
+# --- packaging --------------------------------------------------------------------------------
+
+
+def test_packaged_models_hold_safetensors_json_and_provenance(packaged):
+    import bentoml
+
+    for name in NAMES:
+        model = bentoml.models.get(f"{name}:latest")
+        files = sorted(p.name for p in Path(model.path).iterdir())
+        assert "model.safetensors" in files and "config.json" in files
+        assert not [f for f in files if f.endswith((".pkl", ".pt", ".ckpt", ".pickle"))]
+        assert model.info.labels["git_commit"] == "0123456789ab"
+        assert model.info.labels["experiment"] == "exp-1"
+        assert len(model.info.labels["params_hash"]) == 12
+        assert (Path(model.path) / "model.safetensors").read_bytes() == (packaged[name] / "model.safetensors").read_bytes()  # fmt: skip
+    assert bentoml.models.get("classifier:latest").info.metadata["metrics"]["test/acc"] == 0.5
+    assert len(bentoml.models.get("classifier:latest").info.metadata["class_names"]) == 10
+    assert bentoml.models.get("gan:latest").info.metadata["metrics"] == {"fid": 9.0}
+
+
+def test_params_hash_ignores_key_order_and_sees_values():
+    from sightline.packaging import params_hash
+
+    assert params_hash({"a": 1, "b": [2, 3]}) == params_hash({"b": [2, 3], "a": 1})
+    assert params_hash({"a": 1}) != params_hash({"a": 2})
+
+
+def test_serving_params_errors_name_the_key(tmp_path):
+    from sightline.packaging import load_serving_config
+
+    assert load_serving_config(Path("serving/params.yaml")).batch("classifier")["max_batch_size"] >= 1  # fmt: skip
+    bad = tmp_path / "params.yaml"
+    bad.write_text("gpu: -1\n")
+    with pytest.raises(ConfigError, match="gpu"):
+        load_serving_config(bad)
+    bad.write_text("max_batch: 3\n")
+    with pytest.raises(ConfigError, match="max_batch: unknown key"):
+        load_serving_config(bad)
+
+
+# --- health, docs -----------------------------------------------------------------------------
+
+
+def test_health_and_documented_routes(client):
+    assert client.get("/livez").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    spec = client.get("/docs.json").json()
+    for route in ("/classifier/predict", "/spam/predict", "/spam/predict_email", "/vae/reconstruct", "/vae/sample", "/vae/sample_grid", "/vae/interpolate", "/gan/sample", "/gan/sample_grid", "/clip/embed_images", "/clip/embed_texts", "/clip/zero_shot", "/clip/search", "/clip/index_image"):  # fmt: skip
+        assert route in spec["paths"], route
+    assert "Get rich quick!!!" in json.dumps(spec)  # field examples reach the OpenAPI page
+    # /metrics needs the server's Prometheus multiprocess directory: checked in test_slow
+
+
+def test_not_ready_until_models_are_loaded(packaged):
+    from serving.service import Sightline
+
+    inner = Sightline.inner.__new__(Sightline.inner)
+    inner.ready = False
+    assert inner.__is_ready__() is False
+
+
+# --- classifier -------------------------------------------------------------------------------
+
+
+def test_classifier_top_k_matches_the_in_process_model(client, local):
+    imgs = [shoe(), shoe().rotate(90), Image.new("RGB", (50, 40), (200, 30, 30))]
+    resp = client.post("/classifier/predict", files=[("images", (f"{i}.png", _png(im), "image/png")) for i, im in enumerate(imgs)])  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    m = local["classifier"]
+    with torch.inference_mode():
+        expected = m.postprocess(m(m.preprocess(imgs)), top_k=5)
+    assert resp.json() == expected
+    assert [len(r) for r in resp.json()] == [5, 5, 5]
+    probs = [p["probability"] for p in resp.json()[0]]
+    assert probs == sorted(probs, reverse=True)
+
+
+def test_classifier_bad_uploads_are_4xx_with_a_reason(client):
+    bad = client.post("/classifier/predict", files=upload(b"not an image at all"))
+    assert_client_error(bad, 400, "not a decodable image")
+    truncated = client.post("/classifier/predict", files=upload(_png(shoe())[:60]))
+    assert_client_error(truncated, 400, "not a decodable image")
+    wrong_type = client.post("/classifier/predict", files=upload(_png(shoe()), ctype="text/plain"))
+    assert_client_error(wrong_type, 400, "content type text/plain", "image/*")
+    missing = client.post("/classifier/predict", json={})
+    assert_client_error(missing, 400, "images", "missing")
+    too_many = client.post("/classifier/predict", files=[("images", (f"{i}.png", _png(shoe()), "image/png")) for i in range(17)])  # fmt: skip
+    assert_client_error(too_many, 400, "at most 16")
+    assert client.post("/classifier/predict", files=upload(_png(shoe()))).status_code == 200
+
+
+def test_uploads_over_the_size_limit_get_413_declared_or_chunked(client):
+    from serving.service import CONFIG
+
+    big = b"\0" * (CONFIG.max_request_bytes + 1)
+    resp = client.post("/classifier/predict", files=upload(big))
+    assert_client_error(resp, 413, "too large", str(CONFIG.max_request_bytes))
+
+    def chunks():
+        for _ in range(CONFIG.max_request_bytes // 2**20 + 2):
+            yield b"\0" * 2**20
+
+    resp = client.post("/spam/predict", content=chunks(), headers={"content-type": "application/json"})  # fmt: skip
+    assert_client_error(resp, 413, "too large")
+    assert client.get("/readyz").status_code == 200
+
+
+# --- spam -------------------------------------------------------------------------------------
+
+
+def test_spam_json_matches_the_in_process_model_and_uses_the_validated_threshold(client, local):
+    img = png_bytes()
+    messages = [
+        {"subject": "free money", "body": "click now for cash"},
+        {"subject": "meeting notes", "body": "", "images": [base64.b64encode(img).decode()]},
+    ]
+    resp = client.post("/spam/predict", json={"messages": messages})
+    assert resp.status_code == 200, resp.text
+    m = local["spam"]
+    expected = [m.predict("free money", "click now for cash"), m.predict("meeting notes", "", [_pil(img)])]  # fmt: skip
+    got = resp.json()
+    for g, e in zip(got, expected, strict=True):
+        assert g["spam_probability"] == e["spam_probability"] and g["label"] == e["label"]
+        assert g["threshold"] == pytest.approx(0.37)
+    assert got[1]["modalities"] == {"text": True, "images": 1}
+
+
+def test_spam_json_bad_input_is_400(client):
+    empty = client.post("/spam/predict", json={"messages": [{"subject": " ", "body": ""}]})
+    assert_client_error(empty, 400, "nothing to classify")
+    bad_b64 = client.post("/spam/predict", json={"messages": [{"body": "x", "images": ["%%%"]}]})
+    assert_client_error(bad_b64, 400, "base64")
+    not_image = client.post("/spam/predict", json={"messages": [{"body": "x", "images": [base64.b64encode(b"hello").decode()]}]})  # fmt: skip
+    assert_client_error(not_image, 400, "not a decodable image")
+    assert_client_error(client.post("/spam/predict", json={"messages": []}), 400, "messages")
+    assert_client_error(client.post("/spam/predict", content=b"{not json", headers={"content-type": "application/json"}), 400)  # fmt: skip
+
+
+def test_spam_email_upload_matches_predict_email(client, local):
+    raw = make_email(
+        "cheap pills", "act now, limited offer", images=[png_bytes(), b"\x89PNG broken"]
+    )
+    resp = client.post("/spam/predict_email", files=upload(raw, "email", "m.eml", "message/rfc822"))
+    assert resp.status_code == 200, resp.text
+    expected = local["spam"].predict_email(raw)
+    assert resp.json()["spam_probability"] == expected["spam_probability"]
+    assert resp.json()["parse_issues"] == expected["parse_issues"] != {}
+    assert resp.json()["modalities"] == {"text": True, "images": 1}
+
+
+def test_spam_email_rejections_are_400_with_a_reason(client):
+    not_email = client.post("/spam/predict_email", files=upload(b"\x89PNG\r\n\x1a\n\0\0", "email", "m.eml", "message/rfc822"))  # fmt: skip
+    assert_client_error(not_email, 400, "not an email")
+    wrong_type = client.post("/spam/predict_email", files=upload(make_email("a", "b"), "email", "m.eml", "application/pdf"))  # fmt: skip
+    assert_client_error(wrong_type, 400, "message/rfc822")
+    empty = client.post("/spam/predict_email", files=upload(b"Subject: \n\n", "email", "m.eml", "message/rfc822"))  # fmt: skip
+    assert_client_error(empty, 400, "nothing to classify")
+
+
+# --- vae / gan --------------------------------------------------------------------------------
+
+
+def test_vae_reconstruct_sample_and_interpolate(client, local):
+    m = local["vae"]
+    resp = client.post("/vae/reconstruct", files=upload(_png(shoe())))
+    assert resp.status_code == 200, resp.text
+    served = _pil(base64.b64decode(resp.json()[0]))
+    expected = m.postprocess(m.reconstruct(m.preprocess([shoe()])))[0]
+    assert served.size == (28, 28) and served.tobytes() == expected.tobytes()
+
+    a = client.post("/vae/sample", json={"n": 4, "seed": 3}).json()
+    assert a == client.post("/vae/sample", json={"n": 4, "seed": 3}).json()
+    assert a != client.post("/vae/sample", json={"n": 4, "seed": 4}).json()
+    first = m.postprocess(m.sample(4, torch.Generator().manual_seed(3)))[0]
+    assert _pil(base64.b64decode(a["images"][0])).tobytes() == first.tobytes()
+
+    grid = client.post("/vae/sample_grid", json={"n": 4, "seed": 3})
+    assert grid.headers["content-type"] == "image/png" and _pil(grid.content).size == (62, 62)
+    strip = client.post("/vae/interpolate", files=[("a", ("a.png", _png(shoe()), "image/png")), ("b", ("b.png", _png(shoe().rotate(90)), "image/png"))], data={"steps": "5"})  # fmt: skip
+    assert strip.status_code == 200, strip.text
+    assert _pil(strip.content).size == (5 * 30 + 2, 32)
+
+
+@pytest.mark.parametrize("route", ["/vae/sample", "/gan/sample", "/gan/sample_grid"])
+def test_sample_counts_out_of_range_are_400(client, route):
+    from serving.service import CONFIG
+
+    for n in (0, CONFIG.max_samples + 1, "many"):
+        assert_client_error(client.post(route, json={"n": n}), 400, "n")
+    assert_client_error(client.post(route, json={"n": 2, "seed": -1}), 400, "seed")
+
+
+def test_gan_sample_is_seeded_and_matches_the_in_process_generator(client, local):
+    resp = client.post("/gan/sample", json={"n": 3, "seed": 7})
+    assert resp.status_code == 200, resp.text
+    expected = local["gan"].postprocess(local["gan"].sample(3, torch.Generator().manual_seed(7)))
+    got = [_pil(base64.b64decode(s)) for s in resp.json()["images"]]
+    assert [g.tobytes() for g in got] == [e.tobytes() for e in expected]
+    grid = client.post("/gan/sample_grid", json={"n": 9, "seed": 7})
+    assert grid.headers["content-type"] == "image/png" and _pil(grid.content).size == (92, 92)
+
+
+def test_vae_interpolate_needs_two_images(client):
+    one = client.post("/vae/interpolate", files=[("a", ("a.png", _png(shoe()), "image/png"))])
+    assert_client_error(one, 400, "b")
+
+
+# --- clip -------------------------------------------------------------------------------------
+
+
+def test_clip_embeddings_match_the_in_process_model(client, local):
+    m = local["clip"]
+    texts = client.post("/clip/embed_texts", json={"texts": ["a red heart", "a dog"]})
+    assert texts.status_code == 200, texts.text
+    assert torch.allclose(torch.tensor(texts.json()), m.embed_texts(["a red heart", "a dog"]), atol=1e-6)  # fmt: skip
+    img = Image.new("RGB", (64, 64), (200, 30, 30))
+    images = client.post("/clip/embed_images", files=upload(_png(img)))
+    assert torch.allclose(torch.tensor(images.json()), m.embed_images([img]), atol=1e-6)
+    assert_client_error(client.post("/clip/embed_texts", json={"texts": []}), 400, "texts")
+
+
+def test_clip_zero_shot_and_its_bad_input(client, local):
+    labels = ["t-shirt", "sneaker", "bag"]
+    resp = client.post("/clip/zero_shot", files=upload(_png(shoe()), "image"), data={"labels": json.dumps(labels), "top_k": "2"})  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    assert len(resp.json()) == 2 and {r["label"] for r in resp.json()} <= set(labels)
+    one_label = client.post("/clip/zero_shot", files=upload(_png(shoe()), "image"), data={"labels": json.dumps(["bag"])})  # fmt: skip
+    assert_client_error(one_label, 400, "labels")
+    no_slot = client.post("/clip/zero_shot", files=upload(_png(shoe()), "image"), data={"labels": json.dumps(labels), "templates": json.dumps(["a photo"])})  # fmt: skip
+    assert_client_error(no_slot, 400, "templates")
+
+
+def test_clip_search_ranks_the_held_out_index(client, local, prepared_emoji):
+    captions = json.loads((prepared_emoji / "test_captions.json").read_text())["captions"]
+    resp = client.post("/clip/search", json={"query": captions[0], "top_k": 3})
+    assert resp.status_code == 200, resp.text
+    hits = resp.json()
+    assert len(hits) == 3 and [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)  # fmt: skip
+    assert all(h["caption"] == captions[h["index"]] for h in hits)
+    img = client.post("/clip/index_image", json={"index": hits[0]["index"]})
+    assert img.headers["content-type"] == "image/png" and _pil(img.content).size == (64, 64)
+    assert_client_error(client.post("/clip/index_image", json={"index": len(captions)}), 400, "out of range")  # fmt: skip
+    assert_client_error(client.post("/clip/search", json={"query": ""}), 400, "query")
+    assert_client_error(client.post("/clip/search", json={"query": "x", "top_k": 0}), 400, "top_k")
+
+
+def test_the_service_keeps_serving_after_client_errors(client):
+    for _ in range(3):
+        client.post("/classifier/predict", files=upload(b"junk"))
+        client.post(
+            "/spam/predict_email", files=upload(b"junk", "email", "m.eml", "message/rfc822")
+        )
+    assert client.get("/readyz").status_code == 200
+    assert client.post("/classifier/predict", files=upload(_png(shoe()))).status_code == 200
+    models = client.post("/models").json()
+    assert set(models) == set(NAMES) and all(v.startswith(f"{k}:") for k, v in models.items())
