@@ -24,7 +24,7 @@ import torch
 from bentoml.exceptions import InvalidArgument
 from PIL import Image as PILImage
 from PIL.Image import Image
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, model_validator
 
 from sightline.data.captions import FASHION_TEMPLATES
 from sightline.errors import InputError
@@ -48,16 +48,24 @@ def client_errors():
 
 
 class RequestSizeLimit:
-    """ASGI middleware: a request body over ``max_bytes`` gets 413 before it reaches an API.
+    """ASGI middleware: a request body over ``max_bytes`` gets 413 and never reaches an API.
 
-    A declared ``Content-Length`` is checked up front; a chunked body is read up to the limit and
-    replayed to the app, so memory stays bounded by the limit either way.
+    A declared ``Content-Length`` is checked up front; a chunked body is held up to the limit and
+    replayed to the app. Memory stays bounded by the limit either way: the rest of a refused
+    body is read and dropped, so the client gets the 413 instead of a connection reset.
     """
 
     def __init__(self, app, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
 
-    async def _reject(self, send) -> None:
+    async def _reject(self, receive, send, more: bool) -> None:
+        # Read (and drop) what the client is still sending, up to a cap, so it sees the 413
+        # rather than a connection reset in the middle of its upload.
+        drained = 0
+        while more and drained < 16 * self.max_bytes:
+            message = await receive()
+            drained += len(message.get("body", b""))
+            more = message["type"] == "http.request" and message.get("more_body", False)
         body = b'{"error": "request body too large: the limit is %d bytes"}' % self.max_bytes
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]  # fmt: skip
         await send({"type": "http.response.start", "status": 413, "headers": headers})
@@ -69,16 +77,17 @@ class RequestSizeLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None:
             if not length.isdigit() or int(length) > self.max_bytes:
-                return await self._reject(send)
+                return await self._reject(receive, send, more=length.isdigit())
             return await self.app(scope, receive, send)
         messages, size = [], 0
         while True:
             message = await receive()
             messages.append(message)
             size += len(message.get("body", b""))
+            more = message["type"] == "http.request" and message.get("more_body", False)
             if size > self.max_bytes:
-                return await self._reject(send)
-            if message["type"] != "http.request" or not message.get("more_body"):
+                return await self._reject(receive, send, more)
+            if not more:
                 break
 
         async def replay():
@@ -104,9 +113,21 @@ def decode_image(data: bytes, what: str = "image") -> Image:
     return img
 
 
-def _open_upload(path: Path) -> Image:
+def _open_upload(obj) -> Image:
+    """A multipart upload -> a decoded image, before BentoML's own (lazy) decoding sees it."""
+    from starlette.datastructures import UploadFile
+
+    if isinstance(obj, Image):
+        return obj
+    if isinstance(obj, UploadFile):
+        ctype = obj.content_type or "none"
+        if not ctype.startswith("image/"):
+            raise ValueError(f"Invalid content type {ctype}, expected image/*")
+        obj = obj.file.read()
+    if not isinstance(obj, bytes):
+        raise ValueError("expected an image file")
     try:
-        return decode_image(Path(path).read_bytes(), "image")
+        return decode_image(obj, "image")
     except InputError as err:
         raise ValueError(str(err)) from None
 
@@ -133,7 +154,7 @@ def image_to_b64(img: Image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-ImageFile = Annotated[Path, bentoml.validators.ContentType("image/*"), AfterValidator(_open_upload)]
+ImageFile = Annotated[Image, BeforeValidator(_open_upload)]
 """An uploaded image (``image/*``), decoded in full while the request is validated."""
 ImageFiles = Annotated[list[ImageFile], Field(min_length=1, max_length=CONFIG.max_images)]
 B64Image = Annotated[str, AfterValidator(_b64_image), Field(description="a PNG/JPEG/GIF image, base64 (a data: URI is accepted)")]  # fmt: skip

@@ -25,3 +25,110 @@ def test_rerun_matches_committed_metrics(name):
         assert run_cli(["dvc", "repro", "train@classifier"], REPO, timeout=1800).returncode == 0
     result = run_cli(["python", "pipeline/check_reproducible.py", name], REPO, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc, timeout: float = 240) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"bentoml serve exited with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url}/readyz not ready after {timeout} s")
+
+
+def _post(url: str, body: bytes, ctype: str) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": ctype}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_packaged_bento_serves_every_model_over_http(tmp_path):
+    """`dvc repro package`'s script builds the Bento from the trained models into the session's
+    store; `bentoml serve <bento>` answers the BentoML client and raw HTTP like the in-process
+    models, refuses bad input with 4xx and exposes /metrics."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import bentoml
+    import torch
+    from conftest import make_email
+    from PIL import Image
+
+    from sightline.inference import load_module
+
+    if not all((REPO / f"models/{n}/model.safetensors").exists() for n in ("classifier", "spam", "vae", "gan", "clip")):  # fmt: skip
+        pytest.skip("trained models missing: run `dvc repro` (or `dvc pull`) first")
+    result = run_cli(["python", "pipeline/package.py", "--out", str(tmp_path / "bento")], REPO, timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    tag = json.loads((tmp_path / "bento/bento.json").read_text())["bento"]
+    assert bentoml.bentos.get(tag).info.labels["project"] == "sightline"
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        _wait_ready(url, proc)
+        img = Image.new("L", (28, 28), 10)
+        img.paste(220, (6, 4, 22, 24))
+        png = tmp_path / "item.png"
+        img.save(png)
+        eml = tmp_path / "offer.eml"
+        eml.write_bytes(make_email("cheap pills", "act now, limited offer, click here"))
+        clf = load_module(REPO / "models/classifier", "classifier", "cpu")
+        spam = load_module(REPO / "models/spam", "spam", "cpu")
+        with torch.inference_mode():
+            expected = clf.postprocess(clf(clf.preprocess([Image.open(png)])), top_k=5)[0]
+
+        with bentoml.SyncHTTPClient(url) as client:
+            assert client.classifier_predict(images=[png]) == [expected]
+            got = client.spam_predict_email(email=eml)
+            assert got["spam_probability"] == spam.predict_email(eml.read_bytes())["spam_probability"]  # fmt: skip
+            batch = client.spam_predict(messages=[{"subject": "cheap pills", "body": "act now"}])
+            assert batch[0]["label"] in ("ham", "spam")
+            assert len(client.vae_sample(n=3, seed=1)["images"]) == 3
+            hits = client.clip_search(query="a red heart", top_k=3)
+            assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"]
+
+        status, body = _post(f"{url}/gan/sample", b'{"n": 2, "seed": 5}', "application/json")
+        assert status == 200 and len(json.loads(body)["images"]) == 2
+        status, body = _post(f"{url}/gan/sample", b'{"n": 100000}', "application/json")
+        assert status == 400 and b"less than or equal" in body
+        boundary = "sightlineboundary"
+        bad = f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="x.png"\r\nContent-Type: image/png\r\n\r\nnot a png\r\n--{boundary}--\r\n'.encode()  # fmt: skip
+        status, body = _post(f"{url}/classifier/predict", bad, f"multipart/form-data; boundary={boundary}")  # fmt: skip
+        assert status == 400 and b"not a decodable image" in body
+        status, _ = _post(f"{url}/spam/predict_email", b"x" * (11 * 2**20), "multipart/form-data; boundary=x")  # fmt: skip
+        assert status == 413
+        import urllib.request
+
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+            assert b"bentoml_service_request_total" in r.read()
+        with urllib.request.urlopen(f"{url}/readyz", timeout=10) as r:
+            assert r.status == 200  # still serving after the bad requests
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
