@@ -6,7 +6,7 @@ MODEL  ?= classifier
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup data run test test-slow lint format bench reproduce-check compare clean
+.PHONY: help setup data run test test-slow lint format bench bench-serve reproduce-check compare package serve clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -47,6 +47,15 @@ format: setup ## apply ruff fixes and formatting
 
 bench: setup data ## Lightning vs plain PyTorch training throughput
 	$(BIN)/python benchmarks/train_throughput.py
+
+package: setup ## BentoML models + the sightline Bento from the trained models (dvc repro package)
+	$(BIN)/dvc repro package
+
+serve: setup ## serve the five models from this checkout on port 3000 (after make package)
+	$(BIN)/bentoml serve serving.service:Sightline --port 3000
+
+bench-serve: setup ## load test of the served classifier vs the in-process model
+	$(BIN)/python benchmarks/serve_load.py
 
 reproduce-check: setup data ## retrain MODEL (default classifier) from scratch, compare with metrics/$(MODEL).json
 	$(BIN)/python pipeline/check_reproducible.py $(MODEL)
