@@ -6,7 +6,7 @@ MODEL  ?= classifier
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup data run test test-slow lint format bench bench-serve reproduce-check compare package serve clean
+.PHONY: help setup data run test test-slow lint format bench bench-serve reproduce-check compare package serve promote clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ package: setup ## BentoML models + the sightline Bento from the trained models (
 
 serve: setup ## serve the five models from this checkout on port 3000 (after make package)
 	$(BIN)/bentoml serve serving.service:Sightline --port 3000
+
+promote: setup ## serve the best DVC experiment of MODEL (or EXP=<name>; FORCE=1 if it is worse)
+	$(BIN)/python pipeline/promote.py $(MODEL) $(if $(EXP),--exp $(EXP)) $(if $(FORCE),--force)
 
 bench-serve: setup ## load test of the served classifier vs the in-process model
 	$(BIN)/python benchmarks/serve_load.py

@@ -10,7 +10,6 @@ could depend on.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import common
@@ -26,9 +25,14 @@ def main() -> None:
 
     import yaml
 
-    from sightline.errors import DataError
     from sightline.io import atomic_write_text
-    from sightline.leaderboard import changed_params, html_page, markdown, parse_exp_show
+    from sightline.leaderboard import (
+        changed_params,
+        exp_show_rows,
+        html_page,
+        markdown,
+        parse_exp_show,
+    )
     from sightline.registry import get_model
 
     metrics = {}
@@ -38,19 +42,7 @@ def main() -> None:
             metrics[name] = json.loads(path.read_text())
     raw = yaml.safe_load(args.params.read_text())
     changed = {name: changed_params(raw["models"][name], get_model(name).params().model_dump(mode="json")) for name in sections}  # fmt: skip
-    if args.exp_json:
-        try:
-            rows = json.loads(Path(args.exp_json).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise DataError(
-                f"{args.exp_json}: not readable `dvc exp show --json` output ({err})"
-            ) from None
-    else:
-        cmd = ["dvc", "exp", "show", "--json", *(["--all-commits"] if args.all_commits else [])]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise DataError(f"`{' '.join(cmd)}` failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}")  # fmt: skip
-        rows = json.loads(result.stdout or "[]")
+    rows = exp_show_rows(args.exp_json, args.all_commits)
     experiments = parse_exp_show(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ the Bento (``serving/service.py``, ``serving/params.yaml``, that wheel) is built
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,8 +39,10 @@ def build_wheel(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.glob("sightline-*.whl"):
         old.unlink()
-    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(dest), str(common.ROOT)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), str(common.ROOT)]  # fmt: skip
+    done = subprocess.run([*cmd, "--no-build-isolation"], capture_output=True, text=True)
+    if done.returncode != 0:  # no setuptools in this environment: let pip fetch it
+        done = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(dest.glob("sightline-*.whl"))
     if done.returncode != 0 or not wheels:
         raise SightlineError(f"building the sightline wheel failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}")  # fmt: skip
@@ -84,7 +87,7 @@ def build_bento(config, wheel: Path, commit: str):
 def main() -> None:
     p = common.parser(__doc__)
     p.add_argument("--serving", type=Path, default=SERVING_PARAMS, help="serving params (default: serving/params.yaml)")  # fmt: skip
-    p.add_argument("--experiment", help="the DVC experiment the workspace models come from (a label)")  # fmt: skip
+    p.add_argument("--experiment", default=os.environ.get("DVC_EXP_NAME"), help="the DVC experiment the models come from, a label (default: $DVC_EXP_NAME, set by `dvc exp run`)")  # fmt: skip
     p.add_argument("--out", type=Path, default=OUT, help="folder for the exported Bento and bento.json")  # fmt: skip
     args = p.parse_args()
     _, sections = common.load(args.params)

@@ -225,7 +225,7 @@ def _seeded(seed: int) -> torch.Generator:
 @bentoml.service(
     name=CONFIG.bento,
     workers=CONFIG.workers,
-    resources={"gpu": CONFIG.gpu} if CONFIG.gpu else {"cpu": "1"},
+    resources={"gpu": CONFIG.gpu} if CONFIG.gpu else {},
     traffic={"timeout": CONFIG.timeout_s},
     labels={"project": "sightline"},
 )
@@ -271,7 +271,7 @@ class Sightline:
         Fashion-MNIST labels with probabilities."""
         m = self.classifier
         with self.infer():
-            logits = m(m.preprocess([i for i in images]).to(self.device))
+            logits = m(m.preprocess(images).to(self.device))
         return m.postprocess(logits.float().cpu(), top_k=CONFIG.top_k)
 
     # spam
@@ -302,7 +302,7 @@ class Sightline:
         """Each image -> its reconstruction from the posterior mean (PNG, base64)."""
         m = self.vae
         with self.infer():
-            out = m.reconstruct(m.preprocess([i for i in images]).to(self.device))
+            out = m.reconstruct(m.preprocess(images).to(self.device))
         return [image_to_b64(i) for i in m.postprocess(out.float())]
 
     @bentoml.api(route="/vae/sample")

@@ -169,7 +169,18 @@ def repo_copy(tmp_path_factory, fashion_root, emoji_package, spam_corpus) -> Pat
     import yaml
 
     dst = tmp_path_factory.mktemp("repo")
-    for item in ("pipeline", "src", "dvc.yaml", "params.yaml", ".dvc", ".dvcignore", ".gitignore"):
+    for item in (
+        "pipeline",
+        "src",
+        "serving",
+        "pyproject.toml",
+        "README.md",
+        "dvc.yaml",
+        "params.yaml",
+        ".dvc",
+        ".dvcignore",
+        ".gitignore",
+    ):
         src = REPO / item
         if src.is_dir():
             shutil.copytree(src, dst / item, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp", "*.egg-info"))  # fmt: skip

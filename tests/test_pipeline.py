@@ -145,8 +145,8 @@ def test_rerun_reproduces_committed_metrics_and_catches_tampering(reproduced, tm
 
 
 def test_experiments_are_ranked_in_the_leaderboard(reproduced):
-    """Two real `dvc exp run` variants of the classifier appear ranked by test/acc (last test:
-    it changes the copy's workspace)."""
+    """Two real `dvc exp run` variants of the classifier appear ranked by test/acc, and the
+    winner is promoted to the served Bento (last test: it changes the copy's workspace)."""
     for name, dropout in (("drop-a", 0.3), ("drop-b", 0.6)):
         result = run_cli(["dvc", "exp", "run", "-n", name, "-S", f"models.classifier.model.dropout={dropout}"], reproduced)  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
@@ -162,3 +162,22 @@ def test_experiments_are_ranked_in_the_leaderboard(reproduced):
     assert [cells[0] for cells in scored] == [str(i) for i in range(1, len(scored) + 1)], section
     assert rows[: len(scored)] == scored and all(cells[0] == "—" for cells in rows[len(scored) :]), section  # fmt: skip
     assert (reproduced / "reports/leaderboard.html").stat().st_size > 1000
+
+    # promote the winner: its checkpoint and metrics come into the workspace, its Bento is served
+    best_name, best_value = scored[0][1], float(scored[0][3])
+    result = run_cli(["python", "pipeline/promote.py", "classifier"], reproduced)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (
+        json.loads((reproduced / "metrics/classifier.json").read_text())["test/acc"] == best_value
+    )
+    bento = json.loads((reproduced / "models/bento/bento.json").read_text())
+    experiment = best_name if best_name in ("drop-a", "drop-b") else "workspace"
+    assert bento["experiment"] == experiment, (best_name, bento)
+    import bentoml
+
+    model = bentoml.models.get(bento["models"]["classifier"])
+    assert model.info.labels["experiment"] == experiment
+    assert model.info.metadata["metrics"]["test/acc"] == best_value
+    assert bentoml.bentos.get(bento["bento"]) is not None
+    status = run_cli(["dvc", "status", "--json"], reproduced)
+    assert json.loads(status.stdout or "{}") == {}, status.stdout

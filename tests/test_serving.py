@@ -351,3 +351,65 @@ def test_the_service_keeps_serving_after_client_errors(client):
     assert client.post("/classifier/predict", files=upload(_png(shoe()))).status_code == 200
     models = client.post("/models").json()
     assert set(models) == set(NAMES) and all(v.startswith(f"{k}:") for k, v in models.items())
+
+
+# --- promotion --------------------------------------------------------------------------------
+
+
+def _exp_rows(values: dict[str, float | None], failed: str | None = None) -> list[dict]:
+    """``dvc exp show --json`` rows: a baseline commit and one experiment per value."""
+
+    def data(v):
+        return {"metrics": {} if v is None else {"metrics/classifier.json": {"data": {"test/acc": v}}}, "params": {}}  # fmt: skip
+
+    exps = [{"name": n, "revs": [{"rev": f"{i:040x}", "name": n, "data": data(v), "error": {"msg": "boom"} if n == failed else None}]} for i, (n, v) in enumerate(values.items(), 1)]  # fmt: skip
+    return [{"rev": "workspace", "data": {}}, {"rev": "f" * 40, "name": "main", "data": data(0.45), "experiments": exps}]  # fmt: skip
+
+
+def _promote(tmp_path, rows, *args):
+    from conftest import REPO, run_cli
+
+    (tmp_path / "exps.json").write_text(json.dumps(rows))
+    return run_cli(["python", str(REPO / "pipeline/promote.py"), *args, "--exp-json", "exps.json", "--dry-run"], tmp_path)  # fmt: skip
+
+
+def test_promotion_picks_the_best_and_refuses_a_worse_one_without_force(packaged, tmp_path):
+    import bentoml
+
+    served = str(bentoml.models.get("classifier:latest").tag)  # packaged with test/acc 0.5
+    (tmp_path / "models/bento").mkdir(parents=True)
+    (tmp_path / "models/bento/bento.json").write_text(json.dumps({"bento": "sightline:x", "models": {"classifier": served}}))  # fmt: skip
+    rows = _exp_rows({"good": 0.61, "better": 0.72, "broken": 0.99, "worse": 0.3}, failed="broken")
+    best = _promote(tmp_path, rows, "classifier")
+    assert best.returncode == 0 and "classifier: better" in best.stdout, best.stderr
+    worse = _promote(tmp_path, rows, "classifier", "--exp", "worse")
+    assert worse.returncode == 2 and "worse than the served" in worse.stderr
+    assert len(worse.stderr.strip().splitlines()) == 1 and "Traceback" not in worse.stderr
+    forced = _promote(tmp_path, rows, "classifier", "--exp", "worse", "--force")
+    assert forced.returncode == 0 and "classifier: worse" in forced.stdout
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["nosuchmodel"], "unknown model 'nosuchmodel'"),
+        (["classifier", "--exp", "nosuchexp"], "unknown experiment 'nosuchexp' (experiments: good, broken)"),
+        (["classifier", "--exp", "broken"], "experiment 'broken' failed: boom"),
+        (["gan"], "no experiment has gan's fid"),
+    ],
+)  # fmt: skip
+def test_promotion_refuses_unknown_or_unscored_choices_in_one_line(tmp_path, args, needle):
+    result = _promote(tmp_path, _exp_rows({"good": 0.6, "broken": 0.9}, failed="broken"), *args)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.strip() == f"error: {needle}" or needle in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_choose_follows_each_models_direction():
+    from sightline.leaderboard import Experiment, better, choose
+
+    exps = [Experiment("a", "a" * 40, metrics={"vae": {"test/nelbo": 240.0}, "classifier": {"test/acc": 0.9}}), Experiment("b", "b" * 40, metrics={"vae": {"test/nelbo": 230.0}, "classifier": {"test/acc": 0.8}})]  # fmt: skip
+    assert choose(exps, "vae")[0].name == "b" and choose(exps, "classifier")[0].name == "a"
+    assert choose(exps, "vae", "a")[1] == 240.0 and choose(exps, "vae", "b" * 8)[0].name == "b"
+    assert better("vae", 1.0, 2.0) and not better("classifier", 1.0, 2.0)
+    assert not better("classifier", 0.5, 0.5)

@@ -105,6 +105,60 @@ def rank(experiments: list[Experiment], model: str) -> list[tuple[Experiment, fl
     return good + [p for p in scored if p[1] is None]
 
 
+def exp_show_rows(exp_json: str | Path | None = None, all_commits: bool = False) -> list[dict]:
+    """``dvc exp show --json`` rows: from ``exp_json`` when given, else by running dvc."""
+    import json
+    import subprocess
+
+    from sightline.errors import DataError
+
+    if exp_json is not None:
+        try:
+            return json.loads(Path(exp_json).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise DataError(
+                f"{exp_json}: not readable `dvc exp show --json` output ({err})"
+            ) from None
+    cmd = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (
+            result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode
+        )
+        raise DataError(f"`{' '.join(cmd)}` failed: {last}")
+    return json.loads(result.stdout or "[]")
+
+
+def better(model: str, a: float, b: float) -> bool:
+    """Whether ``a`` beats ``b`` on the model's selection metric (strictly)."""
+    return a > b if SELECTION[model][1] == "max" else a < b
+
+
+def choose(experiments: list[Experiment], model: str, name: str | None = None) -> tuple[Experiment, float]:  # fmt: skip
+    """The experiment to promote for ``model``: the one called ``name`` (or whose rev starts with
+    it), else the best-ranked one. ``InputError`` (one line) for an unknown model or experiment,
+    or one without the selection metric."""
+    from sightline.errors import InputError
+
+    if model not in SELECTION:
+        raise InputError(f"unknown model {model!r} (known: {', '.join(SELECTION)})")
+    key = SELECTION[model][0]
+    if name is not None:
+        found = [e for e in experiments if e.name == name or (len(name) >= 7 and e.rev.startswith(name))]  # fmt: skip
+        if not found:
+            known = ", ".join(e.name for e in experiments if not e.baseline) or "none"
+            raise InputError(f"unknown experiment {name!r} (experiments: {known})")
+        value = score(found[0], model)
+        if value is None:
+            why = f"failed: {found[0].error}" if found[0].error else f"has no {key}"
+            raise InputError(f"experiment {name!r} {why}; nothing to promote")
+        return found[0], value
+    ranked = [(e, v) for e, v in rank(experiments, model) if v is not None]
+    if not ranked:
+        raise InputError(f"no experiment has {model}'s {key}; run `dvc exp run` first")
+    return ranked[0]
+
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
     if not isinstance(tree, dict):
