@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated
@@ -209,12 +210,13 @@ class Hit(BaseModel):
 # --- the service -----------------------------------------------------------------------------
 
 
-def _grid(images: torch.Tensor) -> Image:
+def _grid(images: torch.Tensor, nrow: int | None = None) -> Image:
+    """Images in [0, 1] ``(N, C, H, W)`` -> one PNG-ready grid, square unless ``nrow`` is given."""
     from torchvision.utils import make_grid
 
     from sightline.generative import to_pil
 
-    nrow = max(1, int(len(images) ** 0.5 + 0.999))
+    nrow = nrow or max(1, math.ceil(len(images) ** 0.5))
     return to_pil(make_grid(images.float().cpu(), nrow=nrow, padding=2, pad_value=1.0)[None])[0]
 
 
@@ -282,7 +284,7 @@ class Sightline:
     ) -> list[SpamResult]:
         """Messages as JSON parts -> calibrated spam probability, label and modalities."""
         m = self.spam
-        with client_errors():
+        with client_errors(), self.infer():
             examples = [m.encode(x.subject, x.body, [b64_to_image(s) for s in x.images]) for x in messages]  # fmt: skip
             return [SpamResult(**r) for r in m.predict_batch(examples)]
 
@@ -292,7 +294,7 @@ class Sightline:
     ) -> SpamResult:
         """A raw RFC 822 email (an ``.eml`` upload) -> as ``/spam/predict``, plus what the parser
         had to drop (oversized or corrupt images, unknown charsets)."""
-        with client_errors():
+        with client_errors(), self.infer():
             return SpamResult(**self.spam.predict_email(Path(email).read_bytes()))
 
     # vae
@@ -308,12 +310,15 @@ class Sightline:
     @bentoml.api(route="/vae/sample")
     def vae_sample(self, n: Count = 16, seed: Seed = 0) -> Images:
         """``n`` images decoded from z ~ N(0, I); PNGs, base64."""
-        return Images(seed=seed, images=[image_to_b64(i) for i in self.vae.postprocess(self.vae.sample(n, _seeded(seed), check=False))])  # fmt: skip
+        with self.infer():
+            out = self.vae.sample(n, _seeded(seed), check=False)
+        return Images(seed=seed, images=[image_to_b64(i) for i in self.vae.postprocess(out.float())])  # fmt: skip
 
     @bentoml.api(route="/vae/sample_grid")
     def vae_sample_grid(self, n: Count = 16, seed: Seed = 0) -> Image:
         """As ``/vae/sample``, tiled into one PNG."""
-        return _grid(self.vae.sample(n, _seeded(seed), check=False))
+        with self.infer():
+            return _grid(self.vae.sample(n, _seeded(seed), check=False))
 
     @bentoml.api(route="/vae/interpolate")
     def vae_interpolate(
@@ -324,13 +329,8 @@ class Sightline:
         PNG strip, ``a``'s reconstruction first."""
         m = self.vae
         x = m.preprocess([a, b]).to(self.device)
-        with client_errors():
-            frames = m.interpolate(x[0], x[1], steps)
-        from torchvision.utils import make_grid
-
-        from sightline.generative import to_pil
-
-        return to_pil(make_grid(frames.float().cpu(), nrow=steps, padding=2, pad_value=1.0)[None])[0]  # fmt: skip
+        with client_errors(), self.infer():
+            return _grid(m.interpolate(x[0], x[1], steps), nrow=steps)
 
     # gan
 
