@@ -2,11 +2,11 @@
 
 Chooses the DVC experiment with the best selection metric for ``<name>`` (``dvc exp show``;
 the metric is declared in ``sightline.leaderboard.SELECTION``), or the one named by ``--exp``.
-It compares it with the model the workspace's Bento serves now (``models/bento/bento.json``):
-promoting a worse one needs ``--force``. It then runs ``dvc exp apply <exp>``, which brings the
-experiment's checkpoint, metrics, params and ``dvc.lock`` into the workspace, and
-``dvc repro package``, which packages the models with the experiment's name in their labels and
-builds the Bento. Last, it makes sure that Bento is in the local BentoML store. Commit the
+It compares it with the model served by the committed Bento (HEAD's
+``models/bento/bento.json``): promoting a worse one needs ``--force``. It then runs
+``dvc exp apply <exp>``, which brings the experiment's checkpoint, metrics, params and
+``dvc.lock`` into the workspace, and ``dvc repro package``, which packages the models with the
+experiment's name in their labels and builds the Bento. Last, it makes sure that Bento is in the local BentoML store. Commit the
 result to keep it.
 """
 
@@ -21,16 +21,29 @@ import common
 BENTO_JSON = common.MODELS / "bento" / "bento.json"
 
 
+def served_bento() -> dict | None:
+    """``bento.json`` of the Bento the committed workspace serves (HEAD's ``models/bento``, read
+    through DVC), else the workspace's own; ``None`` before anything was packaged.
+
+    HEAD, not the workspace: ``dvc exp run`` leaves the last experiment's results in the
+    workspace, and that experiment must not become the bar it is compared with.
+    """
+    try:
+        import dvc.api
+
+        return json.loads(dvc.api.read(str(BENTO_JSON), rev="HEAD"))
+    except Exception:  # no git, no commit, or HEAD has no package output yet
+        return json.loads(BENTO_JSON.read_text()) if BENTO_JSON.is_file() else None
+
+
 def served_value(model: str) -> tuple[str, float] | None:
-    """``(tag, selection metric)`` of the model the workspace's Bento serves, if any."""
+    """``(tag, selection metric)`` of the model the committed Bento serves, if any."""
     import bentoml
     from bentoml.exceptions import NotFound
 
     from sightline.leaderboard import SELECTION
 
-    if not BENTO_JSON.is_file():
-        return None
-    tag = json.loads(BENTO_JSON.read_text()).get("models", {}).get(model)
+    tag = ((served_bento() or {}).get("models") or {}).get(model)
     if tag is None:
         return None
     try:

@@ -202,21 +202,6 @@ def test_tokenizer_is_fitted_on_train_only_and_deterministic(prepared_spam):
     assert fit_tokenizer(texts, 300) == fit_tokenizer(texts, 300)
 
 
-def test_render_augmentation_moves_training_text_into_an_image_deterministically(prepared_spam):
-    from sightline.models.spam import EmailDataModule
-
-    module, dm, _ = build(prepared_spam)
-    rendered = EmailDataModule(prepared_spam, seed=3, render=1.0).attach(module)
-    rows = dm.rows("train")
-    i = next(k for k, r in enumerate(rows) if not r["evasion"] and len(r["text"]) >= 40)
-    plain, moved = dm.dataset("train")[i], rendered.dataset("train")[i]
-    assert moved.images.shape[0] == plain.images.shape[0] + 1
-    assert len(moved.ids) < len(plain.ids)  # the span left the body
-    again = EmailDataModule(prepared_spam, seed=3, render=1.0).attach(module).dataset("train")[i]
-    assert torch.equal(again.images, moved.images) and again.ids == moved.ids
-    assert rendered.dataset("val")[0].images.shape == dm.dataset("val")[0].images.shape  # train only
-
-
 @pytest.mark.parametrize("n_images", [0, 1, 3])
 def test_logits_for_messages_with_0_1_or_3_images(prepared_spam, n_images):
     from sightline.models.spam import collate

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
-import numpy as np
 import torch
 from PIL import Image
 from pydantic import Field, model_validator
@@ -46,11 +45,6 @@ class SpamDataConfig(Strict):
     batch_size: int = Field(32, gt=1)
     eval_batch_size: int = Field(128, gt=0)
     num_workers: int = Field(0, ge=0)
-    # Training only: each epoch, this share of the training messages that are not already image
-    # spam is read in its evasion form (the dataset's `evasion` settings; one rendering per
-    # message, drawn once), so the image branch learns from the whole split, not only the
-    # prepared evasion messages. 0 turns it off.
-    render: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class SpamConfig(Strict):
@@ -400,47 +394,23 @@ class SpamModule(L.LightningModule):
 
 
 class MessageDataset(torch.utils.data.Dataset):
-    """Prepared messages, encoded by the module's ``encode`` on first access and then cached.
+    """Prepared messages, encoded by the module's ``encode`` on first access and then cached."""
 
-    ``render`` > 0 (training): each access reads a message that is not already image spam, with
-    that probability, in its evasion form: a span of its body moved into a rendered image, as
-    ``prepare@spam`` does (``evasion`` settings from the dataset's meta). The rendering is
-    drawn once per message from ``seed`` and cached.
-    """
-
-    def __init__(self, rows: list[dict], data_dir: Path, encode, render: float = 0.0, evasion: dict | None = None, seed: int = 0) -> None:  # fmt: skip
+    def __init__(self, rows: list[dict], data_dir: Path, encode) -> None:
         self.rows, self.data_dir, self.encode = rows, data_dir, encode
-        self.render, self.evasion, self.seed = render, evasion or {}, seed
-        self.rng = np.random.default_rng([seed, 1])
         self.cache: dict[int, Example] = {}
-        self.rendered: dict[int, Example] = {}
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _images(self, r: dict) -> list[Image.Image]:
-        images = []
-        for name in r["images"]:
-            with Image.open(self.data_dir / name) as im:
-                images.append(im.convert("RGB"))
-        return images
-
-    def _renderable(self, r: dict) -> bool:
-        return self.render > 0 and not r["evasion"] and len(r["text"]) >= self.evasion.get("min_chars", 40)  # fmt: skip
-
     def __getitem__(self, i: int) -> Example:
-        r = self.rows[i]
-        if self._renderable(r) and self.rng.random() < self.render:
-            if i not in self.rendered:
-                from sightline.mail.render import hide_in_image, render_text
-
-                g = np.random.default_rng([self.seed, 2, i])
-                ev = self.evasion
-                body, span = hide_in_image(r["text"], g, ev.get("min_share", 0.7), ev.get("max_share", 1.0), ev.get("max_chars", 1500))  # fmt: skip
-                self.rendered[i] = self.encode(r["subject"], body, [render_text(span, g), *self._images(r)], float(r["label"]))  # fmt: skip
-            return self.rendered[i]
         if i not in self.cache:
-            self.cache[i] = self.encode(r["subject"], r["text"], self._images(r), float(r["label"]))
+            r = self.rows[i]
+            images = []
+            for name in r["images"]:
+                with Image.open(self.data_dir / name) as im:
+                    images.append(im.convert("RGB"))
+            self.cache[i] = self.encode(r["subject"], r["text"], images, float(r["label"]))
         return self.cache[i]
 
 
@@ -450,9 +420,8 @@ class EmailDataModule(L.LightningDataModule):
     Encoding uses the module being trained (``attach``): its tokenizer and image preprocessing.
     """
 
-    def __init__(self, data_dir, batch_size: int = 32, eval_batch_size: int = 128, num_workers: int = 0, seed: int = 0, render: float = 0.0) -> None:  # fmt: skip
+    def __init__(self, data_dir, batch_size: int = 32, eval_batch_size: int = 128, num_workers: int = 0, seed: int = 0) -> None:  # fmt: skip
         super().__init__()
-        self.render = render
         from sightline.data.prepare import load_meta
 
         self.data_dir = Path(data_dir)
@@ -484,8 +453,7 @@ class EmailDataModule(L.LightningDataModule):
 
     def dataset(self, split: str) -> MessageDataset:
         if split not in self._sets:
-            render = self.render if split == "train" else 0.0
-            self._sets[split] = MessageDataset(self.rows(split), self.data_dir, self.encode, render, self.meta.get("evasion"), self.seed)  # fmt: skip
+            self._sets[split] = MessageDataset(self.rows(split), self.data_dir, self.encode)
         return self._sets[split]
 
     def loader(self, split: str, shuffle: bool = False) -> torch.utils.data.DataLoader:
@@ -507,7 +475,7 @@ class EmailDataModule(L.LightningDataModule):
 
 def _datamodule(section: SpamParams, data_dir, seed: int):
     d = section.data
-    return EmailDataModule(data_dir, d.batch_size, d.eval_batch_size, d.num_workers, seed, d.render)
+    return EmailDataModule(data_dir, d.batch_size, d.eval_batch_size, d.num_workers, seed)
 
 
 def _module_kwargs(section: SpamParams, dm) -> dict:
