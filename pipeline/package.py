@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,8 +38,6 @@ def build_wheel(dest: Path) -> Path:
     from sightline.errors import SightlineError
 
     dest.mkdir(parents=True, exist_ok=True)
-    for old in dest.glob("sightline-*.whl"):
-        old.unlink()
     cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), str(common.ROOT)]  # fmt: skip
     done = subprocess.run([*cmd, "--no-build-isolation"], capture_output=True, text=True)
     if done.returncode != 0:  # no setuptools in this environment: let pip fetch it
@@ -69,19 +68,41 @@ def package(names: list[str], raw_models: dict, experiment: str | None, commit: 
     return tags
 
 
-def build_bento(config, wheel: Path, commit: str):
+BENTO_FILES = ("__init__.py", "service.py", "params.yaml", "README.md")
+
+
+def build_bento(config, commit: str):
+    """Build the Bento from a staging folder outside the checkout: ``serving/`` and a fresh wheel.
+
+    BentoML refuses wheel paths with a hidden part, and ``dvc exp run --queue`` works in
+    ``.dvc/tmp/exps/``, so nothing is built from the checkout itself.
+    """
+    import tempfile
+
     import bentoml
 
-    return bentoml.bentos.build(
-        "serving.service:Sightline",
-        name=config.bento,
-        labels={"git_commit": commit[:12], "project": "sightline"},
-        description=(SERVING / "README.md").read_text() if (SERVING / "README.md").is_file() else None,
-        include=["serving/__init__.py", "serving/service.py", "serving/params.yaml", "serving/README.md"],
-        python={"wheels": [str(wheel.relative_to(common.ROOT))], "lock_packages": False},
-        docker={"python_version": f"{sys.version_info.major}.{sys.version_info.minor}"},
-        build_ctx=str(common.ROOT),
-    )  # fmt: skip
+    cwd = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="sightline-bento-") as stage:
+        stage = Path(stage)
+        (stage / "serving").mkdir()
+        for name in BENTO_FILES:
+            if (SERVING / name).is_file():
+                shutil.copyfile(SERVING / name, stage / "serving" / name)
+        wheel = build_wheel(stage / "dist")
+        os.chdir(stage)  # BentoML resolves the wheel against the working directory
+        try:
+            return bentoml.bentos.build(
+                "serving.service:Sightline",
+                name=config.bento,
+                labels={"git_commit": commit[:12], "project": "sightline"},
+                description=(stage / "serving/README.md").read_text() if (stage / "serving/README.md").is_file() else None,
+                include=[f"serving/{name}" for name in BENTO_FILES],
+                python={"wheels": [str(wheel.relative_to(stage))], "lock_packages": False},
+                docker={"python_version": f"{sys.version_info.major}.{sys.version_info.minor}"},
+                build_ctx=str(stage),
+            )  # fmt: skip
+        finally:
+            os.chdir(cwd)
 
 
 def main() -> None:
@@ -103,8 +124,7 @@ def main() -> None:
     names = [n for n in MODELS if n in sections]
     commit = git_commit()
     tags = package(names, raw_models, args.experiment, commit)
-    wheel = build_wheel(common.ROOT / "dist")
-    bento = build_bento(config, wheel, commit)
+    bento = build_bento(config, commit)
     with atomic_dir(args.out) as tmp:
         bentoml.bentos.export_bento(bento.tag, str((tmp / f"{config.bento}.bento").resolve()))
         summary = {"bento": str(bento.tag), "models": tags, "git_commit": commit, "experiment": args.experiment or "workspace"}  # fmt: skip
