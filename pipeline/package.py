@@ -71,11 +71,12 @@ def package(names: list[str], raw_models: dict, experiment: str | None, commit: 
 BENTO_FILES = ("__init__.py", "service.py", "params.yaml", "README.md")
 
 
-def build_bento(config, commit: str):
+def build_bento(config, commit: str, tags: dict[str, str]):
     """Build the Bento from a staging folder outside the checkout: ``serving/`` and a fresh wheel.
 
     BentoML refuses wheel paths with a hidden part, and ``dvc exp run --queue`` works in
-    ``.dvc/tmp/exps/``, so nothing is built from the checkout itself.
+    ``.dvc/tmp/exps/``, so nothing is built from the checkout itself. ``serving/models.json``
+    in the Bento pins the model versions just packaged (``tags``).
     """
     import tempfile
 
@@ -88,6 +89,7 @@ def build_bento(config, commit: str):
         for name in BENTO_FILES:
             if (SERVING / name).is_file():
                 shutil.copyfile(SERVING / name, stage / "serving" / name)
+        (stage / "serving/models.json").write_text(json.dumps(tags, indent=2) + "\n")
         wheel = build_wheel(stage / "dist")
         os.chdir(stage)  # BentoML resolves the wheel against the working directory
         try:
@@ -96,7 +98,7 @@ def build_bento(config, commit: str):
                 name=config.bento,
                 labels={"git_commit": commit[:12], "project": "sightline"},
                 description=(stage / "serving/README.md").read_text() if (stage / "serving/README.md").is_file() else None,
-                include=[f"serving/{name}" for name in BENTO_FILES],
+                include=[f"serving/{name}" for name in (*BENTO_FILES, "models.json")],
                 python={"wheels": [str(wheel.relative_to(stage))], "lock_packages": False},
                 docker={"python_version": f"{sys.version_info.major}.{sys.version_info.minor}"},
                 build_ctx=str(stage),
@@ -124,7 +126,7 @@ def main() -> None:
     names = [n for n in MODELS if n in sections]
     commit = git_commit()
     tags = package(names, raw_models, args.experiment, commit)
-    bento = build_bento(config, commit)
+    bento = build_bento(config, commit, tags)
     with atomic_dir(args.out) as tmp:
         bentoml.bentos.export_bento(bento.tag, str((tmp / f"{config.bento}.bento").resolve()))
         summary = {"bento": str(bento.tag), "models": tags, "git_commit": commit, "experiment": args.experiment or "workspace"}  # fmt: skip

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import math
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -30,9 +31,21 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, model_va
 from sightline.data.captions import FASHION_TEMPLATES
 from sightline.errors import InputError
 from sightline.inference import load_module, select_device
-from sightline.packaging import load_index, load_serving_config
+from sightline.packaging import MODELS, load_index, load_serving_config
 
 CONFIG = load_serving_config(Path(__file__).with_name("params.yaml"))
+
+
+def _model_tags() -> dict[str, str]:
+    """The BentoML model versions to serve. A built Bento carries ``models.json`` (written by the
+    package stage), which pins the versions it was built with: ``:latest`` would follow whatever
+    a later package run (an experiment, say) added to the store. From a checkout: ``:latest``."""
+    pinned = Path(__file__).with_name("models.json")
+    tags = json.loads(pinned.read_text()) if pinned.is_file() else {}
+    return {name: tags.get(name, f"{name}:latest") for name in MODELS}
+
+
+MODEL_TAGS = _model_tags()
 MAX_PIXELS = 4096 * 4096  # larger images are rejected before they are decoded in full
 
 
@@ -234,11 +247,11 @@ def _seeded(seed: int) -> torch.Generator:
 class Sightline:
     """Image classification, spam filtering, VAE and GAN generation, CLIP search."""
 
-    classifier_model = bentoml.models.BentoModel("classifier:latest")
-    spam_model = bentoml.models.BentoModel("spam:latest")
-    vae_model = bentoml.models.BentoModel("vae:latest")
-    gan_model = bentoml.models.BentoModel("gan:latest")
-    clip_model = bentoml.models.BentoModel("clip:latest")
+    classifier_model = bentoml.models.BentoModel(MODEL_TAGS["classifier"])
+    spam_model = bentoml.models.BentoModel(MODEL_TAGS["spam"])
+    vae_model = bentoml.models.BentoModel(MODEL_TAGS["vae"])
+    gan_model = bentoml.models.BentoModel(MODEL_TAGS["gan"])
+    clip_model = bentoml.models.BentoModel(MODEL_TAGS["clip"])
 
     def __init__(self) -> None:
         self.ready = False
@@ -247,7 +260,7 @@ class Sightline:
         self.device = select_device()
         self.half = CONFIG.half and self.device.type == "cuda"
         self.tags = {}
-        for name in ("classifier", "spam", "vae", "gan", "clip"):
+        for name in MODELS:
             stored = getattr(self, f"{name}_model")
             setattr(self, name, load_module(stored.path, name, self.device))
             self.tags[name] = str(stored.tag)

@@ -85,3 +85,17 @@ def test_compare_command_writes_markdown_and_html(tmp_path):
     result = run_cli(["python", "pipeline/compare.py", "--exp-json", str(bad), "--out", str(out)], REPO)  # fmt: skip
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "bad.json" in result.stderr
+
+
+def test_experiment_rows_show_what_each_experiment_changed_from_its_commit():
+    from sightline.leaderboard import Experiment, experiment_rows
+
+    params = {"models": {"vae": {"model": {"latent_dim": 16, "beta": 1.0}}}}
+    changed = {"models": {"vae": {"model": {"latent_dim": 32, "beta": 1.0}}}}
+    exps = [
+        Experiment("main", "a" * 40, params, {"vae": {"test/nelbo": 237.2}}, baseline=True),
+        Experiment("z32", "b" * 40, changed, {"vae": {"test/nelbo": 236.0}}),
+    ]
+    rows = experiment_rows(exps, "vae")
+    assert [r[1] for r in rows] == ["z32", "main (commit)"]
+    assert rows[0][5] == "model.latent_dim=32" and rows[1][5] == "—"

@@ -84,8 +84,14 @@ def test_packaged_bento_serves_every_model_over_http(tmp_path):
         pytest.skip("trained models missing: run `dvc repro` (or `dvc pull`) first")
     result = run_cli(["python", "pipeline/package.py", "--out", str(tmp_path / "bento")], REPO, timeout=900)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    tag = json.loads((tmp_path / "bento/bento.json").read_text())["bento"]
+    built = json.loads((tmp_path / "bento/bento.json").read_text())
+    tag = built["bento"]
     assert bentoml.bentos.get(tag).info.labels["project"] == "sightline"
+    # a newer `gan` in the store (as a later experiment's package run leaves) must not be served
+    from sightline.packaging import package_model
+
+    newer = package_model("gan", REPO / "models/gan", {"fid": 1.0}, {}, "0" * 40, "newer")
+    assert str(newer) != built["models"]["gan"]
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -104,6 +110,7 @@ def test_packaged_bento_serves_every_model_over_http(tmp_path):
             expected = clf.postprocess(clf(clf.preprocess([Image.open(png)])), top_k=5)[0]
 
         with bentoml.SyncHTTPClient(url) as client:
+            assert client.models() == built["models"]  # the versions the Bento was built with
             assert client.classifier_predict(images=[png]) == [expected]
             got = client.spam_predict_email(email=eml)
             assert got["spam_probability"] == spam.predict_email(eml.read_bytes())["spam_probability"]  # fmt: skip

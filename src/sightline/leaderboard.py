@@ -199,11 +199,19 @@ def model_rows(metrics: dict[str, dict], changed: dict[str, dict]) -> list[list[
 
 
 def experiment_rows(experiments: list[Experiment], model: str) -> list[list[str]]:
+    """Ranked rows; the last column is what each experiment changed in the model's params
+    section relative to the commit it was run from."""
+    base_of, base = {}, {}
+    for exp in experiments:  # parse_exp_show order: a commit, then its experiments
+        if exp.baseline:
+            base = flatten(exp.params.get("models", {}).get(model, {}))
+        base_of[exp.rev] = base
     rows = []
     for i, (exp, value) in enumerate(rank(experiments, model), 1):
         status = "failed" if exp.error else ("no metric" if value is None else "")
         section = flatten(exp.params.get("models", {}).get(model, {}))
-        rows.append([str(i) if value is not None else "—", exp.name + (" (commit)" if exp.baseline else ""), exp.rev[:7], _fmt(value), status, _fmt(section.get("trainer.max_epochs"))])  # fmt: skip
+        diff = "" if exp.baseline else ", ".join(f"{k}={v}" for k, v in sorted(section.items()) if base_of[exp.rev].get(k) != v)  # fmt: skip
+        rows.append([str(i) if value is not None else "—", exp.name + (" (commit)" if exp.baseline else ""), exp.rev[:7], _fmt(value), status, diff or "—"])  # fmt: skip
     return rows if rows else [["—", "no experiments", "", "", "", ""]]
 
 
@@ -213,7 +221,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 MODEL_HEADER = ["model", "selection metric", "headline", "train s", "parameters", "params changed from defaults"]  # fmt: skip
-EXP_HEADER = ["rank", "experiment", "rev", "score", "status", "epochs"]
+EXP_HEADER = ["rank", "experiment", "rev", "score", "status", "params changed from its commit"]
 
 
 def markdown(metrics: dict[str, dict], changed: dict[str, dict], experiments: list[Experiment]) -> str:  # fmt: skip
