@@ -51,8 +51,8 @@ bench: setup data ## Lightning vs plain PyTorch training throughput
 package: setup ## BentoML models + the sightline Bento from the trained models (dvc repro package)
 	$(BIN)/dvc repro package
 
-serve: setup ## serve the five models from this checkout on port 3000 (after make package)
-	$(BIN)/bentoml serve serving.service:Sightline --port 3000
+serve: setup ## serve the workspace's Bento (models/bento/bento.json) on port 3000, after make package
+	$(BIN)/bentoml serve $$($(BIN)/python -c "import json; print(json.load(open('models/bento/bento.json'))['bento'])") --port 3000
 
 promote: setup ## serve the best DVC experiment of MODEL (or EXP=<name>; FORCE=1 if it is worse)
 	$(BIN)/python pipeline/promote.py $(MODEL) $(if $(EXP),--exp $(EXP)) $(if $(FORCE),--force)
