@@ -26,7 +26,7 @@ import torch
 from bentoml.exceptions import InvalidArgument
 from PIL import Image as PILImage
 from PIL.Image import Image
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, model_validator
 
 from sightline.data.captions import FASHION_TEMPLATES
 from sightline.errors import InputError
@@ -146,20 +146,13 @@ def _open_upload(obj) -> Image:
         raise ValueError(str(err)) from None
 
 
-def _b64_image(value: str) -> str:
+def b64_to_image(value: str) -> Image:
+    """A base64 image (a ``data:`` URI is accepted) -> a decoded image; ``InputError`` if not."""
     try:
         raw = base64.b64decode(value.split(",", 1)[-1] if value.startswith("data:") else value, validate=True)  # fmt: skip
     except (binascii.Error, ValueError):
-        raise ValueError("not valid base64") from None
-    try:
-        decode_image(raw)
-    except InputError as err:
-        raise ValueError(str(err)) from None
-    return value
-
-
-def b64_to_image(value: str) -> Image:
-    return decode_image(base64.b64decode(value.split(",", 1)[-1] if value.startswith("data:") else value))  # fmt: skip
+        raise InputError("image: not valid base64") from None
+    return decode_image(raw)
 
 
 def image_to_b64(img: Image) -> str:
@@ -171,7 +164,7 @@ def image_to_b64(img: Image) -> str:
 ImageFile = Annotated[Image, BeforeValidator(_open_upload)]
 """An uploaded image (``image/*``), decoded in full while the request is validated."""
 ImageFiles = Annotated[list[ImageFile], Field(min_length=1, max_length=CONFIG.max_images)]
-B64Image = Annotated[str, AfterValidator(_b64_image), Field(description="a PNG/JPEG/GIF image, base64 (a data: URI is accepted)")]  # fmt: skip
+B64Image = Annotated[str, Field(description="a PNG/JPEG/GIF image, base64 (a data: URI is accepted)")]  # fmt: skip
 Text = Annotated[str, Field(max_length=CONFIG.max_text_chars)]
 Count = Annotated[int, Field(ge=1, le=CONFIG.max_samples, description="how many images")]
 Seed = Annotated[int, Field(ge=0, lt=2**63, description="the same seed gives the same images")]
@@ -189,10 +182,17 @@ class Message(BaseModel):
     body: Text = Field("", examples=["Earn $5,000 a week from home. Reply now."])
     images: list[B64Image] = Field(default_factory=list, max_length=CONFIG.max_images)
 
+    _decoded: list[Image] = PrivateAttr(default_factory=list)
+
     @model_validator(mode="after")
-    def _not_empty(self) -> Message:
+    def _decode(self) -> Message:
+        """Refuse an empty message; decode the images once, while the request is validated."""
         if not (self.subject.strip() or self.body.strip() or self.images):
             raise ValueError("nothing to classify: subject, body and images are all empty")
+        try:
+            self._decoded = [b64_to_image(v) for v in self.images]
+        except InputError as err:
+            raise ValueError(str(err)) from None
         return self
 
 
@@ -231,10 +231,6 @@ def _grid(images: torch.Tensor, nrow: int | None = None) -> Image:
 
     nrow = nrow or max(1, math.ceil(len(images) ** 0.5))
     return to_pil(make_grid(images.float().cpu(), nrow=nrow, padding=2, pad_value=1.0)[None])[0]
-
-
-def _seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 @bentoml.service(
@@ -278,6 +274,14 @@ class Sightline:
         with torch.inference_mode(), (torch.autocast("cuda", dtype=torch.float16) if self.half else nullcontext()):  # fmt: skip
             yield
 
+    def _sample(self, model, n: int, seed: int) -> torch.Tensor:
+        """``n`` seeded samples of a generative model (vae, gan), float images in [0, 1]."""
+        with self.infer():
+            return model.sample(n, torch.Generator().manual_seed(seed), check=False).float()
+
+    def _pngs(self, model, n: int, seed: int) -> Images:
+        return Images(seed=seed, images=[image_to_b64(i) for i in model.postprocess(self._sample(model, n, seed))])  # fmt: skip
+
     # classifier
 
     @bentoml.api(route="/classifier/predict", batchable=True, **CONFIG.batch("classifier"))
@@ -298,7 +302,7 @@ class Sightline:
         """Messages as JSON parts -> calibrated spam probability, label and modalities."""
         m = self.spam
         with client_errors(), self.infer():
-            examples = [m.encode(x.subject, x.body, [b64_to_image(s) for s in x.images]) for x in messages]  # fmt: skip
+            examples = [m.encode(x.subject, x.body, x._decoded) for x in messages]
             return [SpamResult(**r) for r in m.predict_batch(examples)]
 
     @bentoml.api(route="/spam/predict_email")
@@ -323,15 +327,12 @@ class Sightline:
     @bentoml.api(route="/vae/sample")
     def vae_sample(self, n: Count = 16, seed: Seed = 0) -> Images:
         """``n`` images decoded from z ~ N(0, I); PNGs, base64."""
-        with self.infer():
-            out = self.vae.sample(n, _seeded(seed), check=False)
-        return Images(seed=seed, images=[image_to_b64(i) for i in self.vae.postprocess(out.float())])  # fmt: skip
+        return self._pngs(self.vae, n, seed)
 
     @bentoml.api(route="/vae/sample_grid")
     def vae_sample_grid(self, n: Count = 16, seed: Seed = 0) -> Image:
         """As ``/vae/sample``, tiled into one PNG."""
-        with self.infer():
-            return _grid(self.vae.sample(n, _seeded(seed), check=False))
+        return _grid(self._sample(self.vae, n, seed))
 
     @bentoml.api(route="/vae/interpolate")
     def vae_interpolate(
@@ -350,15 +351,12 @@ class Sightline:
     @bentoml.api(route="/gan/sample")
     def gan_sample(self, n: Count = 16, seed: Seed = 0) -> Images:
         """``n`` generated images; PNGs, base64."""
-        with self.infer():
-            out = self.gan.sample(n, _seeded(seed), check=False)
-        return Images(seed=seed, images=[image_to_b64(i) for i in self.gan.postprocess(out.float())])  # fmt: skip
+        return self._pngs(self.gan, n, seed)
 
     @bentoml.api(route="/gan/sample_grid")
     def gan_sample_grid(self, n: Count = 16, seed: Seed = 0) -> Image:
         """As ``/gan/sample``, tiled into one PNG."""
-        with self.infer():
-            return _grid(self.gan.sample(n, _seeded(seed), check=False))
+        return _grid(self._sample(self.gan, n, seed))
 
     # clip
 
