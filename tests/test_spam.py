@@ -212,11 +212,11 @@ def test_logits_for_messages_with_0_1_or_3_images(prepared_spam, n_images):
     batch = collate([module.encode("hello", "world", images), module.encode("free cash", "", [])])
     assert batch["images"].shape == (n_images, 1, 32, 32)
     for use_text, use_image in ((True, True), (True, False), (False, True)):
-        out = module(batch["ids"], batch["images"], batch["owner"], use_text, use_image)
+        out = module(batch, use_text, use_image)
         assert out.shape == (2,) and torch.isfinite(out).all()
     if n_images:  # the image branch changes the fused logit only for the message with images
-        fused = module(batch["ids"], batch["images"], batch["owner"])
-        text_only = module(batch["ids"], batch["images"], batch["owner"], use_image=False)
+        fused = module(batch)
+        text_only = module(batch, use_image=False)
         assert fused[0] != text_only[0] and fused[1] == text_only[1]
 
 
@@ -231,7 +231,7 @@ def test_loss_decreases_on_a_fixed_batch(prepared_spam):
     module.train()
     losses = []
     for _ in range(30):
-        loss = module._loss(module(batch["ids"], batch["images"], batch["owner"]), batch["labels"])
+        loss = module._loss(module(batch), batch["labels"])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -320,7 +320,7 @@ def test_serving_path_from_raw_bytes_matches_the_training_path(prepared_spam, sp
         raw = (spam_corpus / group / name).read_bytes()
         batch = collate([dm.dataset("test")[i]])
         with torch.no_grad():
-            trained = module.probabilities(module(batch["ids"], batch["images"], batch["owner"]))
+            trained = module.probabilities(module(batch))
         served = module.predict_email(raw)
         assert served["spam_probability"] == round(float(trained[0]), 6)
         assert served["modalities"]["images"] == len(row["images"])

@@ -20,7 +20,7 @@ from torchmetrics.functional.classification import (
     binary_roc,
 )
 
-from sightline.models.spam import best_threshold, fit_temperature
+from sightline.models.spam import best_threshold, fit_temperature, to_device
 from sightline.viz.figures import confusion_matrix_figure, image_grid, save_figure
 
 MODES = {"fused": (True, True), "text_only": (True, False), "image_only": (False, True)}
@@ -33,7 +33,7 @@ def split_logits(module, dm, split: str, use_text: bool, use_image: bool) -> tup
     module.eval()
     out, labels = [], []
     for batch in dm.loader(split):
-        logits = module(batch["ids"].to(module.device), batch["images"].to(module.device), batch["owner"].to(module.device), use_text, use_image)  # fmt: skip
+        logits = module(to_device(batch, module.device), use_text, use_image)
         out.append(logits.float().cpu())
         labels.append(batch["labels"].long())
     return torch.cat(out), torch.cat(labels)

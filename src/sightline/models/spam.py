@@ -1,7 +1,12 @@
 """``spam``: a multimodal email classifier. Raw email in, calibrated spam probability out.
 
 - Text branch: a word-level tokenizer fitted on the training split only (``tokenizers``), then
-  token + position embeddings, a small pre-norm Transformer encoder, masked mean pooling.
+  two readings of the words, concatenated and projected: token + position embeddings through a
+  small pre-norm Transformer encoder over the first ``max_tokens`` (masked mean and max
+  pooling), and a bag of every word of the message (an ``EmbeddingBag`` weighted by sublinear
+  term frequency x inverse document frequency of the training split, L2-normalised per
+  message). The bag sees text past the Transformer's window and carries over between
+  collections better; it has its own learning rate and weight decay.
 - Image branch: a small CNN over each of the message's 0..N images (grey, width-fitted onto a
   square), averaged; a learned "no image" vector stands in when there is none.
 - Fusion: the two vectors are concatenated and a dense head gives one logit. Each branch is
@@ -20,7 +25,7 @@ DataModule: training and serving preprocess identically.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -64,6 +69,8 @@ class SpamConfig(Strict):
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_steps: int = Field(50, ge=0)
+    bag_lr_scale: float = Field(10.0, gt=0.0)  # the word bag's learning rate: lr x this
+    bag_weight_decay: float = Field(0.5, ge=0.0)
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> SpamConfig:
@@ -107,6 +114,31 @@ def fit_tokenizer(texts, vocab_size: int, min_count: int = 2) -> str:
     return tok.to_str()
 
 
+def fit_idf(texts, tokenizer: str) -> list[float]:
+    """Smoothed inverse document frequency ``log((1 + N) / (1 + df))`` of every vocabulary id
+    over ``texts`` (the training split); the special tokens get 0."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer)
+    df = torch.zeros(tok.get_vocab_size(), dtype=torch.float64)
+    n = 0
+    for text in texts:
+        df[torch.tensor(sorted(set(tok.encode(text).ids)), dtype=torch.long)] += 1
+        n += 1
+    idf = torch.log((1.0 + n) / (1.0 + df))
+    idf[: len(SPECIALS)] = 0.0
+    return [round(float(v), 6) for v in idf]
+
+
+def bag_of_words(ids: list[int]) -> tuple[list[int], list[float]]:
+    """``(distinct ids, 1 + log(count))``: the sublinear term frequencies of a message."""
+    counts: dict[int, int] = {}
+    for i in ids:
+        counts[i] = counts.get(i, 0) + 1
+    words = sorted(counts)
+    return words, [1.0 + math.log(counts[w]) for w in words]
+
+
 def message_text(subject: str, body: str) -> str:
     """What the text branch reads: the subject, a separator, the body."""
     return f"{subject} [SEP] {body}"
@@ -116,20 +148,36 @@ def message_text(subject: str, body: str) -> str:
 class Example:
     """One encoded message."""
 
-    ids: list[int]
+    ids: list[int]  # the first max_tokens word ids (the Transformer's input)
     images: torch.Tensor  # (k, 1, S, S), k may be 0
     label: float = 0.0
+    words: list[int] = field(default_factory=list)  # every distinct word id of the message
+    tf: list[float] = field(default_factory=list)  # their sublinear term frequencies
 
 
 def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
-    """Pad token ids; stack every image with the index of the message it belongs to."""
+    """Pad token ids; flatten the bags of words and stack every image, each with the index of
+    the message it belongs to."""
     length = max(1, max(len(e.ids) for e in examples))
     ids = torch.zeros(len(examples), length, dtype=torch.long)
     for i, e in enumerate(examples):
         ids[i, : len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
     images = torch.cat([e.images for e in examples])
-    owner = torch.cat([torch.full((len(e.images),), i, dtype=torch.long) for i, e in enumerate(examples)])  # fmt: skip
-    return {"ids": ids, "images": images, "owner": owner, "labels": torch.tensor([e.label for e in examples])}  # fmt: skip
+
+    def owners(sizes) -> torch.Tensor:
+        return torch.cat([torch.full((n,), i, dtype=torch.long) for i, n in enumerate(sizes)])
+
+    return {
+        "ids": ids, "words": torch.tensor([w for e in examples for w in e.words], dtype=torch.long),
+        "tf": torch.tensor([t for e in examples for t in e.tf], dtype=torch.float32),
+        "word_owner": owners(len(e.words) for e in examples),
+        "images": images, "owner": owners(len(e.images) for e in examples),
+        "labels": torch.tensor([e.label for e in examples]),
+    }  # fmt: skip
+
+
+def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -183,25 +231,38 @@ class ImageBranch(nn.Module):
 
 class TextBranch(nn.Module):
     """Token + learned position embeddings, pre-norm Transformer encoder, then the masked mean
-    and max over tokens, projected back to ``dim``."""
+    and max over tokens; with the TF-IDF-weighted bag of all the words, projected to ``dim``."""
 
     def __init__(self, vocab: int, max_tokens: int, dim: int, layers: int, heads: int, dropout: float) -> None:  # fmt: skip
         super().__init__()
+        self.bag = nn.EmbeddingBag(vocab, dim, mode="sum")
+        self.register_buffer("idf", torch.ones(vocab))
         self.embed = nn.Embedding(vocab, dim, padding_idx=0)
         self.pos = nn.Parameter(torch.randn(max_tokens, dim) * 0.02)
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True)  # fmt: skip
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
-        self.proj = nn.Linear(2 * dim, dim)
+        self.proj = nn.Linear(3 * dim, dim)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def bag_vectors(self, words: torch.Tensor, tf: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:  # fmt: skip
+        """Per message the sum of its words' embeddings, weighted by tf x idf scaled to unit
+        L2 norm; zero for a message without words."""
+        w = tf * self.idf[words]
+        norm = torch.zeros(n, device=w.device, dtype=w.dtype).index_add_(0, owner, w * w).sqrt()
+        w = w / norm.clamp_min(1e-6)[owner]
+        offsets = torch.zeros(n, dtype=torch.long, device=words.device)
+        offsets[1:] = torch.bincount(owner, minlength=n).cumsum(0)[:-1]
+        return self.bag(words, offsets, per_sample_weights=w)
+
+    def forward(self, ids: torch.Tensor, words: torch.Tensor, tf: torch.Tensor, word_owner: torch.Tensor) -> torch.Tensor:  # fmt: skip
         pad = ids == 0
         h = self.embed(ids) + self.pos[: ids.shape[1]]
         h = self.norm(self.encoder(h, src_key_padding_mask=pad))
         keep = (~pad).unsqueeze(-1).to(h.dtype)
         mean = (h * keep).sum(1) / keep.sum(1).clamp_min(1.0)
         peak = h.masked_fill(pad.unsqueeze(-1), float("-inf")).amax(1).nan_to_num(0.0, neginf=0.0)
-        return self.proj(torch.cat([mean, peak], dim=1))
+        bag = self.bag_vectors(words, tf, word_owner, ids.shape[0]).to(h.dtype)
+        return self.proj(torch.cat([mean, peak, bag], dim=1))
 
 
 class SpamModule(L.LightningModule):
@@ -212,6 +273,8 @@ class SpamModule(L.LightningModule):
             reloads it exactly).
         class_names: ``["ham", "spam"]``.
         pos_weight: weight of the spam term in the training loss (ham/spam ratio of the data).
+        idf: the word bag's inverse document frequencies (``fit_idf``). Not a hyperparameter: it
+            is the buffer ``text.idf``, saved with the weights.
         The rest: ``SpamConfig``.
     """
 
@@ -220,17 +283,21 @@ class SpamModule(L.LightningModule):
         vocab_size: int = 8000, max_tokens: int = 256, dim: int = 128, layers: int = 2,
         heads: int = 4, image_size: int = 192, image_channels: list[int] | None = None,
         max_images: int = 4, modality_dropout: float = 0.1, branch_loss: float = 0.5, dropout: float = 0.1, lr: float = 1e-3,
-        weight_decay: float = 0.01, warmup_steps: int = 50,
+        weight_decay: float = 0.01, warmup_steps: int = 50, bag_lr_scale: float = 10.0,
+        bag_weight_decay: float = 0.5, idf: list[float] | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["idf"])
         from tokenizers import Tokenizer
 
-        self.tokenizer = Tokenizer.from_str(tokenizer)
-        self.tokenizer.enable_truncation(max_tokens)
+        self.tokenizer = Tokenizer.from_str(tokenizer)  # no truncation: the bag reads every word
         self.class_names = list(class_names or ["ham", "spam"])
         vocab = self.tokenizer.get_vocab_size()
         self.text = TextBranch(vocab, max_tokens, dim, layers, heads, dropout)
+        if idf is not None:
+            if len(idf) != vocab:
+                raise ConfigError(f"idf has {len(idf)} entries for a vocabulary of {vocab}")
+            self.text.idf.copy_(torch.tensor(idf))
         self.image = ImageBranch(list(image_channels or [16, 32, 64, 128]), dim)
         self.no_text = nn.Parameter(torch.zeros(dim))
         self.no_image = nn.Parameter(torch.zeros(dim))
@@ -241,6 +308,7 @@ class SpamModule(L.LightningModule):
 
     # preprocessing: one path for the DataModule and for serving
     def tokenize(self, subject: str, body: str) -> list[int]:
+        """Every word id of the message (the Transformer reads the first ``max_tokens``)."""
         return self.tokenizer.encode(message_text(subject, body)).ids
 
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
@@ -259,14 +327,17 @@ class SpamModule(L.LightningModule):
         images = list(images)[: self.hparams.max_images]
         s = self.hparams.image_size
         stack = torch.stack([self.preprocess_image(im) for im in images]) if images else torch.zeros(0, 1, s, s)  # fmt: skip
-        return Example(self.tokenize(subject or "", body or ""), stack, float(label))
+        ids = self.tokenize(subject or "", body or "")
+        words, tf = bag_of_words(ids)
+        return Example(ids[: self.hparams.max_tokens], stack, float(label), words, tf)
 
     # model
-    def branches(self, ids, images, owner, use_text: bool = True, use_image: bool = True):
-        """``(text vectors (B, D), image vectors (B, D), has_image (B,))``; an unused or
-        missing branch gives its learned "absent" vector."""
+    def branches(self, batch: dict[str, torch.Tensor], use_text: bool = True, use_image: bool = True):  # fmt: skip
+        """``(text vectors (B, D), image vectors (B, D), has_image (B,))`` of a ``collate``
+        batch; an unused or missing branch gives its learned "absent" vector."""
+        ids, images, owner = batch["ids"], batch["images"], batch["owner"]
         b = ids.shape[0]
-        t = self.text(ids) if use_text else self.no_text.expand(b, -1)
+        t = self.text(ids, batch["words"], batch["tf"], batch["word_owner"]) if use_text else self.no_text.expand(b, -1)  # fmt: skip
         has = torch.zeros(b, dtype=torch.bool, device=ids.device)
         v = self.no_image.expand(b, -1)
         if use_image and images.shape[0]:
@@ -280,9 +351,10 @@ class SpamModule(L.LightningModule):
     def fuse(self, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.head(torch.cat([t, v.to(t.dtype)], dim=1)).squeeze(1)
 
-    def forward(self, ids, images, owner, use_text: bool = True, use_image: bool = True) -> torch.Tensor:  # fmt: skip
-        """Logits ``(B,)``. ``use_text`` / ``use_image`` False: that branch reads as absent."""
-        t, v, _ = self.branches(ids, images, owner, use_text, use_image)
+    def forward(self, batch: dict[str, torch.Tensor], use_text: bool = True, use_image: bool = True) -> torch.Tensor:  # fmt: skip
+        """Logits ``(B,)`` of a ``collate`` batch. ``use_text`` / ``use_image`` False: that
+        branch reads as absent."""
+        t, v, _ = self.branches(batch, use_text, use_image)
         return self.fuse(t, v)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -297,7 +369,7 @@ class SpamModule(L.LightningModule):
         """Fused loss, plus ``branch_loss`` x the loss of each branch alone through the same head
         (image-only on messages that have images); modality dropout on the fused input."""
         y = batch["labels"]
-        t, v, has = self.branches(batch["ids"], batch["images"], batch["owner"])
+        t, v, has = self.branches(batch)
         b, p = len(y), self.hparams.modality_dropout
         no_t, no_v = self.no_text.expand(b, -1), self.no_image.expand(b, -1).to(v.dtype)
         drop_t = torch.rand(b, device=y.device) < p
@@ -316,7 +388,7 @@ class SpamModule(L.LightningModule):
         self._val = []
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        logits = self(batch["ids"], batch["images"], batch["owner"])
+        logits = self(batch)
         self._val.append((logits.float(), batch["labels"]))
 
     def on_validation_epoch_end(self) -> None:
@@ -344,10 +416,14 @@ class SpamModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "pos" not in n and "embed" not in n]  # fmt: skip
-        ids = {id(p) for p in decay}
+        bag = [self.text.bag.weight]
+        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "pos" not in n and "embed" not in n and "bag" not in n]  # fmt: skip
+        ids = {id(p) for p in decay + bag}
         rest = [p for p in self.parameters() if id(p) not in ids]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=hp.lr)  # fmt: skip
+        opt = torch.optim.AdamW([
+            {"params": decay, "weight_decay": hp.weight_decay}, {"params": rest, "weight_decay": 0.0},
+            {"params": bag, "weight_decay": hp.bag_weight_decay, "lr": hp.lr * hp.bag_lr_scale},
+        ], lr=hp.lr)  # fmt: skip
         total, warm = max(1, int(self.trainer.estimated_stepping_batches)), hp.warmup_steps
 
         def factor(step: int) -> float:
@@ -365,7 +441,7 @@ class SpamModule(L.LightningModule):
         if not examples:
             raise InputError("no messages given")
         batch = collate(examples)
-        logits = self(batch["ids"].to(self.device), batch["images"].to(self.device), batch["owner"].to(self.device))  # fmt: skip
+        logits = self(to_device(batch, self.device))
         probs = self.probabilities(logits).cpu().tolist()
         threshold = float(self.threshold)
         return [
@@ -484,8 +560,9 @@ def _module_kwargs(section: SpamParams, dm) -> dict:
     spam = sum(r["label"] for r in rows)
     if spam == 0 or spam == len(rows):
         raise ConfigError("datasets.spam: the training split needs both ham and spam")
-    texts = (message_text(r["subject"], r["text"]) for r in rows)
-    return {"tokenizer": fit_tokenizer(texts, m.vocab_size), "class_names": dm.class_names, "pos_weight": round((len(rows) - spam) / spam, 6), **m.model_dump()}  # fmt: skip
+    texts = [message_text(r["subject"], r["text"]) for r in rows]
+    tokenizer = fit_tokenizer(texts, m.vocab_size)
+    return {"tokenizer": tokenizer, "idf": fit_idf(texts, tokenizer), "class_names": dm.class_names, "pos_weight": round((len(rows) - spam) / spam, 6), **m.model_dump()}  # fmt: skip
 
 
 def _evaluate(*args, **kwargs) -> dict:
