@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import tarfile
 from email.message import EmailMessage
 
@@ -200,6 +201,39 @@ def test_tokenizer_is_fitted_on_train_only_and_deterministic(prepared_spam):
     assert "earliercollection" in vocab
     texts = [message_text(r["subject"], r["text"]) for r in dm.rows("train")]
     assert fit_tokenizer(texts, 300) == fit_tokenizer(texts, 300)
+
+
+def test_idf_is_fitted_on_train_and_saved_with_the_weights(prepared_spam):
+    from sightline.models.spam import SPECIALS, bag_of_words, fit_idf, fit_tokenizer
+
+    texts = ["free cash now", "free offer", "meeting notes", "free cash"]
+    tok = fit_tokenizer(texts, 50, min_count=1)
+    idf = fit_idf(texts, tok)
+    vocab = json.loads(tok)["model"]["vocab"]
+    assert idf[: len(SPECIALS)] == [0.0] * len(SPECIALS)
+    assert idf[vocab["free"]] < idf[vocab["cash"]] < idf[vocab["meeting"]]  # df 3 < 2 < 1
+    assert bag_of_words([5, 7, 5, 5]) == ([5, 7], [pytest.approx(1 + math.log(3)), 1.0])
+
+    module, _, _ = build(prepared_spam)
+    assert "idf" not in module.hparams and "text.idf" in module.state_dict()
+    assert module.text.idf[len(SPECIALS) :].gt(0).all()  # from the training split, not ones
+
+
+def test_the_bag_of_words_reads_past_the_transformer_window(prepared_spam):
+    from sightline.models.spam import collate
+
+    torch.manual_seed(0)
+    module, _, _ = build(prepared_spam)
+    module.eval()
+    window = module.hparams.max_tokens
+    filler = " ".join(["earliercollection"] * (window + 10))
+    one, two = sorted(w for w in module.tokenizer.get_vocab() if w.isalpha() and w != "earliercollection")[:2]  # fmt: skip
+    a, b = module.encode("hi", f"{filler} {one}", []), module.encode("hi", f"{filler} {two}", [])
+    assert a.ids == b.ids and len(a.ids) == window  # the Transformer sees the same tokens
+    assert a.words != b.words
+    with torch.no_grad():
+        out = module(collate([a, b]))
+    assert out[0] != out[1]
 
 
 @pytest.mark.parametrize("n_images", [0, 1, 3])
