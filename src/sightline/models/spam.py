@@ -66,6 +66,7 @@ class SpamConfig(Strict):
     modality_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # fused input: a branch read as absent
     branch_loss: float = Field(0.5, ge=0.0)  # weight of each branch's own loss (alone, same head)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the attention weights (costly on CPU)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_steps: int = Field(50, ge=0)
@@ -233,13 +234,14 @@ class TextBranch(nn.Module):
     """Token + learned position embeddings, pre-norm Transformer encoder, then the masked mean
     and max over tokens; with the TF-IDF-weighted bag of all the words, projected to ``dim``."""
 
-    def __init__(self, vocab: int, max_tokens: int, dim: int, layers: int, heads: int, dropout: float) -> None:  # fmt: skip
+    def __init__(self, vocab: int, max_tokens: int, dim: int, layers: int, heads: int, dropout: float, attention_dropout: float = 0.0) -> None:  # fmt: skip
         super().__init__()
         self.bag = nn.EmbeddingBag(vocab, dim, mode="sum")
         self.register_buffer("idf", torch.ones(vocab))
         self.embed = nn.Embedding(vocab, dim, padding_idx=0)
         self.pos = nn.Parameter(torch.randn(max_tokens, dim) * 0.02)
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True)  # fmt: skip
+        layer.self_attn.dropout = attention_dropout  # ``dropout`` stays on the residual paths
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(3 * dim, dim)
@@ -282,7 +284,8 @@ class SpamModule(L.LightningModule):
         self, tokenizer: str, class_names: list[str] | None = None, pos_weight: float = 1.0,
         vocab_size: int = 8000, max_tokens: int = 256, dim: int = 128, layers: int = 2,
         heads: int = 4, image_size: int = 192, image_channels: list[int] | None = None,
-        max_images: int = 4, modality_dropout: float = 0.1, branch_loss: float = 0.5, dropout: float = 0.1, lr: float = 1e-3,
+        max_images: int = 4, modality_dropout: float = 0.1, branch_loss: float = 0.5, dropout: float = 0.1,
+        attention_dropout: float = 0.0, lr: float = 1e-3,
         weight_decay: float = 0.01, warmup_steps: int = 50, bag_lr_scale: float = 10.0,
         bag_weight_decay: float = 0.5, idf: list[float] | None = None,
     ) -> None:  # fmt: skip
@@ -293,7 +296,7 @@ class SpamModule(L.LightningModule):
         self.tokenizer = Tokenizer.from_str(tokenizer)  # no truncation: the bag reads every word
         self.class_names = list(class_names or ["ham", "spam"])
         vocab = self.tokenizer.get_vocab_size()
-        self.text = TextBranch(vocab, max_tokens, dim, layers, heads, dropout)
+        self.text = TextBranch(vocab, max_tokens, dim, layers, heads, dropout, attention_dropout)
         if idf is not None:
             if len(idf) != vocab:
                 raise ConfigError(f"idf has {len(idf)} entries for a vocabulary of {vocab}")
