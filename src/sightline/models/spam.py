@@ -66,7 +66,7 @@ class SpamConfig(Strict):
     modality_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # fused input: a branch read as absent
     branch_loss: float = Field(0.5, ge=0.0)  # weight of each branch's own loss (alone, same head)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the attention weights (costly on CPU)
+    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # attention weights (slow on CPU)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_steps: int = Field(50, ge=0)
