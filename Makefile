@@ -6,7 +6,7 @@ MODEL  ?= classifier
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup data run test test-slow lint format bench bench-serve reproduce-check compare package serve promote clean
+.PHONY: help setup system data run test test-slow lint format bench bench-serve reproduce-check compare package serve promote clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -19,6 +19,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+system: ## install the tesseract command (OCR of the spam model) when it is missing and apt is usable
+	@if command -v tesseract >/dev/null 2>&1; then \
+	  echo "OCR: $$(tesseract --version 2>&1 | head -n 1)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tesseract-ocr tesseract-ocr-eng >/dev/null; \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tesseract-ocr tesseract-ocr-eng >/dev/null; \
+	else \
+	  echo "install Tesseract OCR (tesseract-ocr, or brew install tesseract): the spam model reads the words in images" >&2; exit 1; \
+	fi
+
 data: ## install Debian's dataset-fashion-mnist when it is missing and apt is usable
 	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
 	  echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist"; \
@@ -30,13 +41,13 @@ data: ## install Debian's dataset-fashion-mnist when it is missing and apt is us
 	  echo "dataset-fashion-mnist not installable here; prepare falls back to torchvision's download"; \
 	fi
 
-run: setup data ## set up, then reproduce the whole pipeline (dvc repro)
+run: setup system data ## set up, then reproduce the whole pipeline (dvc repro)
 	$(BIN)/dvc repro
 
-test: setup ## set up, then run the fast tests (tiny configs, synthetic data)
+test: setup system ## set up, then run the fast tests (tiny configs, synthetic data)
 	$(BIN)/python -m pytest -m "not slow and not gpu"
 
-test-slow: setup data ## real-data tests (several minutes)
+test-slow: setup system data ## real-data tests (several minutes)
 	$(BIN)/python -m pytest -m slow
 
 lint: setup ## ruff lint + format check
@@ -60,7 +71,7 @@ promote: setup ## serve the best DVC experiment of MODEL (or EXP=<name>; FORCE=1
 bench-serve: setup ## load test of the served classifier vs the in-process model
 	$(BIN)/python benchmarks/serve_load.py
 
-reproduce-check: setup data ## retrain MODEL (default classifier) from scratch, compare with metrics/$(MODEL).json
+reproduce-check: setup system data ## retrain MODEL (default classifier) from scratch, compare with metrics/$(MODEL).json
 	$(BIN)/python pipeline/check_reproducible.py $(MODEL)
 
 compare: setup ## leaderboard of the models and their DVC experiments -> reports/leaderboard.{md,html}

@@ -23,6 +23,7 @@ import common
 SERVING = Path("serving")
 SERVING_PARAMS = SERVING / "params.yaml"
 OUT = common.MODELS / "bento"
+SYSTEM_PACKAGES = ["tesseract-ocr"]  # the spam model reads the words in images (OCR)
 
 
 def git_commit() -> str:
@@ -100,7 +101,7 @@ def build_bento(config, commit: str, tags: dict[str, str]):
                 description=(stage / "serving/README.md").read_text() if (stage / "serving/README.md").is_file() else None,
                 include=[f"serving/{name}" for name in (*BENTO_FILES, "models.json")],
                 python={"wheels": [str(wheel.relative_to(stage))], "lock_packages": False},
-                docker={"python_version": f"{sys.version_info.major}.{sys.version_info.minor}"},
+                docker={"python_version": f"{sys.version_info.major}.{sys.version_info.minor}", "system_packages": SYSTEM_PACKAGES},
                 build_ctx=str(stage),
             )  # fmt: skip
         finally:

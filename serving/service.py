@@ -16,6 +16,7 @@ import base64
 import binascii
 import io
 import json
+import logging
 import math
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -31,6 +32,7 @@ from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, model_valid
 from sightline.data.captions import FASHION_TEMPLATES
 from sightline.errors import InputError
 from sightline.inference import load_module, select_device
+from sightline.mail.ocr import available as ocr_available
 from sightline.packaging import MODELS, load_index, load_serving_config
 
 CONFIG = load_serving_config(Path(__file__).with_name("params.yaml"))
@@ -199,6 +201,7 @@ class Message(BaseModel):
 class Modalities(BaseModel):
     text: bool
     images: int
+    image_text: bool = Field(False, description="OCR read words in the images")
 
 
 class SpamResult(BaseModel):
@@ -263,6 +266,8 @@ class Sightline:
         tensors, meta = load_index(self.clip_model.path)
         self.index = tensors["embeddings"].to(self.device)
         self.index_images, self.index_captions = tensors["images"], meta["captions"]
+        if self.spam.read is not None and not ocr_available():
+            logging.getLogger("sightline").warning("spam: the tesseract command is missing; the words in images are not read (apt install tesseract-ocr)")  # fmt: skip
         self.ready = True
 
     def __is_ready__(self) -> bool:

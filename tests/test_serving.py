@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_email, png_bytes, tiny_section
+from conftest import make_email, tiny_section
 from PIL import Image
 
 from sightline.errors import ConfigError
@@ -205,8 +205,20 @@ def test_uploads_over_the_size_limit_get_413_declared_or_chunked(client):
 # --- spam -------------------------------------------------------------------------------------
 
 
+def _picture_of_words(text: str) -> bytes:
+    from PIL import ImageDraw, ImageFont
+
+    from sightline.mail.render import font_paths
+
+    im = Image.new("RGB", (560, 60), "white")
+    ImageDraw.Draw(im).text((10, 15), text, font=ImageFont.truetype(font_paths()[0], 20), fill="black")  # fmt: skip
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def test_spam_json_matches_the_in_process_model_and_uses_the_validated_threshold(client, local):
-    img = png_bytes()
+    img = _picture_of_words("Double your money with this exclusive offer")  # read by OCR
     messages = [
         {"subject": "free money", "body": "click now for cash"},
         {"subject": "meeting notes", "body": "", "images": [base64.b64encode(img).decode()]},
@@ -219,7 +231,7 @@ def test_spam_json_matches_the_in_process_model_and_uses_the_validated_threshold
     for g, e in zip(got, expected, strict=True):
         assert g["spam_probability"] == e["spam_probability"] and g["label"] == e["label"]
         assert g["threshold"] == pytest.approx(0.37)
-    assert got[1]["modalities"] == {"text": True, "images": 1}
+    assert got[1]["modalities"] == {"text": True, "images": 1, "image_text": True}
 
 
 def test_spam_json_bad_input_is_400(client):
@@ -235,14 +247,16 @@ def test_spam_json_bad_input_is_400(client):
 
 def test_spam_email_upload_matches_predict_email(client, local):
     raw = make_email(
-        "cheap pills", "act now, limited offer", images=[png_bytes(), b"\x89PNG broken"]
+        "cheap pills",
+        "act now",
+        images=[_picture_of_words("limited offer, buy now"), b"\x89PNG broken"],
     )
     resp = client.post("/spam/predict_email", files=upload(raw, "email", "m.eml", "message/rfc822"))
     assert resp.status_code == 200, resp.text
     expected = local["spam"].predict_email(raw)
     assert resp.json()["spam_probability"] == expected["spam_probability"]
     assert resp.json()["parse_issues"] == expected["parse_issues"] != {}
-    assert resp.json()["modalities"] == {"text": True, "images": 1}
+    assert resp.json()["modalities"] == {"text": True, "images": 1, "image_text": True}
 
 
 def test_spam_email_rejections_are_400_with_a_reason(client):

@@ -303,13 +303,13 @@ def test_prediction_api_rejects_nothing_usable_and_non_emails(prepared_spam):
     with pytest.raises(InputError, match="not an email"):
         module.predict_email(b"%PDF-1.4 binary")
     only_subject = module.predict_email(b"Subject: win cash now\r\n\r\n")
-    assert only_subject["modalities"] == {"text": True, "images": 0}
+    assert only_subject["modalities"] == {"text": True, "images": 0, "image_text": False}
     broken = module.predict_email(make_email("hi", "see picture", images=[b"GIF89a broken"]))
     assert broken["modalities"]["images"] == 0 and broken["parse_issues"] == {"corrupt_image": 1}
     buf = io.BytesIO()
     Image.new("P", (64, 64)).save(buf, format="GIF")
     image_only = module.predict(images=[Image.open(buf)])
-    assert image_only["modalities"] == {"text": False, "images": 1}
+    assert image_only["modalities"] == {"text": False, "images": 1, "image_text": False}  # blank
 
 
 def test_heads_must_divide_dim():
@@ -360,3 +360,100 @@ def test_serving_path_from_raw_bytes_matches_the_training_path(prepared_spam, sp
         assert served["modalities"]["images"] == len(row["images"])
         checked += 1
     assert checked >= 10
+
+
+def test_temperature_is_recovered_and_bounded_when_the_classes_separate():
+    from sightline.models.spam import fit_temperature
+
+    g = torch.Generator().manual_seed(0)
+    true = torch.randn(20000, generator=g) * 2
+    labels = (torch.rand(20000, generator=g) < torch.sigmoid(true)).float()
+    assert fit_temperature(3 * true, labels) == pytest.approx(3.0, rel=0.05)
+    separated = torch.tensor([-5.0, -4.0, 4.0, 5.0])
+    assert fit_temperature(separated, torch.tensor([0.0, 0.0, 1.0, 1.0])) == pytest.approx(0.05)
+
+
+# the words in images (OCR)
+
+SENTENCE = "Claim your free prize today and double your money with this exclusive offer"
+
+
+def _words(text: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"[a-z]{3,}", text.lower()))
+
+
+def _render(text: str) -> Image.Image:
+    from PIL import ImageDraw, ImageFont
+
+    from sightline.mail.render import font_paths
+
+    im = Image.new("RGB", (640, 60), (250, 250, 240))
+    ImageDraw.Draw(im).text((10, 15), text, font=ImageFont.truetype(font_paths()[0], 20), fill=(20, 20, 90))  # fmt: skip
+    return im
+
+
+def test_ocr_reads_the_words_of_a_rendered_picture_and_none_in_noise():
+    from sightline.mail.ocr import read_text, read_texts
+
+    said = read_text(_render(SENTENCE))
+    assert len(_words(said) & _words(SENTENCE)) >= 0.8 * len(_words(SENTENCE)), said
+    noise = Image.fromarray(torch.randint(0, 256, (40, 60, 3), dtype=torch.uint8).numpy())
+    assert read_texts([_render(SENTENCE), noise], workers=2) == [said, read_text(noise)]
+    assert not _words(read_text(Image.new("RGB", (80, 80), "white")))
+
+
+def test_without_tesseract_prepare_refuses_and_serving_reads_no_words(prepared_spam, monkeypatch, tmp_path):  # fmt: skip
+    from sightline.config import SpamDatasetConfig
+    from sightline.mail import ocr
+    from sightline.mail.corpus import prepare_spam
+
+    module, _, _ = build(prepared_spam)
+    monkeypatch.setattr(ocr, "tesseract", lambda: None)
+    cfg = SpamDatasetConfig.model_validate({"root": str(tmp_path), "download": False})
+    with pytest.raises(ocr.OcrUnavailable, match="apt install tesseract-ocr"):
+        prepare_spam(cfg, 0, tmp_path / "out", tmp_path)
+    assert not (tmp_path / "out").exists()
+    with pytest.warns(RuntimeWarning, match="tesseract"):
+        example = module.encode("hi", "", [_render(SENTENCE)])
+    assert example.image_text is not None and example.image_text.ids == []
+
+
+def test_prepare_stores_what_ocr_reads_in_each_saved_image(prepared_spam):
+    """The cached text is what serving's live OCR reads in the same image file."""
+    from sightline.mail.ocr import read_text
+
+    meta = json.loads((prepared_spam / "meta.json").read_text())
+    assert meta["ocr"]["engine"].startswith("tesseract")
+    rows = [r for s in ("train", "val", "test") for r in load_messages(prepared_spam, s)]
+    assert all(len(r["ocr"]) == len(r["images"]) for r in rows)
+    assert meta["ocr"]["images"] == sum(len(r["images"]) for r in rows)
+    evasion = [r for r in rows if r["evasion"]]
+    assert evasion and all(r["ocr"][0] for r in evasion)  # the words moved into the picture
+    for r in evasion[:4] + [r for r in rows if r["images"] and not r["evasion"]][:2]:
+        for name, cached in zip(r["images"], r["ocr"], strict=True):
+            with Image.open(prepared_spam / name) as im:
+                assert read_text(im.convert("RGB")) == cached
+
+
+def test_the_image_branch_reads_the_words_in_the_image(prepared_spam):
+    from sightline.mail.ocr import read_text
+    from sightline.models.spam import collate
+
+    module, _, _ = build(prepared_spam)
+    module.eval()
+    picture = _render(SENTENCE)
+    live = module.encode("", "", [picture])  # serving: OCR now
+    cached = module.encode("", "", [picture], image_texts=[read_text(picture)])  # training
+    assert live.image_text == cached.image_text and len(live.image_text.ids) >= 8
+    other = module.encode("", "", [picture], image_texts=["meeting notes for the project review"])
+    batch = collate([live, other, module.encode("hi", "there", [])])
+    assert batch["image_text_owner"].tolist() == [0, 1]
+    with torch.no_grad():
+        image_only = module(batch, use_text=False)
+        text_only = module(batch, use_image=False)
+    assert image_only[0] != image_only[1]  # same pixels, different words read
+    assert text_only[0] == text_only[1]  # the words in a picture are not the message's text
+    blind, _, _ = build(prepared_spam, image_text=False)
+    assert blind.read is None and blind.encode("", "", [picture]).image_text is None

@@ -17,6 +17,9 @@ split they occur in, so no message is in two parts.
 
 A ``fraction`` of messages, ham and spam alike, become synthetic image spam (``render.py``):
 part of the body is moved into a rendered image attachment. They are tagged ``evasion``.
+
+Every image is read once by OCR (``ocr.py``, Tesseract) and its text stored with the message
+(``ocr``, one string per image), as serving reads an uploaded image.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from sightline.data.prepare import stratified_split
 from sightline.data.sources import npm_pack
 from sightline.errors import ConfigError, DataError
 from sightline.io import atomic_dir, write_json
+from sightline.mail import ocr
+from sightline.mail.ocr import read_texts
 from sightline.mail.parse import NotAnEmail, ParsedEmail, parse_email
 from sightline.mail.render import hide_in_image, render_text
 
@@ -209,20 +214,32 @@ class NearDuplicates:
         return False
 
 
-def _save_image(im, path: Path) -> None:
+def _image_bytes(im, name: str) -> bytes:
     """PNG (lossless: a message's own images reach training as serving decodes them), or JPEG
     for the rendered evasion pictures (noisy renders are large as PNG)."""
     buf = io.BytesIO()
-    if path.suffix == ".png":
+    if name.endswith(".png"):
         im.save(buf, format="PNG", compress_level=1)
     else:
         im.save(buf, format="JPEG", quality=90)
-    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def read_image_texts(files: dict[str, bytes]) -> dict[str, str]:
+    """OCR (``ocr.read_text``) of each encoded image, decoded as training and serving decode it."""
+    from PIL import Image
+
+    names = list(files)
+    texts = read_texts([Image.open(io.BytesIO(files[n])) for n in names])
+    return dict(zip(names, texts, strict=True))
 
 
 def prepare_spam(cfg: SpamDatasetConfig, seed: int, out_dir: Path, cache_dir: Path) -> dict:
     """Build ``out_dir``: ``{split}.jsonl`` (one message per line: id, label, subject, text,
-    image files, evasion tag), ``images/*.png``, ``meta.json`` and ``report.json``."""
+    image files, the text OCR reads in each, evasion tag), ``images/*.png``, ``meta.json`` and
+    ``report.json``."""
+    if not ocr.available():
+        raise ocr.OcrUnavailable("datasets.spam: reading the text in the images needs the tesseract command: apt install tesseract-ocr (or brew install tesseract)")  # fmt: skip
     ev = cfg.evasion
     if ev.min_share > ev.max_share:
         raise ConfigError(f"datasets.spam.evasion.min_share ({ev.min_share}) is above max_share ({ev.max_share})")  # fmt: skip
@@ -266,6 +283,10 @@ def prepare_spam(cfg: SpamDatasetConfig, seed: int, out_dir: Path, cache_dir: Pa
             rows[split].append({"id": m.id, "label": m.label, "subject": parsed.subject, "text": text, "images": names, "evasion": evasion})  # fmt: skip
         if not rows[split] or len({r["label"] for r in rows[split]}) < 2:
             raise DataError(f"datasets.spam: split {split!r} lacks ham or spam after de-duplication")  # fmt: skip
+    files = {name: _image_bytes(im, name) for name, im in images.items()}
+    texts = read_image_texts(files)
+    for r in (r for split in rows.values() for r in split):
+        r["ocr"] = [texts[name] for name in r["images"]]
     counts = {
         s: {
             "total": len(r), "per_class": np.bincount([x["label"] for x in r], minlength=2).tolist(),
@@ -279,11 +300,12 @@ def prepare_spam(cfg: SpamDatasetConfig, seed: int, out_dir: Path, cache_dir: Pa
         "messages_read": len(messages), "skipped": len(skipped), "parse_issues": dict(sorted(issues.items())),
         "split": "by collection" if len({m.collection for m in messages}) > 1 else "by Date header",
         "evasion": ev.model_dump(), "near_duplicate": cfg.near_duplicate, "seed": seed,
+        "ocr": {"engine": ocr.version(), "args": " ".join(ocr.ARGS), "images": len(texts), "with_text": sum(bool(t) for t in texts.values())},
     }  # fmt: skip
     with atomic_dir(out_dir) as tmp:
         (tmp / "images").mkdir()
-        for name, im in images.items():
-            _save_image(im, tmp / name)
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
         for split, r in rows.items():
             (tmp / f"{split}.jsonl").write_text(encoding="utf-8", data="".join(json.dumps(x, ensure_ascii=False) + "\n" for x in r))  # fmt: skip
         write_json(tmp / "meta.json", meta)
