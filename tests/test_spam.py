@@ -457,3 +457,15 @@ def test_the_image_branch_reads_the_words_in_the_image(prepared_spam):
     assert text_only[0] == text_only[1]  # the words in a picture are not the message's text
     blind, _, _ = build(prepared_spam, image_text=False)
     assert blind.read is None and blind.encode("", "", [picture]).image_text is None
+
+
+def test_threshold_flags_at_most_the_allowed_share_of_validation_ham():
+    from sightline.models.spam import best_threshold
+
+    ham = torch.linspace(0.0, 0.5, 200)  # 200 ham, the top two at 0.4975 and 0.5
+    probs = torch.cat([ham, torch.tensor([0.3, 0.9, 0.95])])
+    labels = torch.cat([torch.zeros(200), torch.ones(3)])
+    t = best_threshold(probs, labels, max_ham_fpr=0.01)
+    assert int((ham >= t).sum()) == 2 and t <= float(ham[-3]) + 1e-6
+    assert int((ham >= best_threshold(probs, labels, max_ham_fpr=0.0)).sum()) == 0
+    assert best_threshold(probs, labels, max_ham_fpr=0.0) > 0.5

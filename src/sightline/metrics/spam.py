@@ -116,15 +116,16 @@ def _mistakes(rows: list[dict], probs: torch.Tensor, labels: torch.Tensor, thres
 
 
 def _evasion_examples(module, dm, rows, probs_by_mode, path: Path, n: int = 8) -> None:
-    """Rendered evasion images of the test split, spam first, titled with fused/text scores."""
+    """Rendered evasion images of the test split, spam first, titled with the fused, text-only
+    and image-only scores."""
     picks = [i for i, r in enumerate(rows) if r["evasion"] and r["label"] == 1][: n // 2]
     picks += [i for i, r in enumerate(rows) if r["evasion"] and r["label"] == 0][: n - len(picks)]
     if not picks:
         return
     ds = dm.dataset("test")
     images = np.stack([ds[i].images[0].numpy() * 0.5 + 0.5 for i in picks])
-    fused, text = probs_by_mode["fused"], probs_by_mode["text_only"]
-    titles = [f"{dm.class_names[rows[i]['label']]}: fused {fused[i]:.2f}, text {text[i]:.2f}" for i in picks]  # fmt: skip
+    fused, text, image = (probs_by_mode[m] for m in ("fused", "text_only", "image_only"))
+    titles = [f"{dm.class_names[rows[i]['label']]}: fused {fused[i]:.2f}\ntext {text[i]:.2f}, image {image[i]:.2f}" for i in picks]  # fmt: skip
     image_grid(images, path, titles, ncols=4, title="spam: synthetic image-evasion test messages (what the image branch sees)")  # fmt: skip
 
 
@@ -146,7 +147,7 @@ def evaluate_spam(module, dm, report_dir: Path, section, seed: int, model_dir: P
         else:
             val_logits, val_labels = split_logits(module, dm, "val", use_text, use_image)
             temperature = fit_temperature(val_logits, val_labels)
-            threshold = best_threshold(torch.sigmoid(val_logits / temperature), val_labels)
+            threshold = best_threshold(torch.sigmoid(val_logits / temperature), val_labels, module.max_ham_fpr)  # fmt: skip
         logits, labels = split_logits(module, dm, "test", use_text, use_image)
         probs = torch.sigmoid(logits / temperature)
         m = scores(probs, labels, threshold)
