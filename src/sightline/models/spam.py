@@ -82,9 +82,8 @@ class SpamConfig(Strict):
     warmup_steps: int = Field(50, ge=0)
     bag_lr_scale: float = Field(10.0, gt=0.0)  # the word bag's learning rate: lr x this
     bag_weight_decay: float = Field(0.5, ge=0.0)
-    max_ham_fpr: float = Field(
-        0.01, ge=0.0, lt=1.0
-    )  # the threshold: this share of validation ham flagged
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # training targets eps/2, 1 - eps/2
+    max_ham_fpr: float = Field(0.01, ge=0.0, lt=1.0)  # threshold: share of val ham flagged
     image_text: bool = True  # the image branch reads the words in the images (OCR)
 
     @model_validator(mode="after")
@@ -340,7 +339,7 @@ class SpamModule(L.LightningModule):
         max_images: int = 4, modality_dropout: float = 0.1, branch_loss: float = 0.5, dropout: float = 0.1,
         attention_dropout: float = 0.0, lr: float = 1e-3,
         weight_decay: float = 0.01, warmup_steps: int = 50, bag_lr_scale: float = 10.0,
-        bag_weight_decay: float = 0.5, max_ham_fpr: float = 0.01, image_text: bool = False, idf: list[float] | None = None,
+        bag_weight_decay: float = 0.5, label_smoothing: float = 0.0, max_ham_fpr: float = 0.01, image_text: bool = False, idf: list[float] | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         self.save_hyperparameters(ignore=["idf"])
@@ -434,8 +433,12 @@ class SpamModule(L.LightningModule):
         return torch.sigmoid(logits.float() / self.temperature.float())
 
     def _loss(self, logits, labels) -> torch.Tensor:
+        """Training loss: class-weighted, with smoothed targets (bounds how far a message with
+        two sources of evidence, text and the words in its images, is pushed)."""
         pos = torch.tensor(self.hparams.pos_weight, device=logits.device)
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=pos)
+        eps = self.hparams.label_smoothing
+        target = labels.float() * (1.0 - eps) + 0.5 * eps
+        return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=pos)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         """Fused loss, plus ``branch_loss`` x the loss of each branch alone through the same head
