@@ -33,6 +33,7 @@ from sightline.data.captions import FASHION_TEMPLATES
 from sightline.errors import InputError
 from sightline.inference import load_module, select_device
 from sightline.mail.ocr import available as ocr_available
+from sightline.mail.ocr import read_texts
 from sightline.packaging import MODELS, load_index, load_serving_config
 
 CONFIG = load_serving_config(Path(__file__).with_name("params.yaml"))
@@ -307,8 +308,20 @@ class Sightline:
         """Messages as JSON parts -> calibrated spam probability, label and modalities."""
         m = self.spam
         with client_errors(), self.infer():
-            examples = [m.encode(x.subject, x.body, x._decoded) for x in messages]
+            texts = self._read_images([x._decoded for x in messages])
+            examples = [m.encode(x.subject, x.body, x._decoded, image_texts=t) for x, t in zip(messages, texts, strict=True)]  # fmt: skip
             return [SpamResult(**r) for r in m.predict_batch(examples)]
+
+    def _read_images(self, per_message: list[list[Image]]) -> list[list[str] | None]:
+        """What OCR reads in each message's images (those the model reads, ``max_images``), all
+        the batch's images at once, one Tesseract process per CPU; ``None`` where the model
+        does not read them or Tesseract is missing (``encode`` then says so)."""
+        m = self.spam
+        if m.read is None or not ocr_available():
+            return [None] * len(per_message)
+        kept = [list(images)[: m.hparams.max_images] for images in per_message]
+        flat = iter(read_texts([im for images in kept for im in images]))
+        return [[next(flat) for _ in images] for images in kept]
 
     @bentoml.api(route="/spam/predict_email")
     def spam_predict_email(
