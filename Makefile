@@ -6,7 +6,7 @@ MODEL  ?= classifier
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup system data run test test-slow lint format bench bench-serve reproduce-check compare package serve promote clean
+.PHONY: help setup system data run test test-slow lint format bench bench-serve bench-spam reproduce-check compare package serve promote clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ promote: setup ## serve the best DVC experiment of MODEL (or EXP=<name>; FORCE=1
 
 bench-serve: setup ## load test of the served classifier vs the in-process model
 	$(BIN)/python benchmarks/serve_load.py
+
+bench-spam: setup system ## the served spam filter on image spam: latency, errors, words read (after make package)
+	$(BIN)/python benchmarks/serve_spam.py
 
 reproduce-check: setup system data ## retrain MODEL (default classifier) from scratch, compare with metrics/$(MODEL).json
 	$(BIN)/python pipeline/check_reproducible.py $(MODEL)
