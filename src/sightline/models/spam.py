@@ -638,7 +638,7 @@ def _module_kwargs(section: SpamParams, dm) -> dict:
     spam = sum(r["label"] for r in rows)
     if spam == 0 or spam == len(rows):
         raise ConfigError("datasets.spam: the training split needs both ham and spam")
-    texts = [message_text(r["subject"], " ".join([r["text"], *r.get("ocr", [])])) for r in rows]
+    texts = [message_text(r["subject"], " ".join([r["text"], *(r.get("ocr", []) if m.image_text else [])])) for r in rows]  # fmt: skip
     tokenizer = fit_tokenizer(texts, m.vocab_size)
     return {"tokenizer": tokenizer, "idf": fit_idf(texts, tokenizer), "class_names": dm.class_names, "pos_weight": round((len(rows) - spam) / spam, 6), **m.model_dump()}  # fmt: skip
 
