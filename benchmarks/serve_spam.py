@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,28 +25,10 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from serve_load import free_port, wait_ready  # the same server start as the classifier load test
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data/prepared/spam"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> None:
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        if proc.poll() is not None:
-            sys.exit(f"bentoml serve exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    sys.exit(f"{url}/readyz not ready after {timeout:.0f} s")
 
 
 def post(url: str, row: dict) -> tuple[int, float, dict | None, int]:
