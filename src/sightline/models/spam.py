@@ -14,6 +14,17 @@
   stands in when there is no image. A CNN trained on spam/ham labels alone does not learn to read
   the words of image spam; OCR does, and keeps the branch a reading of the images only, so the
   text-only and image-only ablations still mean what they say.
+- Reading the images' words with the text (``text_reads_images``): when both branches are
+  used, the text branch reads the subject, the body and then the words OCR found in the images,
+  as the recipient reads the message. A word means the same in a picture as in the body, and
+  this way the text branch's training on every message carries over to the words of the
+  images; the text-only ablation (no images) reads the subject and body alone.
+- Wide part (``wide``): a linear TF-IDF model over the words, added to the logit: one learned
+  vote per vocabulary word, the same whether the word is in the message's text or read in its
+  images. It reads the words of the branches in use: the text's, the images', or both as one
+  bag. A word-level logistic regression ranks the later collection better than the deep
+  branches trained on the earlier one's 345 spam; the deep part adds what the pixels and the
+  word order say. It has its own learning rate (``bag_lr_scale``) and no weight decay.
 - Fusion: the two vectors are concatenated and a dense head gives one logit. Each branch is
   also trained alone through the same head (the other replaced by its learned "absent"
   vector, an extra loss term), and modality dropout blanks a branch of the fused input now
@@ -85,6 +96,8 @@ class SpamConfig(Strict):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # training targets eps/2, 1 - eps/2
     max_ham_fpr: float = Field(0.01, ge=0.0, lt=1.0)  # threshold: share of val ham flagged
     image_text: bool = True  # the image branch reads the words in the images (OCR)
+    wide: bool = True  # + a linear TF-IDF vote per word, shared by the text and the image words
+    text_reads_images: bool = True  # fused: the text branch reads the words in the images too
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> SpamConfig:
@@ -177,6 +190,7 @@ class Example:
     words: list[int] = field(default_factory=list)  # every distinct word id of the message
     tf: list[float] = field(default_factory=list)  # their sublinear term frequencies
     image_text: Words | None = None  # the words read in the images; None: not read (no images)
+    seen: Words | None = None  # subject, body and the words read in the images; None: no such words
 
 
 def _owners(sizes) -> torch.Tensor:
@@ -198,13 +212,17 @@ def _collate_words(items: list[Words], prefix: str = "") -> dict[str, torch.Tens
 
 def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
     """Pad token ids; flatten the bags of words and stack every image, each with the index of
-    the message it belongs to; the words read in the images (``image_text``) likewise, with
-    ``image_text_owner`` the message of each."""
+    the message it belongs to; the words read in the images (``image_text``) and the message
+    read with them (``seen``) likewise, with ``image_text_owner`` / ``seen_owner`` the message
+    of each."""
     read = [i for i, e in enumerate(examples) if e.image_text is not None]
+    seen = [i for i, e in enumerate(examples) if e.seen is not None]
     return {
         **_collate_words([Words(e.ids, e.words, e.tf) for e in examples]),
         **_collate_words([examples[i].image_text for i in read], "image_text_"),
         "image_text_owner": torch.tensor(read, dtype=torch.long),
+        **_collate_words([examples[i].seen for i in seen], "seen_"),
+        "seen_owner": torch.tensor(seen, dtype=torch.long),
         "images": torch.cat([e.images for e in examples]), "owner": _owners(len(e.images) for e in examples),
         "labels": torch.tensor([e.label for e in examples]),
     }  # fmt: skip
@@ -261,6 +279,34 @@ def best_threshold(probs: torch.Tensor, labels: torch.Tensor, max_ham_fpr: float
     return float(torch.nextafter(ham[allowed], torch.tensor(2.0)).clamp(0.0, 1.0))
 
 
+@dataclass
+class Reading:
+    """What the branches make of a batch, each ``(B, D)`` vector or ``(B,)`` vote once.
+
+    ``text``: the subject and body alone; ``text_with_images``: the same read with the words in
+    the images (``text_reads_images``); ``image``: the image branch; ``vote_*``: the wide part
+    on the text's words, the images' words, and both together.
+    """
+
+    text: torch.Tensor
+    text_with_images: torch.Tensor
+    image: torch.Tensor
+    has_image: torch.Tensor
+    vote_text: torch.Tensor
+    vote_image: torch.Tensor
+    vote_both: torch.Tensor
+
+    def logits(self, module: SpamModule, use_text: bool = True, use_image: bool = True) -> torch.Tensor:  # fmt: skip
+        """The logit with a branch absent or not: both read the message's words together; one
+        alone reads its own; a missing branch is its learned "absent" vector and no vote."""
+        if use_text and use_image:
+            return module.fuse(self.text_with_images, self.image) + self.vote_both
+        b = self.text.shape[0]
+        if use_text:
+            return module.fuse(self.text, module.no_image.expand(b, -1)) + self.vote_text
+        return module.fuse(module.no_text.expand(b, -1), self.image) + self.vote_image
+
+
 class ImageBranch(nn.Module):
     """Per image: stride-2 Conv-BN-ReLU + Conv-BN-ReLU stages, global average pool, linear."""
 
@@ -296,14 +342,19 @@ class TextBranch(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(3 * dim, dim)
 
+    def tfidf(self, tf: torch.Tensor, words: torch.Tensor, owner: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """``(weights, offsets)`` for an ``EmbeddingBag`` over flattened bags: tf x idf, scaled
+        to unit L2 norm per message."""
+        w = tf * self.idf[words]
+        norm = torch.zeros(n, device=w.device, dtype=w.dtype).index_add_(0, owner, w * w).sqrt()
+        offsets = torch.zeros(n, dtype=torch.long, device=words.device)
+        offsets[1:] = torch.bincount(owner, minlength=n).cumsum(0)[:-1]
+        return w / norm.clamp_min(1e-6)[owner], offsets
+
     def bag_vectors(self, words: torch.Tensor, tf: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:  # fmt: skip
         """Per message the sum of its words' embeddings, weighted by tf x idf scaled to unit
         L2 norm; zero for a message without words."""
-        w = tf * self.idf[words]
-        norm = torch.zeros(n, device=w.device, dtype=w.dtype).index_add_(0, owner, w * w).sqrt()
-        w = w / norm.clamp_min(1e-6)[owner]
-        offsets = torch.zeros(n, dtype=torch.long, device=words.device)
-        offsets[1:] = torch.bincount(owner, minlength=n).cumsum(0)[:-1]
+        w, offsets = self.tfidf(tf, words, owner, n)
         return self.bag(words, offsets, per_sample_weights=w)
 
     def forward(self, ids: torch.Tensor, words: torch.Tensor, tf: torch.Tensor, word_owner: torch.Tensor) -> torch.Tensor:  # fmt: skip
@@ -339,7 +390,8 @@ class SpamModule(L.LightningModule):
         max_images: int = 4, modality_dropout: float = 0.1, branch_loss: float = 0.5, dropout: float = 0.1,
         attention_dropout: float = 0.0, lr: float = 1e-3,
         weight_decay: float = 0.01, warmup_steps: int = 50, bag_lr_scale: float = 10.0,
-        bag_weight_decay: float = 0.5, label_smoothing: float = 0.0, max_ham_fpr: float = 0.01, image_text: bool = False, idf: list[float] | None = None,
+        bag_weight_decay: float = 0.5, label_smoothing: float = 0.0, max_ham_fpr: float = 0.01, image_text: bool = False,
+        wide: bool = False, text_reads_images: bool = False, idf: list[float] | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         self.save_hyperparameters(ignore=["idf"])
@@ -356,6 +408,9 @@ class SpamModule(L.LightningModule):
             self.text.idf.copy_(torch.tensor(idf))
         self.image = ImageBranch(list(image_channels or [16, 32, 64, 128]), dim)
         self.read = nn.Linear(dim, dim) if image_text else None  # the text branch's reading of OCR
+        self.wide = nn.EmbeddingBag(vocab, 1, mode="sum") if wide else None  # a word's vote
+        if self.wide is not None:
+            nn.init.zeros_(self.wide.weight)
         self.no_text = nn.Parameter(torch.zeros(dim))
         self.no_image = nn.Parameter(torch.zeros(dim))
         self.head = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, 1))  # fmt: skip
@@ -386,47 +441,84 @@ class SpamModule(L.LightningModule):
         images = list(images)[: self.hparams.max_images]
         s = self.hparams.image_size
         stack = torch.stack([self.preprocess_image(im) for im in images]) if images else torch.zeros(0, 1, s, s)  # fmt: skip
-        read = None
+        read = seen = None
+        subject, body = subject or "", body or ""
         if self.read is not None and images:
             texts = list(image_texts)[: len(images)] if image_texts is not None else read_image_texts(images)  # fmt: skip
-            read = self.words(self.tokenizer.encode(" ".join(t for t in texts if t)).ids)
-        e = self.words(self.tokenize(subject or "", body or ""))
-        return Example(e.ids, stack, float(label), e.words, e.tf, read)
+            said = " ".join(t for t in texts if t)
+            read = self.words(self.tokenizer.encode(said).ids)
+            if said and self.hparams.text_reads_images:
+                seen = self.words(self.tokenize(subject, f"{body} [SEP] {said}"))
+        e = self.words(self.tokenize(subject, body))
+        return Example(e.ids, stack, float(label), e.words, e.tf, read, seen)
 
     def words(self, ids: list[int]) -> Words:
         """Word ids -> the Transformer's first ``max_tokens`` and the bag of all of them."""
         return Words(ids[: self.hparams.max_tokens], *bag_of_words(ids))
 
     # model
-    def branches(self, batch: dict[str, torch.Tensor], use_text: bool = True, use_image: bool = True):  # fmt: skip
-        """``(text vectors (B, D), image vectors (B, D), has_image (B,))`` of a ``collate``
-        batch; an unused or missing branch gives its learned "absent" vector."""
-        ids, images, owner = batch["ids"], batch["images"], batch["owner"]
+    def read_batch(self, batch: dict[str, torch.Tensor], use_text: bool = True, use_image: bool = True) -> Reading:  # fmt: skip
+        """Every branch vector and wide vote of a ``collate`` batch, computed once
+        (``Reading``); an unused branch is left out and reads as absent."""
+        ids = batch["ids"]
         b = ids.shape[0]
-        t = self.text(ids, batch["words"], batch["tf"], batch["word_owner"]) if use_text else self.no_text.expand(b, -1)  # fmt: skip
-        has = torch.zeros(b, dtype=torch.bool, device=ids.device)
+        zero = torch.zeros(b, device=ids.device)
+        text = with_images = self.no_text.expand(b, -1)
+        vote_text = vote_both = vote_image = zero
+        if use_text:
+            text = with_images = self.text(
+                *(batch[k] for k in ("ids", "words", "tf", "word_owner"))
+            )
+            vote_text = vote_both = self.vote(batch) if self.wide is not None else zero
+            seen = batch.get("seen_owner")
+            if use_image and seen is not None and seen.numel():
+                said = self.text(
+                    *(batch[f"seen_{k}"] for k in ("ids", "words", "tf", "word_owner"))
+                )
+                with_images = text.index_copy(0, seen, said.to(text.dtype))
+                if self.wide is not None:
+                    vote_both = vote_text.index_copy(0, seen, self.vote(batch, "seen_"))
+        image, has = self.image_vectors(batch) if use_image else (self.no_image.expand(b, -1), torch.zeros(b, dtype=torch.bool, device=ids.device))  # fmt: skip
+        read = batch.get("image_text_owner")
+        if use_image and self.wide is not None and read is not None and read.numel():
+            vote_image = zero.index_add(0, read, self.vote(batch, "image_text_"))
+        return Reading(text, with_images, image, has, vote_text, vote_image, vote_both)
+
+    def image_vectors(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image vectors (B, D), has_image (B,))``: per message the mean of its images' CNN
+        vectors plus the reading of the words in them; the "no image" vector where none."""
+        images, owner = batch["images"], batch["owner"]
+        b = batch["ids"].shape[0]
+        has = torch.zeros(b, dtype=torch.bool, device=images.device)
         v = self.no_image.expand(b, -1)
-        if use_image and images.shape[0]:
-            feats = self.image(images)
-            total = torch.zeros(b, feats.shape[1], device=feats.device, dtype=feats.dtype).index_add_(0, owner, feats)  # fmt: skip
-            count = torch.bincount(owner, minlength=b)
-            has = count > 0
-            total = total / count.clamp_min(1).unsqueeze(1)
-            read = batch.get("image_text_owner")
-            if self.read is not None and read is not None and read.numel():
-                said = self.read(self.text(*(batch[f"image_text_{k}"] for k in ("ids", "words", "tf", "word_owner"))))  # fmt: skip
-                total = total.index_add(0, read, said.to(total.dtype))
-            v = torch.where(has.unsqueeze(1), total, v.to(total.dtype))
-        return t, v, has
+        if not images.shape[0]:
+            return v, has
+        feats = self.image(images)
+        total = torch.zeros(b, feats.shape[1], device=feats.device, dtype=feats.dtype).index_add_(0, owner, feats)  # fmt: skip
+        count = torch.bincount(owner, minlength=b)
+        has = count > 0
+        total = total / count.clamp_min(1).unsqueeze(1)
+        read = batch.get("image_text_owner")
+        if self.read is not None and read is not None and read.numel():
+            said = self.read(self.text(*(batch[f"image_text_{k}"] for k in ("ids", "words", "tf", "word_owner"))))  # fmt: skip
+            total = total.index_add(0, read, said.to(total.dtype))
+        return torch.where(has.unsqueeze(1), total, v.to(total.dtype)), has
 
     def fuse(self, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.head(torch.cat([t, v.to(t.dtype)], dim=1)).squeeze(1)
 
+    def vote(self, batch: dict[str, torch.Tensor], prefix: str = "") -> torch.Tensor:
+        """The wide part's score of each bag of ``batch``: ``prefix`` "" the messages' own
+        words, ``"image_text_"`` the words read in their images (one per message read),
+        ``"seen_"`` both together (one per message with words in its images)."""
+        words, n = batch[f"{prefix}words"], batch[f"{prefix}ids"].shape[0]
+        w, offsets = self.text.tfidf(batch[f"{prefix}tf"], words, batch[f"{prefix}word_owner"], n)
+        return self.wide(words, offsets, per_sample_weights=w).squeeze(1).float()
+
     def forward(self, batch: dict[str, torch.Tensor], use_text: bool = True, use_image: bool = True) -> torch.Tensor:  # fmt: skip
         """Logits ``(B,)`` of a ``collate`` batch. ``use_text`` / ``use_image`` False: that
         branch reads as absent."""
-        t, v, _ = self.branches(batch, use_text, use_image)
-        return self.fuse(t, v)
+        return self.read_batch(batch, use_text, use_image).logits(self, use_text, use_image)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated spam probabilities."""
@@ -444,18 +536,20 @@ class SpamModule(L.LightningModule):
         """Fused loss, plus ``branch_loss`` x the loss of each branch alone through the same head
         (image-only on messages that have images); modality dropout on the fused input."""
         y = batch["labels"]
-        t, v, has = self.branches(batch)
-        b, p = len(y), self.hparams.modality_dropout
-        no_t, no_v = self.no_text.expand(b, -1), self.no_image.expand(b, -1).to(v.dtype)
+        r = self.read_batch(batch)
+        b, p, has = len(y), self.hparams.modality_dropout, r.has_image
+        no_t, no_v = self.no_text.expand(b, -1), self.no_image.expand(b, -1).to(r.image.dtype)
         drop_t = torch.rand(b, device=y.device) < p
         drop_v = (torch.rand(b, device=y.device) < p) & has & ~drop_t
-        fused = self.fuse(torch.where(drop_t.unsqueeze(1), no_t, t), torch.where(drop_v.unsqueeze(1), no_v, v))  # fmt: skip
+        t = torch.where(drop_t.unsqueeze(1), no_t, torch.where(drop_v.unsqueeze(1), r.text, r.text_with_images))  # fmt: skip
+        vote = torch.where(drop_t, r.vote_image, torch.where(drop_v, r.vote_text, r.vote_both))
+        fused = self.fuse(t, torch.where(drop_v.unsqueeze(1), no_v, r.image)) + vote
         loss = fused_loss = self._loss(fused, y)
         w = self.hparams.branch_loss
         if w > 0:
-            loss = loss + w * self._loss(self.fuse(t, no_v), y)
+            loss = loss + w * self._loss(r.logits(self, use_image=False), y)
             if has.any():
-                loss = loss + w * self._loss(self.fuse(no_t[has], v[has]), y[has])
+                loss = loss + w * self._loss(r.logits(self, use_text=False)[has], y[has])
         self.log_dict({"train/loss": loss, "train/fused_loss": fused_loss}, on_step=True, on_epoch=True, prog_bar=True, batch_size=b)  # fmt: skip
         return loss
 
@@ -492,13 +586,14 @@ class SpamModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        bag = [self.text.bag.weight]
-        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "pos" not in n and "embed" not in n and "bag" not in n]  # fmt: skip
-        ids = {id(p) for p in decay + bag}
+        bag, wide = [self.text.bag.weight], [self.wide.weight] if self.wide is not None else []
+        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "pos" not in n and "embed" not in n and "bag" not in n and not n.startswith("wide.")]  # fmt: skip
+        ids = {id(p) for p in decay + bag + wide}
         rest = [p for p in self.parameters() if id(p) not in ids]
         opt = torch.optim.AdamW([
             {"params": decay, "weight_decay": hp.weight_decay}, {"params": rest, "weight_decay": 0.0},
             {"params": bag, "weight_decay": hp.bag_weight_decay, "lr": hp.lr * hp.bag_lr_scale},
+            {"params": wide, "weight_decay": 0.0, "lr": hp.lr * hp.bag_lr_scale},  # a logistic regression: converged, not shrunk
         ], lr=hp.lr)  # fmt: skip
         total, warm = max(1, int(self.trainer.estimated_stepping_batches)), hp.warmup_steps
 
