@@ -148,7 +148,7 @@ TINY_MODEL = {
         "max_samples": 64,
     },
 }
-TINY_MODEL["spam"] = {"vocab_size": 300, "max_tokens": 48, "dim": 16, "layers": 1, "heads": 2, "image_size": 32, "image_channels": [8, 16], "lr": 0.005, "warmup_steps": 0}  # fmt: skip
+TINY_MODEL["spam"] = {"vocab_size": 300, "max_tokens": 48, "dim": 16, "layers": 1, "heads": 2, "image_size": 32, "image_channels": [8, 16], "lr": 0.005, "warmup_steps": 0, "char_grams": 512}  # fmt: skip
 TINY_DATA = {"clip": {"fashion_pairs": 32}}
 TINY_SCORE = {"samples": 60, "val_samples": 40, "kid_subsets": 5, "kid_subset_size": 20, "batch_size": 32}  # fmt: skip
 

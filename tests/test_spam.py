@@ -459,6 +459,57 @@ def test_the_image_branch_reads_the_words_in_the_image(prepared_spam):
     assert blind.read is None and blind.encode("", "", [picture]).image_text is None
 
 
+def test_character_grams_are_stable_hashed_and_catch_respellings():
+    from sightline.models.spam import char_grams, fit_gram_idf
+
+    grams = char_grams("Viagra [SEP]", 1 << 18)
+    assert grams == char_grams("viagra", 1 << 18)  # lower-cased; [SEP] is no word; CRC-32
+    assert len(grams) == 6 + 5 + 4 and all(0 <= g < 1 << 18 for g in grams)  # " viagra "
+    assert len(set(grams) & set(char_grams("v1agra", 1 << 18))) >= 5  # "agra", "gra ", ...
+    idf = fit_gram_idf(["cheap viagra", "meeting notes"], 64)
+    assert len(idf) == 64 and max(idf) > min(idf) >= 0.0  # unseen buckets: the largest
+
+
+def test_a_word_votes_the_same_in_the_text_and_in_an_image_and_fused_reads_both(prepared_spam):
+    from sightline.models.spam import collate
+
+    module, _, _ = build(prepared_spam)
+    module.eval()
+    assert module.wide is not None and not module.wide.weight.any()  # starts at no opinion
+    assert module.wide_grams is not None and not module.wide_grams.weight.any()
+    torch.nn.init.normal_(module.wide.weight)
+    torch.nn.init.normal_(module.wide_grams.weight)
+    words = "earliercollection offer money click"
+    picture = Image.new("RGB", (64, 32), "white")
+    in_text = module.encode("", words, [])
+    in_image = module.encode("", "", [picture], image_texts=[words])
+    both = module.encode("", words, [picture], image_texts=[words])
+    blank = module.encode("", words, [picture], image_texts=[""])  # OCR found nothing
+    twice = module.encode("", f"{words} {words}", [])
+    assert in_text.seen is None and blank.seen is None and both.seen is not None
+    assert both.seen.ids[: len(both.ids)] == both.ids and len(both.seen.ids) > len(both.ids)
+    batch = collate([in_text, in_image, both, blank, twice])
+    assert batch["seen_owner"].tolist() == [1, 2]  # the messages with words in their images
+    with torch.no_grad():
+        r = module.read_batch(batch)
+        assert r.vote_text[0] != 0 and torch.allclose(r.vote_text[0], r.vote_image[1])
+        assert r.vote_image[0] == 0 and r.vote_image[3] == 0
+        # fused, the words of body and picture are one bag: as if the body said them twice
+        assert torch.allclose(r.vote_both[2], r.vote_text[4]) and r.vote_both[3] == r.vote_text[3]
+        assert torch.equal(r.text_with_images[[0, 3, 4]], r.text[[0, 3, 4]])
+        assert not torch.equal(r.text_with_images[2], r.text[2])
+        assert torch.allclose(module(batch), module.fuse(r.text_with_images, r.image) + r.vote_both)
+        text_only = module(batch, use_image=False)
+        assert torch.allclose(text_only[2], text_only[0])  # alone, the text reads no image word
+        alone = module.read_batch(batch, use_text=False)
+        assert not alone.vote_text.any() and not alone.vote_both.any()
+        assert not module.read_batch(batch, use_image=False).vote_image.any()
+    plain, _, _ = build(prepared_spam, wide=False, text_reads_images=False)
+    assert plain.wide is None
+    assert plain.encode("", words, [picture], image_texts=[words]).seen is None
+    assert not plain.read_batch(batch).vote_both.any()
+
+
 def test_threshold_flags_at_most_the_allowed_share_of_validation_ham():
     from sightline.models.spam import best_threshold
 

@@ -98,6 +98,7 @@ class SpamConfig(Strict):
     image_text: bool = True  # the image branch reads the words in the images (OCR)
     wide: bool = True  # + a linear TF-IDF vote per word, shared by the text and the image words
     text_reads_images: bool = True  # fused: the text branch reads the words in the images too
+    char_grams: int = Field(0, ge=0)  # wide part: hashed character n-gram buckets (0: words only)
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> SpamConfig:
@@ -166,6 +167,35 @@ def bag_of_words(ids: list[int]) -> tuple[list[int], list[float]]:
     return words, [1.0 + math.log(counts[w]) for w in words]
 
 
+GRAM_SIZES = (3, 4, 5)
+
+
+def char_grams(text: str, buckets: int) -> list[int]:
+    """The character 3-, 4- and 5-grams of each lower-cased word padded with a space on both
+    sides (scikit-learn's ``char_wb``), hashed into ``buckets`` (CRC-32: the same ids in every
+    process). They catch what a word vocabulary fitted on earlier mail misses: new spellings,
+    obfuscations (``v1agra``), new names and numbers."""
+    import zlib
+
+    out, specials = [], {t.lower() for t in SPECIALS}
+    for word in text.lower().split():
+        if word in specials:  # the [SEP] between subject and body is no word of the message
+            continue
+        w = f" {word} ".encode()
+        out += [zlib.crc32(w[i : i + k]) % buckets for k in GRAM_SIZES for i in range(len(w) - k + 1)]  # fmt: skip
+    return out
+
+
+def fit_gram_idf(texts, buckets: int) -> list[float]:
+    """Smoothed inverse document frequency of every character n-gram bucket over ``texts``."""
+    df = torch.zeros(buckets, dtype=torch.float64)
+    n = 0
+    for text in texts:
+        df[torch.tensor(sorted(set(char_grams(text, buckets))), dtype=torch.long)] += 1
+        n += 1
+    return [round(float(v), 6) for v in torch.log((1.0 + n) / (1.0 + df))]
+
+
 def message_text(subject: str, body: str) -> str:
     """What the text branch reads: the subject, a separator, the body."""
     return f"{subject} [SEP] {body}"
@@ -173,11 +203,14 @@ def message_text(subject: str, body: str) -> str:
 
 @dataclass
 class Words:
-    """Encoded words: the first ``max_tokens`` ids and the bag of all of them."""
+    """Encoded words: the first ``max_tokens`` ids and the bag of all of them; the bag of the
+    text's hashed character n-grams (``char_grams``, empty when off)."""
 
     ids: list[int]
     words: list[int]
     tf: list[float]
+    grams: list[int] = field(default_factory=list)
+    gram_tf: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -189,6 +222,8 @@ class Example:
     label: float = 0.0
     words: list[int] = field(default_factory=list)  # every distinct word id of the message
     tf: list[float] = field(default_factory=list)  # their sublinear term frequencies
+    grams: list[int] = field(default_factory=list)  # hashed character n-gram buckets
+    gram_tf: list[float] = field(default_factory=list)
     image_text: Words | None = None  # the words read in the images; None: not read (no images)
     seen: Words | None = None  # subject, body and the words read in the images; None: no such words
 
@@ -207,6 +242,9 @@ def _collate_words(items: list[Words], prefix: str = "") -> dict[str, torch.Tens
         f"{prefix}ids": ids, f"{prefix}words": torch.tensor([x for w in items for x in w.words], dtype=torch.long),
         f"{prefix}tf": torch.tensor([x for w in items for x in w.tf], dtype=torch.float32),
         f"{prefix}word_owner": _owners(len(w.words) for w in items),
+        f"{prefix}grams": torch.tensor([x for w in items for x in w.grams], dtype=torch.long),
+        f"{prefix}gram_tf": torch.tensor([x for w in items for x in w.gram_tf], dtype=torch.float32),
+        f"{prefix}gram_owner": _owners(len(w.grams) for w in items),
     }  # fmt: skip
 
 
@@ -218,7 +256,7 @@ def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
     read = [i for i, e in enumerate(examples) if e.image_text is not None]
     seen = [i for i, e in enumerate(examples) if e.seen is not None]
     return {
-        **_collate_words([Words(e.ids, e.words, e.tf) for e in examples]),
+        **_collate_words([Words(e.ids, e.words, e.tf, e.grams, e.gram_tf) for e in examples]),
         **_collate_words([examples[i].image_text for i in read], "image_text_"),
         "image_text_owner": torch.tensor(read, dtype=torch.long),
         **_collate_words([examples[i].seen for i in seen], "seen_"),
@@ -326,6 +364,15 @@ class ImageBranch(nn.Module):
         return self.proj(self.body(x))
 
 
+def tfidf_weights(w: torch.Tensor, owner: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``(weights, offsets)`` for an ``EmbeddingBag`` over ``n`` flattened bags: the tf x idf
+    weights ``w`` scaled to unit L2 norm per bag (``owner``: the bag of each entry)."""
+    norm = torch.zeros(n, device=w.device, dtype=w.dtype).index_add_(0, owner, w * w).sqrt()
+    offsets = torch.zeros(n, dtype=torch.long, device=w.device)
+    offsets[1:] = torch.bincount(owner, minlength=n).cumsum(0)[:-1]
+    return w / norm.clamp_min(1e-6)[owner], offsets
+
+
 class TextBranch(nn.Module):
     """Token + learned position embeddings, pre-norm Transformer encoder, then the masked mean
     and max over tokens; with the TF-IDF-weighted bag of all the words, projected to ``dim``."""
@@ -345,11 +392,7 @@ class TextBranch(nn.Module):
     def tfidf(self, tf: torch.Tensor, words: torch.Tensor, owner: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """``(weights, offsets)`` for an ``EmbeddingBag`` over flattened bags: tf x idf, scaled
         to unit L2 norm per message."""
-        w = tf * self.idf[words]
-        norm = torch.zeros(n, device=w.device, dtype=w.dtype).index_add_(0, owner, w * w).sqrt()
-        offsets = torch.zeros(n, dtype=torch.long, device=words.device)
-        offsets[1:] = torch.bincount(owner, minlength=n).cumsum(0)[:-1]
-        return w / norm.clamp_min(1e-6)[owner], offsets
+        return tfidf_weights(tf * self.idf[words], owner, n)
 
     def bag_vectors(self, words: torch.Tensor, tf: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:  # fmt: skip
         """Per message the sum of its words' embeddings, weighted by tf x idf scaled to unit
@@ -380,6 +423,7 @@ class SpamModule(L.LightningModule):
         pos_weight: weight of the spam term in the training loss (ham/spam ratio of the data).
         idf: the word bag's inverse document frequencies (``fit_idf``). Not a hyperparameter: it
             is the buffer ``text.idf``, saved with the weights.
+        gram_idf: likewise for the character n-gram buckets (``fit_gram_idf``), ``gram_idf``.
         The rest: ``SpamConfig``.
     """
 
@@ -391,10 +435,11 @@ class SpamModule(L.LightningModule):
         attention_dropout: float = 0.0, lr: float = 1e-3,
         weight_decay: float = 0.01, warmup_steps: int = 50, bag_lr_scale: float = 10.0,
         bag_weight_decay: float = 0.5, label_smoothing: float = 0.0, max_ham_fpr: float = 0.01, image_text: bool = False,
-        wide: bool = False, text_reads_images: bool = False, idf: list[float] | None = None,
+        wide: bool = False, text_reads_images: bool = False, char_grams: int = 0,
+        idf: list[float] | None = None, gram_idf: list[float] | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
-        self.save_hyperparameters(ignore=["idf"])
+        self.save_hyperparameters(ignore=["idf", "gram_idf"])
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_str(tokenizer)  # no truncation: the bag reads every word
@@ -411,6 +456,14 @@ class SpamModule(L.LightningModule):
         self.wide = nn.EmbeddingBag(vocab, 1, mode="sum") if wide else None  # a word's vote
         if self.wide is not None:
             nn.init.zeros_(self.wide.weight)
+        self.wide_grams = nn.EmbeddingBag(char_grams, 1, mode="sum") if wide and char_grams else None  # fmt: skip
+        if self.wide_grams is not None:
+            nn.init.zeros_(self.wide_grams.weight)
+            self.register_buffer("gram_idf", torch.ones(char_grams))
+            if gram_idf is not None:
+                if len(gram_idf) != char_grams:
+                    raise ConfigError(f"gram_idf has {len(gram_idf)} entries for {char_grams} buckets")  # fmt: skip
+                self.gram_idf.copy_(torch.tensor(gram_idf))
         self.no_text = nn.Parameter(torch.zeros(dim))
         self.no_image = nn.Parameter(torch.zeros(dim))
         self.head = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, 1))  # fmt: skip
@@ -446,15 +499,18 @@ class SpamModule(L.LightningModule):
         if self.read is not None and images:
             texts = list(image_texts)[: len(images)] if image_texts is not None else read_image_texts(images)  # fmt: skip
             said = " ".join(t for t in texts if t)
-            read = self.words(self.tokenizer.encode(said).ids)
+            read = self.words(said)
             if said and self.hparams.text_reads_images:
-                seen = self.words(self.tokenize(subject, f"{body} [SEP] {said}"))
-        e = self.words(self.tokenize(subject, body))
-        return Example(e.ids, stack, float(label), e.words, e.tf, read, seen)
+                seen = self.words(message_text(subject, f"{body} [SEP] {said}"))
+        e = self.words(message_text(subject, body))
+        return Example(e.ids, stack, float(label), e.words, e.tf, e.grams, e.gram_tf, read, seen)
 
-    def words(self, ids: list[int]) -> Words:
-        """Word ids -> the Transformer's first ``max_tokens`` and the bag of all of them."""
-        return Words(ids[: self.hparams.max_tokens], *bag_of_words(ids))
+    def words(self, text: str) -> Words:
+        """A text -> the Transformer's first ``max_tokens`` word ids, the bag of all its words
+        and, with ``char_grams``, the bag of its hashed character n-grams."""
+        ids = self.tokenizer.encode(text).ids
+        grams = bag_of_words(char_grams(text, self.hparams.char_grams)) if self.wide_grams is not None else ([], [])  # fmt: skip
+        return Words(ids[: self.hparams.max_tokens], *bag_of_words(ids), *grams)
 
     # model
     def read_batch(self, batch: dict[str, torch.Tensor], use_text: bool = True, use_image: bool = True) -> Reading:  # fmt: skip
@@ -513,7 +569,13 @@ class SpamModule(L.LightningModule):
         ``"seen_"`` both together (one per message with words in its images)."""
         words, n = batch[f"{prefix}words"], batch[f"{prefix}ids"].shape[0]
         w, offsets = self.text.tfidf(batch[f"{prefix}tf"], words, batch[f"{prefix}word_owner"], n)
-        return self.wide(words, offsets, per_sample_weights=w).squeeze(1).float()
+        out = self.wide(words, offsets, per_sample_weights=w).squeeze(1).float()
+        if self.wide_grams is not None:
+            grams = batch[f"{prefix}grams"]
+            gw = batch[f"{prefix}gram_tf"] * self.gram_idf[grams]
+            gw, offsets = tfidf_weights(gw, batch[f"{prefix}gram_owner"], n)
+            out = out + self.wide_grams(grams, offsets, per_sample_weights=gw).squeeze(1).float()
+        return out
 
     def forward(self, batch: dict[str, torch.Tensor], use_text: bool = True, use_image: bool = True) -> torch.Tensor:  # fmt: skip
         """Logits ``(B,)`` of a ``collate`` batch. ``use_text`` / ``use_image`` False: that
@@ -586,8 +648,9 @@ class SpamModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        bag, wide = [self.text.bag.weight], [self.wide.weight] if self.wide is not None else []
-        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "pos" not in n and "embed" not in n and "bag" not in n and not n.startswith("wide.")]  # fmt: skip
+        bag = [self.text.bag.weight]
+        wide = [m.weight for m in (self.wide, self.wide_grams) if m is not None]
+        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "pos" not in n and "embed" not in n and "bag" not in n and not n.startswith("wide")]  # fmt: skip
         ids = {id(p) for p in decay + bag + wide}
         rest = [p for p in self.parameters() if id(p) not in ids]
         opt = torch.optim.AdamW([
@@ -735,7 +798,8 @@ def _module_kwargs(section: SpamParams, dm) -> dict:
         raise ConfigError("datasets.spam: the training split needs both ham and spam")
     texts = [message_text(r["subject"], " ".join([r["text"], *(r.get("ocr", []) if m.image_text else [])])) for r in rows]  # fmt: skip
     tokenizer = fit_tokenizer(texts, m.vocab_size)
-    return {"tokenizer": tokenizer, "idf": fit_idf(texts, tokenizer), "class_names": dm.class_names, "pos_weight": round((len(rows) - spam) / spam, 6), **m.model_dump()}  # fmt: skip
+    gram_idf = fit_gram_idf(texts, m.char_grams) if m.wide and m.char_grams else None
+    return {"tokenizer": tokenizer, "idf": fit_idf(texts, tokenizer), "gram_idf": gram_idf, "class_names": dm.class_names, "pos_weight": round((len(rows) - spam) / spam, 6), **m.model_dump()}  # fmt: skip
 
 
 def _evaluate(*args, **kwargs) -> dict:
