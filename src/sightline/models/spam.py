@@ -148,14 +148,19 @@ def fit_idf(texts, tokenizer: str) -> list[float]:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(tokenizer)
-    df = torch.zeros(tok.get_vocab_size(), dtype=torch.float64)
-    n = 0
-    for text in texts:
-        df[torch.tensor(sorted(set(tok.encode(text).ids)), dtype=torch.long)] += 1
-        n += 1
-    idf = torch.log((1.0 + n) / (1.0 + df))
+    idf = smoothed_idf((tok.encode(text).ids for text in texts), tok.get_vocab_size())
     idf[: len(SPECIALS)] = 0.0
     return [round(float(v), 6) for v in idf]
+
+
+def smoothed_idf(docs, size: int) -> torch.Tensor:
+    """``log((1 + N) / (1 + df))`` of every id in ``range(size)`` over ``docs`` (id lists)."""
+    df = torch.zeros(size, dtype=torch.float64)
+    n = 0
+    for ids in docs:
+        df[torch.tensor(sorted(set(ids)), dtype=torch.long)] += 1
+        n += 1
+    return torch.log((1.0 + n) / (1.0 + df))
 
 
 def bag_of_words(ids: list[int]) -> tuple[list[int], list[float]]:
@@ -188,12 +193,8 @@ def char_grams(text: str, buckets: int) -> list[int]:
 
 def fit_gram_idf(texts, buckets: int) -> list[float]:
     """Smoothed inverse document frequency of every character n-gram bucket over ``texts``."""
-    df = torch.zeros(buckets, dtype=torch.float64)
-    n = 0
-    for text in texts:
-        df[torch.tensor(sorted(set(char_grams(text, buckets))), dtype=torch.long)] += 1
-        n += 1
-    return [round(float(v), 6) for v in torch.log((1.0 + n) / (1.0 + df))]
+    idf = smoothed_idf((char_grams(text, buckets) for text in texts), buckets)
+    return [round(float(v), 6) for v in idf]
 
 
 def message_text(subject: str, body: str) -> str:
@@ -472,10 +473,6 @@ class SpamModule(L.LightningModule):
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # preprocessing: one path for the DataModule and for serving
-    def tokenize(self, subject: str, body: str) -> list[int]:
-        """Every word id of the message (the Transformer reads the first ``max_tokens``)."""
-        return self.tokenizer.encode(message_text(subject, body)).ids
-
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         """Any PIL image -> ``(1, S, S)`` in [-1, 1]: grey, scaled to the width ``S`` (aspect
         kept), pasted at the top of a white square (a taller picture is cut at the bottom)."""
@@ -522,15 +519,11 @@ class SpamModule(L.LightningModule):
         text = with_images = self.no_text.expand(b, -1)
         vote_text = vote_both = vote_image = zero
         if use_text:
-            text = with_images = self.text(
-                *(batch[k] for k in ("ids", "words", "tf", "word_owner"))
-            )
+            text = with_images = self.read_words(batch)
             vote_text = vote_both = self.vote(batch) if self.wide is not None else zero
             seen = batch.get("seen_owner")
             if use_image and seen is not None and seen.numel():
-                said = self.text(
-                    *(batch[f"seen_{k}"] for k in ("ids", "words", "tf", "word_owner"))
-                )
+                said = self.read_words(batch, "seen_")
                 with_images = text.index_copy(0, seen, said.to(text.dtype))
                 if self.wide is not None:
                     vote_both = vote_text.index_copy(0, seen, self.vote(batch, "seen_"))
@@ -556,9 +549,13 @@ class SpamModule(L.LightningModule):
         total = total / count.clamp_min(1).unsqueeze(1)
         read = batch.get("image_text_owner")
         if self.read is not None and read is not None and read.numel():
-            said = self.read(self.text(*(batch[f"image_text_{k}"] for k in ("ids", "words", "tf", "word_owner"))))  # fmt: skip
+            said = self.read(self.read_words(batch, "image_text_"))
             total = total.index_add(0, read, said.to(total.dtype))
         return torch.where(has.unsqueeze(1), total, v.to(total.dtype)), has
+
+    def read_words(self, batch: dict[str, torch.Tensor], prefix: str = "") -> torch.Tensor:
+        """The text branch's vectors of the ``prefix`` texts of a batch (see ``vote``)."""
+        return self.text(*(batch[f"{prefix}{k}"] for k in ("ids", "words", "tf", "word_owner")))
 
     def fuse(self, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.head(torch.cat([t, v.to(t.dtype)], dim=1)).squeeze(1)
