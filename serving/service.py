@@ -8,16 +8,16 @@ a JSON config, never a pickle. Preprocessing is the package's own, the same code
 Settings come from ``serving/params.yaml`` next to this file (batching, limits, GPU request).
 Client mistakes are 4xx with a reason: validation (pydantic bounds, image decoding, email
 parsing) happens per request, before any batching, so one bad request never fails another's.
+Every request is held to budgets (``serving.inputs``) and passes ``serving.guard`` first
+(token, concurrency, body size, multipart parsing, error bodies).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import json
 import logging
 import math
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated
@@ -25,18 +25,35 @@ from typing import Annotated
 import bentoml
 import torch
 from bentoml.exceptions import InvalidArgument
-from PIL import Image as PILImage
 from PIL.Image import Image
-from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, model_validator
+from pydantic import Field
 
+from serving.guard import Guard
+from serving.inputs import (
+    CONFIG,
+    Captions,
+    Count,
+    Hit,
+    ImageFile,
+    ImageFiles,
+    Images,
+    Label,
+    Messages,
+    Seed,
+    SpamResult,
+    Template,
+    ZeroShotLabel,
+    check_request_chars,
+    client_errors,
+    image_to_b64,
+)  # fmt: skip
+from serving.openapi import fix_spec
 from sightline.data.captions import FASHION_TEMPLATES
-from sightline.errors import InputError
 from sightline.inference import load_module, select_device
 from sightline.mail.ocr import available as ocr_available
 from sightline.mail.ocr import read_texts
-from sightline.packaging import MODELS, load_index, load_serving_config
-
-CONFIG = load_serving_config(Path(__file__).with_name("params.yaml"))
+from sightline.mail.parse import parse_email
+from sightline.packaging import MODELS, load_index
 
 
 def _model_tags() -> dict[str, str]:
@@ -49,179 +66,6 @@ def _model_tags() -> dict[str, str]:
 
 
 MODEL_TAGS = _model_tags()
-MAX_PIXELS = 4096 * 4096  # larger images are rejected before they are decoded in full
-
-
-# --- errors -----------------------------------------------------------------------------------
-
-
-@contextmanager
-def client_errors():
-    """A sightline ``InputError`` (the caller's mistake) becomes a 400 with its message."""
-    try:
-        yield
-    except InputError as err:
-        raise InvalidArgument(str(err)) from None
-
-
-class RequestSizeLimit:
-    """ASGI middleware: a request body over ``max_bytes`` gets 413 and never reaches an API.
-
-    A declared ``Content-Length`` is checked up front; a chunked body is held up to the limit and
-    replayed to the app. Memory stays bounded by the limit either way: the rest of a refused
-    body is read and dropped, so the client gets the 413 instead of a connection reset.
-    """
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def _reject(self, receive, send, more: bool) -> None:
-        # Read (and drop) what the client is still sending, up to a cap, so it sees the 413
-        # rather than a connection reset in the middle of its upload.
-        drained = 0
-        while more and drained < 16 * self.max_bytes:
-            message = await receive()
-            drained += len(message.get("body", b""))
-            more = message["type"] == "http.request" and message.get("more_body", False)
-        body = b'{"error": "request body too large: the limit is %d bytes"}' % self.max_bytes
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]  # fmt: skip
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None:
-            if not length.isdigit() or int(length) > self.max_bytes:
-                return await self._reject(receive, send, more=length.isdigit())
-            return await self.app(scope, receive, send)
-        messages, size = [], 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            size += len(message.get("body", b""))
-            more = message["type"] == "http.request" and message.get("more_body", False)
-            if size > self.max_bytes:
-                return await self._reject(receive, send, more)
-            if not more:
-                break
-
-        async def replay():
-            return messages.pop(0) if messages else await receive()
-
-        return await self.app(scope, replay, send)
-
-
-# --- request and response types ---------------------------------------------------------------
-
-
-def decode_image(data: bytes, what: str = "image") -> Image:
-    """Bytes -> a fully decoded PIL image; ``InputError`` naming ``what`` otherwise."""
-    try:
-        img = PILImage.open(io.BytesIO(data))
-        if img.width * img.height > MAX_PIXELS:
-            raise InputError(f"{what}: {img.width}x{img.height} pixels is over the {MAX_PIXELS} limit")  # fmt: skip
-        img.load()
-    except InputError:
-        raise
-    except Exception as err:  # PIL raises many types for corrupt data
-        raise InputError(f"{what}: not a decodable image ({type(err).__name__})") from None
-    return img
-
-
-def _open_upload(obj) -> Image:
-    """A multipart upload -> a decoded image, before BentoML's own (lazy) decoding sees it."""
-    from starlette.datastructures import UploadFile
-
-    if isinstance(obj, Image):
-        return obj
-    if isinstance(obj, UploadFile):
-        ctype = obj.content_type or "none"
-        if not ctype.startswith("image/"):
-            raise ValueError(f"Invalid content type {ctype}, expected image/*")
-        obj = obj.file.read()
-    if not isinstance(obj, bytes):
-        raise ValueError("expected an image file")
-    try:
-        return decode_image(obj, "image")
-    except InputError as err:
-        raise ValueError(str(err)) from None
-
-
-def b64_to_image(value: str) -> Image:
-    """A base64 image (a ``data:`` URI is accepted) -> a decoded image; ``InputError`` if not."""
-    try:
-        raw = base64.b64decode(value.split(",", 1)[-1] if value.startswith("data:") else value, validate=True)  # fmt: skip
-    except (binascii.Error, ValueError):
-        raise InputError("image: not valid base64") from None
-    return decode_image(raw)
-
-
-def image_to_b64(img: Image) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-ImageFile = Annotated[Image, BeforeValidator(_open_upload)]
-"""An uploaded image (``image/*``), decoded in full while the request is validated."""
-ImageFiles = Annotated[list[ImageFile], Field(min_length=1, max_length=CONFIG.max_images)]
-B64Image = Annotated[str, Field(description="a PNG/JPEG/GIF image, base64 (a data: URI is accepted)")]  # fmt: skip
-Text = Annotated[str, Field(max_length=CONFIG.max_text_chars)]
-Count = Annotated[int, Field(ge=1, le=CONFIG.max_samples, description="how many images")]
-Seed = Annotated[int, Field(ge=0, lt=2**63, description="the same seed gives the same images")]
-
-
-class Label(BaseModel):
-    label: str
-    probability: float
-
-
-class Message(BaseModel):
-    """An email given as parts; at least one must be non-empty."""
-
-    subject: Text = Field("", examples=["Get rich quick!!!"])
-    body: Text = Field("", examples=["Earn $5,000 a week from home. Reply now."])
-    images: list[B64Image] = Field(default_factory=list, max_length=CONFIG.max_images)
-
-    _decoded: list[Image] = PrivateAttr(default_factory=list)
-
-    @model_validator(mode="after")
-    def _decode(self) -> Message:
-        """Refuse an empty message; decode the images once, while the request is validated."""
-        if not (self.subject.strip() or self.body.strip() or self.images):
-            raise ValueError("nothing to classify: subject, body and images are all empty")
-        try:
-            self._decoded = [b64_to_image(v) for v in self.images]
-        except InputError as err:
-            raise ValueError(str(err)) from None
-        return self
-
-
-class Modalities(BaseModel):
-    text: bool
-    images: int
-    image_text: bool = Field(False, description="OCR read words in the images")
-
-
-class SpamResult(BaseModel):
-    spam_probability: float = Field(description="calibrated on the validation split")
-    label: str = Field(description="`spam` when the probability reaches the threshold")
-    threshold: float = Field(description="chosen on the validation split")
-    modalities: Modalities
-    parse_issues: dict[str, int] = Field(default_factory=dict)
-
-
-class Images(BaseModel):
-    seed: int
-    images: list[str] = Field(description="PNG images, base64")
-
-
-class Hit(BaseModel):
-    index: int = Field(description="position in the held-out index; GET the image from /clip/index_image")  # fmt: skip
-    caption: str
-    score: float = Field(description="cosine similarity")
 
 
 # --- the service -----------------------------------------------------------------------------
@@ -269,7 +113,23 @@ class Sightline:
         self.index_images, self.index_captions = tensors["images"], meta["captions"]
         if self.spam.read is not None and not ocr_available():
             logging.getLogger("sightline").warning("spam: the tesseract command is missing; the words in images are not read (apt install tesseract-ocr)")  # fmt: skip
+        self._warm_up()
         self.ready = True
+
+    def _warm_up(self) -> None:
+        """One pass through every model (first calls allocate and pick kernels), so ``/readyz``
+        turns 200 only when the first real request is as fast as the rest."""
+        from PIL import Image as PILImage
+
+        img = PILImage.new("RGB", (32, 32), (128, 128, 128))
+        with self.infer():
+            self.classifier(self.classifier.preprocess([img]).to(self.device))
+            self.vae.reconstruct(self.vae.preprocess([img]).to(self.device))
+            self._sample(self.vae, 1, 0)
+            self._sample(self.gan, 1, 0)
+            self.clip.embed_images([img])
+            self.clip.embed_texts(["a photo"])
+            self.spam.predict_batch([self.spam.encode("warm up", "", [], image_texts=[])])
 
     def __is_ready__(self) -> bool:
         return self.ready
@@ -302,9 +162,7 @@ class Sightline:
     # spam
 
     @bentoml.api(route="/spam/predict", batchable=True, **CONFIG.batch("spam"))
-    def spam_predict(
-        self, messages: Annotated[list[Message], Field(min_length=1, max_length=64)]
-    ) -> list[SpamResult]:
+    def spam_predict(self, messages: Messages) -> list[SpamResult]:
         """Messages as JSON parts -> calibrated spam probability, label and modalities."""
         m = self.spam
         with client_errors(), self.infer():
@@ -320,7 +178,8 @@ class Sightline:
         if m.read is None or not ocr_available():
             return [None] * len(per_message)
         kept = [list(images)[: m.hparams.max_images] for images in per_message]
-        flat = iter(read_texts([im for images in kept for im in images]))
+        deadline = time.monotonic() + CONFIG.timeout_s  # no Tesseract outlives the request
+        flat = iter(read_texts([im for images in kept for im in images], deadline=deadline))
         return [[next(flat) for _ in images] for images in kept]
 
     @bentoml.api(route="/spam/predict_email")
@@ -328,9 +187,15 @@ class Sightline:
         self, email: Annotated[Path, bentoml.validators.ContentType("message/rfc822")]
     ) -> SpamResult:
         """A raw RFC 822 email (an ``.eml`` upload) -> as ``/spam/predict``, plus what the parser
-        had to drop (oversized or corrupt images, unknown charsets)."""
+        had to drop (oversized or corrupt images, unknown charsets, images over the budget)."""
+        m = self.spam
         with client_errors(), self.infer():
-            return SpamResult(**self.spam.predict_email(Path(email).read_bytes()))
+            parsed = parse_email(Path(email).read_bytes(), max_pixels=CONFIG.max_pixels, max_header_line=CONFIG.max_header_line)  # fmt: skip
+            if parsed.empty:
+                raise InvalidArgument("nothing to classify: the email has no subject, text or images")  # fmt: skip
+            texts = self._read_images([parsed.images])[0]
+            out = m.predict_batch([m.encode(parsed.subject, parsed.text, parsed.images, image_texts=texts)])[0]  # fmt: skip
+            return SpamResult(**out, parse_issues=dict(parsed.issues))
 
     # vae
 
@@ -355,7 +220,7 @@ class Sightline:
     @bentoml.api(route="/vae/interpolate")
     def vae_interpolate(
         self, a: ImageFile, b: ImageFile,
-        steps: Annotated[int, Field(ge=2, le=CONFIG.max_samples)] = 10,
+        steps: Annotated[int, Field(strict=True, ge=2, le=CONFIG.max_samples)] = 10,
     ) -> Image:  # fmt: skip
         """Decode ``steps`` points on the line between the latent means of ``a`` and ``b``; one
         PNG strip, ``a``'s reconstruction first."""
@@ -385,9 +250,7 @@ class Sightline:
             return self.clip.embed_images([i for i in images]).tolist()
 
     @bentoml.api(route="/clip/embed_texts", batchable=True, **CONFIG.batch("clip"))
-    def clip_embed_texts(
-        self, texts: Annotated[list[Text], Field(min_length=1, max_length=256)]
-    ) -> list[list[float]]:
+    def clip_embed_texts(self, texts: Captions) -> list[list[float]]:
         """Each text -> its unit-norm CLIP embedding (long texts are truncated to the context)."""
         with client_errors(), self.infer():
             return self.clip.embed_texts(texts).tolist()
@@ -395,21 +258,22 @@ class Sightline:
     @bentoml.api(route="/clip/zero_shot")
     def clip_zero_shot(
         self, image: ImageFile,
-        labels: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(min_length=2, max_length=CONFIG.max_labels, examples=[["t-shirt", "sneaker", "bag"]])],
-        templates: Annotated[list[Annotated[str, Field(pattern=r"\{\}")]], Field(min_length=1, max_length=16)] = FASHION_TEMPLATES,
-        top_k: Annotated[int, Field(ge=1)] = 5,
+        labels: Annotated[list[ZeroShotLabel], Field(min_length=2, max_length=CONFIG.max_labels, examples=[["t-shirt", "sneaker", "bag"]])],
+        templates: Annotated[list[Template], Field(min_length=1, max_length=CONFIG.max_templates)] = FASHION_TEMPLATES,
+        top_k: Annotated[int, Field(strict=True, ge=1, le=CONFIG.max_labels)] = 5,
     ) -> list[Label]:  # fmt: skip
         """Classify ``image`` against free-text ``labels``: each label's embedding is the mean over
-        the prompt ``templates`` (each with one ``{}``)."""
+        the prompt ``templates`` (each with exactly one bare ``{}``)."""
         m = self.clip
+        check_request_chars([t.format(label) for label in labels for t in templates])
         with client_errors(), self.infer():
             logits = m.embed_images([image]) @ m.class_embeddings(labels, templates).T
         return m.postprocess(logits, labels, top_k)[0]
 
     @bentoml.api(route="/clip/search")
     def clip_search(
-        self, query: Annotated[str, Field(min_length=1, max_length=1000, examples=["a red heart"])],
-        top_k: Annotated[int, Field(ge=1, le=100)] = 5,
+        self, query: Annotated[str, Field(min_length=1, max_length=CONFIG.max_caption_chars, examples=["a red heart"])],
+        top_k: Annotated[int, Field(strict=True, ge=1, le=100)] = 5,
     ) -> list[Hit]:  # fmt: skip
         """The held-out images (never seen in training) closest to ``query``."""
         with self.infer():
@@ -418,7 +282,7 @@ class Sightline:
         return [Hit(index=int(i), caption=self.index_captions[int(i)], score=round(float(s), 6)) for s, i in zip(scores, idx, strict=True)]  # fmt: skip
 
     @bentoml.api(route="/clip/index_image")
-    def clip_index_image(self, index: Annotated[int, Field(ge=0)]) -> Image:
+    def clip_index_image(self, index: Annotated[int, Field(strict=True, ge=0)]) -> Image:
         """One image of the search index, as PNG."""
         if index >= len(self.index_captions):
             raise InvalidArgument(f"index {index} out of range: the index holds {len(self.index_captions)} images")  # fmt: skip
@@ -432,4 +296,15 @@ class Sightline:
         return self.tags
 
 
-Sightline.add_asgi_middleware(RequestSizeLimit, max_bytes=CONFIG.max_request_bytes)
+def _file_fields() -> dict[str, dict[str, str]]:
+    """``{route: {field: content type}}`` of every multipart file field of the service."""
+    out = {}
+    for api in Sightline.apis.values():
+        fields = getattr(api.input_spec, "multipart_fields", [])
+        if fields:
+            out[api.route] = {f: "message/rfc822" if f == "email" else "image/*" for f in fields}
+    return out
+
+
+FILE_FIELDS = _file_fields()
+Sightline.add_asgi_middleware(Guard, config=CONFIG, file_fields=FILE_FIELDS, fix_spec=lambda spec: fix_spec(spec, FILE_FIELDS))  # fmt: skip

@@ -337,3 +337,72 @@ def prepared_spam(tmp_path_factory, spam_corpus) -> Path:
     cfg = SpamDatasetConfig.model_validate({**TINY_SPAM_DATASET, "root": str(spam_corpus)})
     prepare_dataset("spam", cfg, 0, out, out.parent / "dl")
     return out
+
+
+SERVED = ("classifier", "spam", "vae", "gan", "clip")
+
+
+@pytest.fixture(scope="session")
+def packaged(tmp_path_factory, prepared_fashion, prepared_spam, prepared_emoji) -> dict[str, Path]:
+    """``{name: models/<name>}`` of five tiny models, each also packaged into the store."""
+    import torch
+
+    from sightline.packaging import clip_index, package_model
+    from sightline.registry import get_model
+    from sightline.training import export_model
+
+    torch.manual_seed(0)
+    base = tmp_path_factory.mktemp("served")
+    ckpt = base / "placeholder.ckpt"
+    ckpt.write_bytes(b"")
+    data = {"spam": prepared_spam, "clip": prepared_emoji}
+    dirs = {}
+    for name in SERVED:
+        upstream = prepared_fashion if name == "clip" else None
+        section = tiny_section(name, upstream=upstream)
+        spec = get_model(name)
+        dm = spec.datamodule(section, data.get(name, prepared_fashion), 0)
+        module = spec.module(**spec.module_kwargs(section, dm))
+        if name == "spam":  # a threshold that is not the default, so the served one is checked
+            module.threshold.fill_(0.37)
+        dirs[name] = base / name
+        export_model(module, name, ckpt, dirs[name], {})
+        metrics = {"dataset": section.data.dataset, "test/acc": 0.5, "test/f1": 0.25, "fid": 9.0}
+        extra = clip_index(dirs[name], prepared_emoji) if name == "clip" else None
+        package_model(name, dirs[name], metrics, section.model_dump(mode="json"), "0123456789abcdef", "exp-1", extra)  # fmt: skip
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def live_server(packaged):
+    """``bentoml serve serving.service:Sightline`` of the tiny packaged models on a free loopback
+    port: ``(url, process)``; stopped at the end of the session."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("SIGHTLINE_API_TOKEN", None)
+    log = open(packaged["classifier"].parent / "server.log", "wb")  # noqa: SIM115 - closed below
+    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "serving.service:Sightline", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 240
+    while True:
+        assert proc.poll() is None, f"bentoml serve exited with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        assert time.time() < deadline, "bentoml serve not ready in 240 s"
+        time.sleep(0.5)
+    yield url, proc
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    log.close()

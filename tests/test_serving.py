@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_email, tiny_section
+from conftest import make_email
 from PIL import Image
 
 from sightline.errors import ConfigError
@@ -29,35 +29,6 @@ def _png(img: Image.Image) -> bytes:
 
 def _pil(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data))
-
-
-@pytest.fixture(scope="module")
-def packaged(tmp_path_factory, prepared_fashion, prepared_spam, prepared_emoji) -> dict[str, Path]:
-    """``{name: models/<name>}`` of five tiny models, each also packaged into the store."""
-    from sightline.packaging import clip_index, package_model
-    from sightline.registry import get_model
-    from sightline.training import export_model
-
-    torch.manual_seed(0)
-    base = tmp_path_factory.mktemp("served")
-    ckpt = base / "placeholder.ckpt"
-    ckpt.write_bytes(b"")
-    data = {"spam": prepared_spam, "clip": prepared_emoji}
-    dirs = {}
-    for name in NAMES:
-        upstream = prepared_fashion if name == "clip" else None
-        section = tiny_section(name, upstream=upstream)
-        spec = get_model(name)
-        dm = spec.datamodule(section, data.get(name, prepared_fashion), 0)
-        module = spec.module(**spec.module_kwargs(section, dm))
-        if name == "spam":  # a threshold that is not the default, so the served one is checked
-            module.threshold.fill_(0.37)
-        dirs[name] = base / name
-        export_model(module, name, ckpt, dirs[name], {})
-        metrics = {"dataset": section.data.dataset, "test/acc": 0.5, "test/f1": 0.25, "fid": 9.0}
-        extra = clip_index(dirs[name], prepared_emoji) if name == "clip" else None
-        package_model(name, dirs[name], metrics, section.model_dump(mode="json"), "0123456789abcdef", "exp-1", extra)  # fmt: skip
-    return dirs
 
 
 @pytest.fixture(scope="module")

@@ -19,3 +19,8 @@ class CheckpointError(SightlineError):
 
 class InputError(SightlineError, ValueError):
     """A request that cannot be served: a count out of range, an image that does not fit."""
+
+
+class BudgetError(InputError):
+    """A request over one of its budgets (pixels, images, characters, header length): refused
+    before the work it would cost is done. Servers answer it with 413."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sightline.config import Strict, validate
 from sightline.errors import CheckpointError, ConfigError
@@ -35,7 +35,13 @@ class BatchingConfig(Strict):
 
 
 class ServingConfig(Strict):
-    """``serving/params.yaml``: read by the package stage and by the service at import time."""
+    """``serving/params.yaml``: read by the package stage and by the service at import time.
+
+    The request limits are budgets: each bounds the memory or CPU time one request may take, and
+    each is checked before the work it bounds (image headers before decoding, characters before
+    tokenizing). A list a batched route accepts is never longer than that route's
+    ``max_batch_size``, so a valid request always fits in one batch.
+    """
 
     bento: str = Field("sightline", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     gpu: int = Field(0, ge=0)  # GPUs the service requests; the device is still chosen at run time
@@ -43,13 +49,32 @@ class ServingConfig(Strict):
     workers: int = Field(1, ge=1)
     threads: int = Field(0, ge=0)  # torch intra-op threads per worker; 0: torch's default
     timeout_s: int = Field(60, ge=1)
+    max_concurrency: int = Field(64, ge=1)  # requests in flight per worker; more get 503 at once
+    retry_after_s: int = Field(1, ge=1)  # the Retry-After of an overload 503
     max_request_bytes: int = Field(10 * 2**20, gt=0)
     max_images: int = Field(16, ge=1)  # images per request
+    max_pixels: int = Field(4096 * 4096, ge=1)  # decoded pixels per request, from image headers
+    max_messages: int = Field(16, ge=1)  # messages per /spam/predict request
     max_samples: int = Field(64, ge=1)  # n for the generative endpoints
     max_labels: int = Field(64, ge=2)  # zero-shot labels per request
-    max_text_chars: int = Field(100_000, ge=1)
+    max_templates: int = Field(16, ge=1)  # zero-shot prompt templates per request
+    max_texts: int = Field(64, ge=1)  # texts per /clip/embed_texts request
+    max_text_chars: int = Field(100_000, ge=1)  # an email subject or body
+    max_caption_chars: int = Field(1000, ge=1)  # a text the clip tokenizer reads
+    max_request_chars: int = Field(65_536, ge=1)  # all the text clip tokenizes for one request
+    max_header_line: int = Field(8192, ge=998)  # an email header line (RFC 5322 allows 998)
     top_k: int = Field(5, ge=1)
     batching: dict[str, BatchingConfig] = {name: BatchingConfig() for name in MODELS}
+
+    @model_validator(mode="after")
+    def _lists_fit_in_a_batch(self) -> ServingConfig:
+        """A request longer than its route's batch would be refused (503) by BentoML's batching;
+        refuse such a configuration instead, naming the keys."""
+        for key, model in (("max_images", "classifier"), ("max_images", "vae"), ("max_images", "clip"), ("max_texts", "clip"), ("max_messages", "spam")):  # fmt: skip
+            size = self.batch(model)["max_batch_size"]
+            if getattr(self, key) > size:
+                raise ValueError(f"{key} ({getattr(self, key)}) is over batching.{model}.max_batch_size ({size}): such a request could never be batched")  # fmt: skip
+        return self
 
     def batch(self, name: str) -> dict[str, int]:
         """``bentoml.api`` keyword arguments for ``name``'s batchable endpoints."""

@@ -17,6 +17,7 @@ import io
 import os
 import shutil
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
@@ -80,14 +81,23 @@ def read_text(image: Image.Image, timeout: float = TIMEOUT_S) -> str:
     return " ".join(done.stdout.decode("utf-8", errors="replace").split())
 
 
-def read_texts(images: list[Image.Image], workers: int | None = None) -> list[str]:
+def read_texts(images: list[Image.Image], workers: int | None = None, deadline: float | None = None) -> list[str]:  # fmt: skip
     """``read_text`` of each image, ``workers`` Tesseract processes at a time (default: the
-    CPUs this process may use)."""
+    CPUs this process may use). ``deadline`` (a ``time.monotonic()`` value) bounds the whole
+    call: a Tesseract process still running then is killed, and images not started read ``""``.
+    """
     if not images:
         return []
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # fmt: skip
+
+    def one(im: Image.Image) -> str:
+        if deadline is None:
+            return read_text(im)
+        left = deadline - time.monotonic()
+        return read_text(im, timeout=left) if left > 0 else ""
+
     if workers <= 1 or len(images) == 1:
-        return [read_text(im) for im in images]
+        return [one(im) for im in images]
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(read_text, images))
+        return list(pool.map(one, images))

@@ -29,7 +29,7 @@ from html.parser import HTMLParser
 
 from PIL import Image
 
-from sightline.errors import InputError
+from sightline.errors import BudgetError, InputError
 
 MAX_IMAGE_BYTES = 2 * 1024 * 1024  # per attached image; larger ones are dropped
 MAX_IMAGE_PIXELS = 4096 * 4096  # decompression-bomb guard
@@ -113,7 +113,7 @@ class _HTMLText(HTMLParser):
     def __init__(self, issues: Counter) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
-        self.images: list[Image.Image] = []
+        self.payloads: list[bytes] = []  # inline images, decoded by the caller
         self.hidden = 0
         self.issues = issues
 
@@ -133,8 +133,7 @@ class _HTMLText(HTMLParser):
                 except (binascii.Error, ValueError):
                     self.issues["corrupt_image"] += 1
                 else:
-                    if (im := decode_image(data, self.issues)) is not None:
-                        self.images.append(im)
+                    self.payloads.append(data)
         elif tag == "a" and a.get("href", "").lower().startswith(("http", "www", "ftp")):
             self.parts.append(f" {a['href']} ")
 
@@ -149,15 +148,22 @@ class _HTMLText(HTMLParser):
             self.parts.append(data)
 
 
-def html_to_text(html: str, issues: Counter | None = None) -> tuple[str, list[Image.Image]]:
-    """Visible text of an HTML body and its inline data-URI images."""
-    parser = _HTMLText(issues if issues is not None else Counter())
+def _html_parts(html: str, issues: Counter) -> tuple[str, list[bytes]]:
+    """Visible text of an HTML body and the bytes of its inline data-URI images."""
+    parser = _HTMLText(issues)
     try:
         parser.feed(html)
         parser.close()
     except (AssertionError, ValueError):  # pathological markup: keep what was read
         parser.issues["malformed_html"] += 1
-    return unescape("".join(parser.parts)), parser.images
+    return unescape("".join(parser.parts)), parser.payloads
+
+
+def html_to_text(html: str, issues: Counter | None = None) -> tuple[str, list[Image.Image]]:
+    """Visible text of an HTML body and its inline data-URI images."""
+    issues = issues if issues is not None else Counter()
+    text, payloads = _html_parts(html, issues)
+    return text, [im for data in payloads if (im := decode_image(data, issues)) is not None]
 
 
 def _part_text(part, issues: Counter) -> str:
@@ -171,7 +177,7 @@ def _part_text(part, issues: Counter) -> str:
     return payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else str(payload)
 
 
-def _collect(part, texts: list[str], images: list[Image.Image], issues: Counter, max_image_bytes: int) -> None:  # fmt: skip
+def _collect(part, texts: list[str], images: list[bytes], issues: Counter) -> None:
     """Depth-first over the MIME tree; of a ``multipart/alternative`` only the plain text is
     read when it has one (the HTML twin says the same)."""
     if part.is_multipart():
@@ -181,21 +187,21 @@ def _collect(part, texts: list[str], images: list[Image.Image], issues: Counter,
             if plain:
                 children = plain + [c for c in children if c.get_content_maintype() not in ("text", "multipart")]  # fmt: skip
         for child in children:
-            _collect(child, texts, images, issues, max_image_bytes)
+            _collect(child, texts, images, issues)
         return
     ctype = part.get_content_type()
     if ctype == "text/plain":
         texts.append(_part_text(part, issues))
     elif ctype == "text/html":
-        text, inline = html_to_text(_part_text(part, issues), issues)
+        text, inline = _html_parts(_part_text(part, issues), issues)
         texts.append(f"{HTML_MARK} {text}")
         images.extend(inline)
     elif part.get_content_maintype() == "image":
         data = part.get_payload(decode=True)
         if not isinstance(data, bytes) or not data:
             issues["corrupt_image"] += 1
-        elif (im := decode_image(data, issues, max_image_bytes)) is not None:
-            images.append(im)
+        else:
+            images.append(data)
 
 
 def _looks_like_email(msg, raw: bytes) -> bool:
@@ -204,16 +210,63 @@ def _looks_like_email(msg, raw: bytes) -> bool:
     return len(msg.keys()) > 0
 
 
-def parse_email(raw: bytes, max_image_bytes: int = MAX_IMAGE_BYTES, max_images: int = MAX_IMAGES) -> ParsedEmail:  # fmt: skip
+def check_header_lines(raw: bytes, limit: int) -> None:
+    """Refuse (``BudgetError``) a message whose header section has a line over ``limit`` bytes,
+    before the email package spends time on it (its header parsing is slow on long lines)."""
+    end = min((i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0), default=len(raw))
+    longest = max((len(line) for line in raw[:end].split(b"\n")), default=0)
+    if longest > limit:
+        raise BudgetError(f"email: a header line is {longest} bytes; the limit is {limit}")
+
+
+def _decode_within(payloads: list[bytes], issues: Counter, max_image_bytes: int, max_images: int, max_pixels: int) -> list[Image.Image]:  # fmt: skip
+    """Decode the first ``max_images`` usable images whose headers fit, together, in
+    ``max_pixels``; the rest are counted and never decoded."""
+    images: list[Image.Image] = []
+    used = 0
+    for i, data in enumerate(payloads):
+        if len(images) == max_images:
+            issues["images_dropped"] += len(payloads) - i
+            break
+        try:
+            with Image.open(io.BytesIO(data)) as head:
+                pixels = head.width * head.height
+        except Exception:  # noqa: BLE001 - PIL raises many types for corrupt data
+            issues["corrupt_image"] += 1
+            continue
+        if used + pixels > max_pixels:
+            issues["images_over_budget"] += 1
+            continue
+        if (im := decode_image(data, issues, max_image_bytes)) is not None:
+            images.append(im)
+            used += pixels
+    return images
+
+
+def parse_email(
+    raw: bytes, max_image_bytes: int = MAX_IMAGE_BYTES, max_images: int = MAX_IMAGES,
+    max_pixels: int | None = None, max_header_line: int | None = None,
+) -> ParsedEmail:  # fmt: skip
     """Parse raw message bytes.
+
+    Args:
+        raw: the message, as received.
+        max_image_bytes: larger image attachments are dropped (counted).
+        max_images: images kept per message; the rest are dropped (counted).
+        max_pixels: a budget for serving: only images whose headers fit in it together are
+            decoded, and decoding stops at ``max_images``; ``None`` decodes every image.
+        max_header_line: a budget for serving: a longer header line is a ``BudgetError``.
 
     Raises:
         NotAnEmail: the bytes have no header section (binary data, plain text, an image...).
+        BudgetError: over ``max_header_line``.
     """
     if not isinstance(raw, bytes | bytearray) or not raw.strip():
         raise NotAnEmail("empty input: expected the raw bytes of an RFC 822 email")
     if raw.startswith(b"From ") and b"\n" in raw:  # mbox "From " separator line
         raw = raw.split(b"\n", 1)[1]
+    if max_header_line is not None:
+        check_header_lines(bytes(raw), max_header_line)
     msg = email.message_from_bytes(bytes(raw), policy=email.policy.default)
     if not _looks_like_email(msg, raw):
         raise NotAnEmail("not an email: no RFC 822 header fields found")
@@ -226,10 +279,14 @@ def parse_email(raw: bytes, max_image_bytes: int = MAX_IMAGE_BYTES, max_images: 
         issues["malformed_subject"] += 1
         subject = ""
     texts: list[str] = []
-    images: list[Image.Image] = []
-    _collect(msg, texts, images, issues, max_image_bytes)
-    if len(images) > max_images:
-        issues["images_dropped"] += len(images) - max_images
-        images = images[:max_images]
+    payloads: list[bytes] = []
+    _collect(msg, texts, payloads, issues)
+    if max_pixels is not None:
+        images = _decode_within(payloads, issues, max_image_bytes, max_images, max_pixels)
+    else:
+        images = [im for data in payloads if (im := decode_image(data, issues, max_image_bytes)) is not None]  # fmt: skip
+        if len(images) > max_images:
+            issues["images_dropped"] += len(images) - max_images
+            images = images[:max_images]
     text = tidy(reduce_urls("\n\n".join(t for t in texts if t)))[:MAX_TEXT_CHARS]
     return ParsedEmail(tidy(reduce_urls(subject)), text, images, issues)

@@ -24,6 +24,24 @@ CONFIG_DIR = Path(__file__).parent / "clip_configs"
 MAX_LOGIT_SCALE = math.log(100)  # open_clip clamps the learned temperature here
 
 
+TOKENIZER_CACHE = 10_000  # distinct words the BPE tokenizer remembers
+
+
+class BoundedCache(dict):
+    """A dict that forgets its oldest entries past ``limit``: open_clip's BPE tokenizer caches
+    every word it has seen, which in a server grows with every new word a client sends. The
+    entries it starts with (the special tokens) are kept."""
+
+    def __init__(self, items: dict, limit: int) -> None:
+        super().__init__(items)
+        self.limit, self.pinned = limit + len(items), frozenset(items)
+
+    def __setitem__(self, key, value) -> None:
+        if key not in self and len(self) >= self.limit:
+            del self[next(k for k in self if k not in self.pinned)]
+        super().__setitem__(key, value)
+
+
 def open_clip_module():
     """``open_clip`` with this package's model configs registered (idempotent)."""
     import open_clip
@@ -87,6 +105,8 @@ class ClipModule(L.LightningModule):
             arch, pretrained=None, force_context_length=context_length
         )
         self.tokenizer = oc.get_tokenizer(arch, context_length=context_length)
+        if isinstance(getattr(self.tokenizer, "cache", None), dict):
+            self.tokenizer.cache = BoundedCache(self.tokenizer.cache, TOKENIZER_CACHE)
         self.loss = oc.ClipLoss()
 
     def preprocess(self, images) -> torch.Tensor:

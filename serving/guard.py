@@ -1,0 +1,351 @@
+"""The service's front door: one ASGI middleware between the HTTP server and BentoML's routes.
+
+In order, for each request:
+1. ``/docs`` is the OpenAPI page (BentoML serves it at ``/``);
+2. a bearer token, when ``SIGHTLINE_API_TOKEN`` is set, on every route but the health checks
+   (and ``/metrics`` when ``SIGHTLINE_PUBLIC_METRICS=1``): 401 otherwise;
+3. at most ``max_concurrency`` requests in flight: more get 503 at once, with ``Retry-After``;
+4. a body over ``max_request_bytes`` gets 413 and is never stored;
+5. a multipart body is parsed here, once, with the multipart parser's limits: any parser error is
+   a 400 with its reason; a file field sent as text is a 400 (a URL is never fetched); images are
+   sized from their headers and a request over ``max_pixels`` gets 413, before any is decoded;
+6. every error response leaves as ``{"error": reason}`` JSON (plus ``detail`` for validation
+   errors), whatever part of the stack wrote it; a 503 carries ``Retry-After``;
+7. ``/docs.json`` is made valid OpenAPI 3.0 (``serving.openapi``).
+
+Client errors are logged as one line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import json
+import logging
+import os
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+log = logging.getLogger("sightline.serving")
+
+HEALTH = frozenset({"/livez", "/readyz", "/healthz"})
+UNLIMITED = HEALTH | {"/metrics", "/docs.json", "/"}  # never counted against max_concurrency
+MAX_FIELDS = 16  # non-file multipart fields (labels, templates, steps, top_k...)
+MAX_FIELD_BYTES = 256 * 1024  # one non-file multipart field
+MAX_PART_HEADER_BYTES = 16 * 1024  # the headers of one multipart part
+
+
+class ClientError(Exception):
+    """A request refused by the guard: its status and reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def json_response(status: int, body: dict, headers: list | None = None) -> tuple[dict, dict]:
+    data = json.dumps(body).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    start = {"type": "http.response.start", "status": status, "headers": head + (headers or [])}
+    return start, {"type": "http.response.body", "body": data}
+
+
+# --- multipart --------------------------------------------------------------------------------
+
+
+class Part:
+    __slots__ = ("headers", "name", "filename", "content_type", "data")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.name = self.filename = self.content_type = None
+        self.data = bytearray()
+
+
+def parse_multipart(content_type: bytes, body: bytes, max_files: int) -> list[Part]:
+    """The parts of a multipart body, in memory (it is already bounded by the size limit).
+
+    Raises:
+        ClientError: 400 naming what is malformed or over the parser's limits.
+    """
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise ClientError(400, "multipart body: the Content-Type has no boundary")
+    if len(boundary) > 200:
+        raise ClientError(400, f"multipart body: the boundary is {len(boundary)} characters; at most 200")  # fmt: skip
+    parts: list[Part] = []
+    state = {"field": b"", "value": b"", "header_bytes": 0}
+
+    def on_part_begin() -> None:
+        parts.append(Part())
+        state["header_bytes"] = 0
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        part = parts[-1]
+        part.data += data[start:end]
+        if part.filename is None and len(part.data) > MAX_FIELD_BYTES:
+            raise ClientError(400, f"multipart field {part.name!r}: over {MAX_FIELD_BYTES} bytes; send large content as a file")  # fmt: skip
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["field"] += data[start:end]
+        state["header_bytes"] += end - start
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+        state["header_bytes"] += end - start
+        if state["header_bytes"] > MAX_PART_HEADER_BYTES:
+            raise ClientError(400, f"multipart body: a part's headers are over {MAX_PART_HEADER_BYTES} bytes")  # fmt: skip
+
+    def on_header_end() -> None:
+        parts[-1].headers.append((state["field"].lower(), state["value"]))
+        state["field"] = state["value"] = b""
+
+    def on_headers_finished() -> None:
+        part, headers = parts[-1], dict(parts[-1].headers)
+        _, opts = parse_options_header(headers.get(b"content-disposition"))
+        if b"name" not in opts:
+            raise ClientError(400, "multipart body: a part has no Content-Disposition name")
+        part.name = opts[b"name"].decode("utf-8", "replace")
+        if b"filename" in opts:
+            part.filename = opts[b"filename"].decode("utf-8", "replace")
+            part.content_type = headers.get(b"content-type", b"").decode("latin-1").strip() or None  # fmt: skip
+        files = sum(p.filename is not None for p in parts)
+        if files > max_files:
+            raise ClientError(400, f"multipart body: more than {max_files} files; at most {max_files} per request")  # fmt: skip
+        if len(parts) - files > MAX_FIELDS:
+            raise ClientError(400, f"multipart body: more than {MAX_FIELDS} fields")
+
+    callbacks = {
+        "on_part_begin": on_part_begin, "on_part_data": on_part_data,
+        "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+    }  # fmt: skip
+    try:
+        parser = MultipartParser(boundary, callbacks)
+        parser.write(body)
+        parser.finalize()
+    except ClientError:
+        raise
+    except Exception as err:  # noqa: BLE001 - python-multipart raises several types
+        raise ClientError(400, f"multipart body: malformed ({err})") from None
+    if not parts:
+        raise ClientError(400, "multipart body: no parts")
+    return parts
+
+
+def image_pixels(parts: list[Part]) -> int:
+    """Pixels the request's image files would decode to, read from their headers only."""
+    from PIL import Image
+
+    total = 0
+    for part in parts:
+        if part.filename is None or not (part.content_type or "").startswith("image/"):
+            continue
+        try:
+            with Image.open(io.BytesIO(part.data)) as im:
+                total += im.width * im.height
+        except Exception:  # noqa: BLE001 - an undecodable image is the route's 400, with its name
+            continue
+    return total
+
+
+# --- error bodies and logs --------------------------------------------------------------------
+
+
+def reason_of(status: int, body: bytes) -> dict:
+    """Whatever error body a layer wrote -> ``{"error": reason}`` (+ ``detail``)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = body.decode("utf-8", "replace").strip()
+    if isinstance(data, list) and len(data) == 1:  # BentoML's 4xx: [{"error": ...}]
+        data = data[0]
+    if isinstance(data, dict) and isinstance(data.get("detail"), list):  # validation errors
+        detail = [{"loc": [str(x) for x in d.get("loc", [])], "msg": str(d.get("msg", "")), "type": str(d.get("type", ""))} for d in data["detail"] if isinstance(d, dict)]  # fmt: skip
+        text = "; ".join(f"{'.'.join(d['loc'][1:] or d['loc'])}: {d['msg']}" for d in detail)
+        return {"error": f"invalid request: {text}" if text else str(data.get("error")), "detail": detail}  # fmt: skip
+    if isinstance(data, dict):
+        data = data.get("error") or data.get("detail") or ""
+    text = {404: "no such route", 405: "method not allowed"}.get(status) or str(data) or f"HTTP {status}"  # fmt: skip
+    if status == 503:
+        text = f"overloaded, retry later: {text}"
+    return {"error": text}
+
+
+class OneLineClientErrors(logging.Filter):
+    """BentoML logs every refused request with a traceback; a client's mistake gets one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        from bentoml.exceptions import BentoMLException
+        from pydantic import ValidationError
+
+        status = getattr(exc, "error_code", 500) if isinstance(exc, BentoMLException) else 500
+        if isinstance(exc, ValidationError) or status < 500:
+            first = str(exc).strip().splitlines()
+            record.msg, record.args = "%s: client error: %s", (record.getMessage(), first[0] if first else type(exc).__name__)  # fmt: skip
+            record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.INFO, "INFO"  # fmt: skip
+        return True
+
+
+def install_log_filter() -> None:
+    target = logging.getLogger("bentoml._internal.server.http_app")
+    if not any(isinstance(f, OneLineClientErrors) for f in target.filters):
+        target.addFilter(OneLineClientErrors())
+
+
+# --- the middleware ---------------------------------------------------------------------------
+
+
+class Guard:
+    """ASGI middleware; see the module docstring.
+
+    Args:
+        app: the BentoML app.
+        config: the ``ServingConfig`` (limits).
+        file_fields: ``{route: {field: content type}}`` of the multipart file fields.
+        fix_spec: ``spec -> spec``, applied to ``/docs.json``.
+    """
+
+    def __init__(self, app, config, file_fields: dict[str, dict[str, str]], fix_spec) -> None:
+        self.app, self.config, self.file_fields, self.fix_spec = app, config, file_fields, fix_spec
+        self.token = os.environ.get("SIGHTLINE_API_TOKEN") or None
+        public = HEALTH | ({"/metrics"} if os.environ.get("SIGHTLINE_PUBLIC_METRICS") == "1" else set())  # fmt: skip
+        self.public = frozenset(public)
+        self.in_flight = 0
+        self.spec: bytes | None = None
+        install_log_filter()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if path == "/docs" and scope["method"] in ("GET", "HEAD"):
+            scope = {**scope, "path": "/", "raw_path": b"/"}
+        try:
+            self._authorize(scope)
+        except ClientError as err:
+            return await self._refuse(send, err, scope, [(b"www-authenticate", b'Bearer realm="sightline"')])  # fmt: skip
+        if path in UNLIMITED:
+            return await self._call(scope, receive, send)
+        if self.in_flight >= self.config.max_concurrency:
+            err = ClientError(503, f"overloaded, retry later: {self.in_flight} requests in flight, the limit per worker is {self.config.max_concurrency}")  # fmt: skip
+            return await self._refuse(send, err, scope, self._retry_after())
+        self.in_flight += 1
+        try:
+            receive = await self._checked_body(scope, receive)
+            await self._call(scope, receive, send)
+        except ClientError as err:
+            await self._refuse(send, err, scope)
+        finally:
+            self.in_flight -= 1
+
+    def _retry_after(self) -> list:
+        return [(b"retry-after", str(self.config.retry_after_s).encode())]
+
+    def _authorize(self, scope) -> None:
+        if self.token is None or scope["path"] in self.public:
+            return
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if not hmac.compare_digest(given, b"Bearer " + self.token.encode()):
+            raise ClientError(401, "missing or wrong bearer token (Authorization: Bearer <SIGHTLINE_API_TOKEN>)")  # fmt: skip
+
+    async def _refuse(self, send, err: ClientError, scope, headers: list | None = None) -> None:
+        log.info("%s %s: %d %s", scope["method"], scope["path"], err.status, err)
+        start, body = json_response(err.status, {"error": str(err)}, headers)
+        await send(start)
+        await send(body)
+
+    async def _checked_body(self, scope, receive):
+        """The body within the size limit, and a multipart body parsed and checked; a
+        ``receive`` that replays what was read."""
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return receive
+        headers = dict(scope["headers"])
+        ctype = headers.get(b"content-type", b"")
+        multipart = ctype.lower().startswith(b"multipart/")
+        length = headers.get(b"content-length")
+        limit = self.config.max_request_bytes
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await self._drain(receive, more=length.isdigit())
+            raise ClientError(413, f"request body too large: the limit is {limit} bytes")
+        if length is not None and not multipart:
+            return receive
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return receive  # the client went away; the app sees the disconnect
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > limit:
+                await self._drain(receive, more)
+                raise ClientError(413, f"request body too large: the limit is {limit} bytes")
+        body = b"".join(chunks)
+        if multipart:
+            self._check_multipart(scope["path"], ctype, body)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay
+
+    def _check_multipart(self, path: str, ctype: bytes, body: bytes) -> None:
+        parts = parse_multipart(ctype, body, self.config.max_images)
+        for field in self.file_fields.get(path, {}):
+            for part in parts:
+                if part.name == field and part.filename is None:
+                    raise ClientError(400, f"{field}: expected a file upload, got a text field (URLs are never fetched; upload the file itself)")  # fmt: skip
+        pixels = image_pixels(parts)
+        if pixels > self.config.max_pixels:
+            raise ClientError(413, f"images: {pixels} pixels in one request; the limit is {self.config.max_pixels}")  # fmt: skip
+
+    async def _drain(self, receive, more: bool) -> None:
+        """Read (and drop) what the client is still sending, up to a cap, so it sees the 413
+        rather than a connection reset in the middle of its upload."""
+        drained = 0
+        while more and drained < 16 * self.config.max_request_bytes:
+            message = await receive()
+            drained += len(message.get("body", b""))
+            more = message["type"] == "http.request" and message.get("more_body", False)
+
+    async def _call(self, scope, receive, send) -> None:
+        """Run the app; rewrite error bodies (and ``/docs.json``) on their way out."""
+        held: dict = {}
+        spec = scope["path"] == "/docs.json"
+
+        async def send_wrapper(message) -> None:
+            if message["type"] == "http.response.start":
+                if message["status"] >= 400 or (spec and message["status"] == 200):
+                    held.update(start=message, body=bytearray())
+                    return
+                return await send(message)
+            if message["type"] != "http.response.body" or not held:
+                return await send(message)
+            held["body"] += message.get("body", b"")
+            if message.get("more_body", False):
+                return
+            status = held["start"]["status"]
+            if status == 200:  # /docs.json
+                if self.spec is None:
+                    self.spec = json.dumps(self.fix_spec(json.loads(held["body"]))).encode()
+                start, body = json_response(200, {}, [])
+                body["body"] = self.spec
+                start["headers"] = [(b"content-type", b"application/json"), (b"content-length", str(len(self.spec)).encode())]  # fmt: skip
+            else:
+                keep = [(k, v) for k, v in held["start"].get("headers", []) if k.lower() not in (b"content-type", b"content-length")]  # fmt: skip
+                extra = self._retry_after() if status == 503 and not any(k.lower() == b"retry-after" for k, _ in keep) else []  # fmt: skip
+                start, body = json_response(status, reason_of(status, bytes(held["body"])), keep + extra)  # fmt: skip
+            await send(start)
+            await send(body)
+
+        await self.app(scope, receive, send_wrapper)

@@ -1,0 +1,233 @@
+"""Request and response types of the service, and decoding within the per-request budgets.
+
+Every image is sized from its header before it is decoded: one over ``max_pixels`` is refused
+without decoding, and ``serving.guard`` refuses a multipart request whose images add up to more
+before any of them reaches this module. JSON requests (``/spam/predict``) are summed here.
+Refusals over a budget are 413 (``TooLarge``), malformed input is 400.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import string
+from contextlib import contextmanager
+from http import HTTPStatus
+from pathlib import Path
+from typing import Annotated
+
+from bentoml.exceptions import BentoMLException, InvalidArgument
+from PIL import Image as PILImage
+from PIL.Image import Image
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, PrivateAttr, model_validator
+
+from sightline.errors import BudgetError, InputError
+from sightline.packaging import load_serving_config
+
+CONFIG = load_serving_config(Path(__file__).with_name("params.yaml"))
+
+
+class TooLarge(BentoMLException):
+    """A request over one of its budgets: 413 with the limit in the reason."""
+
+    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+@contextmanager
+def client_errors():
+    """A sightline ``InputError`` (the caller's mistake) becomes a 400 with its message, a
+    ``BudgetError`` a 413."""
+    try:
+        yield
+    except BudgetError as err:
+        raise TooLarge(str(err)) from None
+    except InputError as err:
+        raise InvalidArgument(str(err)) from None
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+def open_image(data: bytes, what: str = "image") -> Image:
+    """Bytes -> a lazily opened PIL image (only its header read); ``InputError`` naming ``what``
+    when it is not an image, ``BudgetError`` when it has more than ``max_pixels`` pixels."""
+    try:
+        img = PILImage.open(io.BytesIO(data))
+    except Exception as err:  # PIL raises many types for corrupt data
+        raise InputError(f"{what}: not a decodable image ({type(err).__name__})") from None
+    if img.width * img.height > CONFIG.max_pixels:
+        raise BudgetError(f"{what}: {img.width}x{img.height} pixels is over the {CONFIG.max_pixels}-pixel limit per request")  # fmt: skip
+    return img
+
+
+def load_image(img: Image, what: str = "image") -> Image:
+    """Decode an opened image in full; ``InputError`` when the data is corrupt or truncated."""
+    try:
+        img.load()
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt data
+        raise InputError(f"{what}: not a decodable image ({type(err).__name__})") from None
+    return img
+
+
+def decode_image(data: bytes, what: str = "image") -> Image:
+    """Bytes -> a fully decoded PIL image, sized from its header first."""
+    return load_image(open_image(data, what), what)
+
+
+def _open_upload(obj) -> Image:
+    """A multipart upload -> a decoded image, before BentoML's own (lazy) decoding sees it."""
+    from starlette.datastructures import UploadFile
+
+    if isinstance(obj, Image):
+        return obj
+    if isinstance(obj, UploadFile):
+        ctype = obj.content_type or "none"
+        if not ctype.startswith("image/"):
+            raise ValueError(f"Invalid content type {ctype}, expected image/*")
+        obj = obj.file.read()
+    if not isinstance(obj, bytes):
+        raise ValueError("expected an image file")
+    try:
+        return decode_image(obj, "image")
+    except BudgetError as err:
+        raise TooLarge(str(err)) from None
+    except InputError as err:
+        raise ValueError(str(err)) from None
+
+
+def b64_bytes(value: str) -> bytes:
+    """A base64 string (a ``data:`` URI is accepted) -> bytes; ``InputError`` if it is not."""
+    try:
+        return base64.b64decode(value.split(",", 1)[-1] if value.startswith("data:") else value, validate=True)  # fmt: skip
+    except (binascii.Error, ValueError):
+        raise InputError("image: not valid base64") from None
+
+
+def image_to_b64(img: Image) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+ImageFile = Annotated[Image, BeforeValidator(_open_upload)]
+"""An uploaded image (``image/*``), decoded in full while the request is validated."""
+ImageFiles = Annotated[list[ImageFile], Field(min_length=1, max_length=CONFIG.max_images)]
+B64Image = Annotated[str, Field(description="a PNG/JPEG/GIF image, base64 (a data: URI is accepted)")]  # fmt: skip
+Text = Annotated[str, Field(max_length=CONFIG.max_text_chars)]
+# Integers are strict: JSON ``true`` or ``1.0`` is not a count (the schema says integer).
+Count = Annotated[int, Field(strict=True, ge=1, le=CONFIG.max_samples, description="how many images")]  # fmt: skip
+Seed = Annotated[int, Field(strict=True, ge=0, le=2**63 - 1, description="the same seed gives the same images")]  # fmt: skip
+
+
+# --- spam -------------------------------------------------------------------------------------
+
+
+class Message(BaseModel):
+    """An email given as parts; at least one must be non-empty."""
+
+    subject: Text = Field("", examples=["Get rich quick!!!"])
+    body: Text = Field("", examples=["Earn $5,000 a week from home. Reply now."])
+    images: list[B64Image] = Field(default_factory=list, max_length=CONFIG.max_images)
+
+    _opened: list[Image] = PrivateAttr(default_factory=list)
+    _decoded: list[Image] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _open(self) -> Message:
+        """Refuse an empty message; read the images' headers (``decode_messages`` decodes them
+        once the whole request is known to fit its pixel budget)."""
+        if not (self.subject.strip() or self.body.strip() or self.images):
+            raise ValueError("nothing to classify: subject, body and images are all empty")
+        try:
+            self._opened = [open_image(b64_bytes(v)) for v in self.images]
+        except BudgetError as err:
+            raise TooLarge(str(err)) from None
+        except InputError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+
+def decode_messages(messages: list[Message]) -> list[Message]:
+    """Decode every message's images once the request's images are known to fit in
+    ``max_images`` and ``max_pixels`` together."""
+    opened = [im for m in messages for im in m._opened]
+    if len(opened) > CONFIG.max_images:
+        raise TooLarge(f"messages: {len(opened)} images in one request; the limit is {CONFIG.max_images}")  # fmt: skip
+    pixels = sum(im.width * im.height for im in opened)
+    if pixels > CONFIG.max_pixels:
+        raise TooLarge(f"messages: the images hold {pixels} pixels; the limit per request is {CONFIG.max_pixels}")  # fmt: skip
+    try:
+        for m in messages:
+            m._decoded = [load_image(im) for im in m._opened]
+    except InputError as err:
+        raise ValueError(str(err)) from None
+    return messages
+
+
+Messages = Annotated[
+    list[Message], Field(min_length=1, max_length=CONFIG.max_messages), AfterValidator(decode_messages)
+]  # fmt: skip
+
+
+class Modalities(BaseModel):
+    text: bool
+    images: int
+    image_text: bool = Field(False, description="OCR read words in the images")
+
+
+class SpamResult(BaseModel):
+    spam_probability: float = Field(description="calibrated on the validation split")
+    label: str = Field(description="`spam` when the probability reaches the threshold")
+    threshold: float = Field(description="chosen on the validation split")
+    modalities: Modalities
+    parse_issues: dict[str, int] = Field(default_factory=dict)
+
+
+# --- clip -------------------------------------------------------------------------------------
+
+
+def check_template(template: str) -> str:
+    """A zero-shot prompt template: literal text with exactly one bare ``{}`` (``{{`` and ``}}``
+    are literal braces); no field names, conversions or format specs, which ``str.format``
+    would act on."""
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]  # fmt: skip
+    except ValueError as err:
+        raise ValueError(f"template {template[:40]!r}: {err}") from None
+    if len(fields) != 1 or fields[0] != ("", "", None):
+        raise ValueError(f"template {template[:40]!r}: needs exactly one bare {{}} (no names, no format specs), found {len(fields)} field(s)")  # fmt: skip
+    return template
+
+
+def check_request_chars(texts: list[str]) -> list[str]:
+    """Refuse (413) a request whose texts add up to more than ``max_request_chars``."""
+    total = sum(len(t) for t in texts)
+    if total > CONFIG.max_request_chars:
+        raise TooLarge(f"texts: {total} characters in one request; the limit is {CONFIG.max_request_chars}")  # fmt: skip
+    return texts
+
+
+Caption = Annotated[str, Field(min_length=1, max_length=CONFIG.max_caption_chars)]
+Captions = Annotated[
+    list[Caption], Field(min_length=1, max_length=CONFIG.max_texts, examples=[["a red heart", "a smiling face"]]),
+    AfterValidator(check_request_chars),
+]  # fmt: skip
+ZeroShotLabel = Annotated[str, Field(min_length=1, max_length=200)]
+Template = Annotated[str, Field(min_length=2, max_length=200, examples=["a photo of a {}."]), AfterValidator(check_template)]  # fmt: skip
+
+
+class Label(BaseModel):
+    label: str
+    probability: float
+
+
+class Images(BaseModel):
+    seed: int
+    images: list[str] = Field(description="PNG images, base64")
+
+
+class Hit(BaseModel):
+    index: int = Field(description="position in the held-out index; GET the image from /clip/index_image")  # fmt: skip
+    caption: str
+    score: float = Field(description="cosine similarity")

@@ -1,0 +1,303 @@
+"""The real ``bentoml serve`` of the tiny packaged models, driven over HTTP as a hostile client.
+
+Schemathesis generates requests for every operation from the server's own OpenAPI document and
+checks there is no server error and every response matches the document. Then each malformed or
+oversized request a fuzzer or an attacker would send gets its 4xx with a reason, and none of
+them moves the server's memory by more than the budget allows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import make_email
+from PIL import Image
+
+EXAMPLES = int(os.environ.get("SIGHTLINE_FUZZ_EXAMPLES", "100"))  # per operation
+RSS_BUDGET_MB = 256
+
+
+def post(url: str, body: bytes, ctype: str, timeout: float = 120) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": ctype}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, data = r.status, r.read()
+    except urllib.error.HTTPError as err:
+        status, data = err.code, err.read()
+    try:
+        return status, json.loads(data)
+    except ValueError:
+        return status, {"raw": data[:200]}
+
+
+def multipart(parts: list[tuple[str, str | None, str | None, bytes]], boundary: str = "sightlinetestboundary") -> tuple[bytes, str]:  # fmt: skip
+    """``(name, filename, content type, data)`` parts -> ``(body, content type)``."""
+    out = io.BytesIO()
+    for name, filename, ctype, data in parts:
+        out.write(f"--{boundary}\r\n".encode())
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out.write(f"Content-Disposition: {disposition}\r\n".encode())
+        if ctype:
+            out.write(f"Content-Type: {ctype}\r\n".encode())
+        out.write(b"\r\n" + data + b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def png(size: int, mode: str = "L") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (size, size), 0).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def rss_mb(pid: int) -> float:
+    import psutil
+
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)] if p.is_running()) / 2**20  # fmt: skip
+
+
+def test_schemathesis_finds_no_server_error_and_no_undocumented_response(live_server, tmp_path):
+    url, _ = live_server
+    st = Path(sys.executable).parent / "st"
+    report = tmp_path / "report"
+    cmd = [
+        str(st), "run", f"{url}/docs.json", "--checks", "all",
+        "--exclude-checks", "positive_data_acceptance,ignored_auth,missing_required_header",
+        "--max-examples", str(EXAMPLES), "--phases", "examples,coverage,fuzzing",
+        "--workers", "2", "--request-timeout", "60", "--no-color",
+        "--report", "junit", "--report-dir", str(report), "--seed", "0",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    (tmp_path / "schemathesis.txt").write_text(done.stdout + done.stderr)
+    tail = "\n".join(done.stdout.splitlines()[-60:])
+    assert done.returncode == 0, tail
+    assert "failures" not in tail.lower() or " 0 failures" in tail.lower(), tail
+
+
+# --- the malformed and oversized inputs, each with its status and reason ----------------------
+
+MULTIPART_ROUTES = ["/classifier/predict", "/clip/embed_images", "/clip/zero_shot", "/spam/predict_email", "/vae/interpolate", "/vae/reconstruct", "/models", "/gan/sample"]  # fmt: skip
+BIG = 4096  # side of the largest image one request may hold
+
+
+def _raw_multipart(body: bytes, boundary: str = "X") -> tuple[bytes, str]:
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _zero_shot(template: str) -> tuple[bytes, str]:
+    return multipart([("image", "a.png", "image/png", png(28)), ("labels", None, None, b'["cat", "dog"]'), ("templates", None, None, json.dumps([template]).encode())])  # fmt: skip
+
+
+BAD = {
+    "no boundary": ("/classifier/predict", lambda: (b"", "multipart/form-data"), 400, "boundary"),
+    "boundary over 200 characters": (
+        "/classifier/predict",
+        lambda: multipart([("images", "a.png", "image/png", png(28))], "b" * 300),
+        400,
+        "boundary",
+    ),
+    "1,001 fields": (
+        "/clip/zero_shot",
+        lambda: multipart([(f"f{i}", None, None, b"1") for i in range(1001)]),
+        400,
+        "fields",
+    ),
+    "1,001 files": (
+        "/classifier/predict",
+        lambda: multipart([("images", f"{i}.png", "image/png", b"x") for i in range(1001)]),
+        400,
+        "files",
+    ),
+    "a 100 KB part header": (
+        "/classifier/predict",
+        lambda: _raw_multipart(
+            b'--X\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\nX-Pad: '
+            + b"a" * 100_000
+            + b"\r\n\r\nxx\r\n--X--\r\n"
+        ),
+        400,
+        "header",
+    ),
+    "a bare CR in a part header": (
+        "/classifier/predict",
+        lambda: _raw_multipart(
+            b'--X\r\nContent-Disposition: form-data;\r name="images"\r\n\r\nxx\r\n--X--\r\n'
+        ),
+        400,
+        "multipart",
+    ),
+    "a part without headers": (
+        "/classifier/predict",
+        lambda: _raw_multipart(b"--X\r\nA\r\n--X--\r\n"),
+        400,
+        "multipart",
+    ),
+    "a file field sent as a URL": (
+        "/classifier/predict",
+        lambda: multipart([("images", None, None, b"https://example.com/a.png")]),
+        400,
+        "never fetched",
+    ),
+    "template with two slots": (
+        "/clip/zero_shot",
+        lambda: _zero_shot("{} and {}"),
+        400,
+        "exactly one",
+    ),
+    "template with a field name": (
+        "/clip/zero_shot",
+        lambda: _zero_shot("{x} {}"),
+        400,
+        "exactly one",
+    ),
+    "template with a huge width": (
+        "/clip/zero_shot",
+        lambda: _zero_shot("{{}}{0:x>10000000}"),
+        400,
+        "exactly one",
+    ),
+    "16 PNGs of 4096x4096": (
+        "/classifier/predict",
+        lambda: multipart([("images", f"{i}.png", "image/png", png(BIG)) for i in range(16)]),
+        413,
+        "pixels",
+    ),
+    "one image over the pixel budget": (
+        "/vae/reconstruct",
+        lambda: multipart([("images", "a.png", "image/png", png(BIG + 1))]),
+        413,
+        "pixels",
+    ),
+    "spam JSON with 16 such images": (
+        "/spam/predict",
+        lambda: (
+            json.dumps(
+                {
+                    "messages": [
+                        {
+                            "body": "x",
+                            "images": [__import__("base64").b64encode(png(BIG)).decode()] * 16,
+                        }
+                    ]
+                }
+            ).encode(),
+            "application/json",
+        ),
+        413,
+        "pixels",
+    ),
+    "an email with a 9 MB header line": (
+        "/spam/predict_email",
+        lambda: multipart(
+            [
+                (
+                    "email",
+                    "m.eml",
+                    "message/rfc822",
+                    b"Subject: " + b"a" * 9_000_000 + b"\r\n\r\nhello\r\n",
+                )
+            ]
+        ),
+        413,
+        "header line",
+    ),
+    "a 100,000-letter word": (
+        "/clip/embed_texts",
+        lambda: (json.dumps({"texts": ["a" * 100_000]}).encode(), "application/json"),
+        400,
+        "at most 1000",
+    ),
+    "200 texts": (
+        "/clip/embed_texts",
+        lambda: (json.dumps({"texts": ["a cat"] * 200}).encode(), "application/json"),
+        400,
+        "at most 64",
+    ),
+    "zero-shot prompts over the request's characters": (
+        "/clip/zero_shot",
+        lambda: multipart(
+            [
+                ("image", "a.png", "image/png", png(28)),
+                ("labels", None, None, json.dumps(["a" * 100] * 64).encode()),
+                ("templates", None, None, json.dumps(["{} " + "b" * 100] * 16).encode()),
+            ]
+        ),
+        413,
+        "characters",
+    ),
+    "a body over 10 MiB": (
+        "/classifier/predict",
+        lambda: multipart([("images", "a.png", "image/png", b"\0" * (10 * 2**20 + 1))]),
+        413,
+        "too large",
+    ),
+    "seed true": (
+        "/gan/sample",
+        lambda: (b'{"n": 2, "seed": true}', "application/json"),
+        400,
+        "seed",
+    ),
+    "no such route": ("/nosuchroute", lambda: (b"{}", "application/json"), 404, "no such route"),
+}
+
+
+@pytest.mark.parametrize("route", MULTIPART_ROUTES)
+def test_multipart_without_a_boundary_is_400_on_every_route(live_server, route):
+    url, _ = live_server
+    status, body = post(url + route, b"", "multipart/form-data")
+    assert status == 400 and "boundary" in body["error"], (status, body)
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_4xx_with_a_reason_and_the_server_stays_ready(live_server, case):
+    url, proc = live_server
+    route, make, expected, words = BAD[case]
+    body, ctype = make()
+    status, reply = post(url + route, body, ctype)
+    assert status == expected, (status, reply)
+    assert set(reply) <= {"error", "detail"} and words in reply["error"], reply
+    with urllib.request.urlopen(f"{url}/readyz", timeout=10) as r:
+        assert r.status == 200
+
+
+def test_an_email_with_20_big_attachments_is_read_within_the_budget(live_server):
+    url, _ = live_server
+    big = png(BIG, "RGB")
+    raw = make_email("offer", "see the pictures", images=[big] * 20)
+    status, reply = post(url + "/spam/predict_email", *multipart([("email", "m.eml", "message/rfc822", raw)]))  # fmt: skip
+    assert status == 200, reply
+    assert reply["modalities"]["images"] == 1  # one 4096x4096 image fills the pixel budget
+    assert reply["parse_issues"]["images_over_budget"] == 19  # sized from headers, never decoded
+
+
+AMPLIFIERS = ["16 PNGs of 4096x4096", "one image over the pixel budget", "spam JSON with 16 such images", "an email with a 9 MB header line", "a 100,000-letter word", "zero-shot prompts over the request's characters"]  # fmt: skip
+
+
+def test_no_request_raises_the_servers_memory_past_the_budget(live_server):
+    """Each amplification case, three times, then a request at the pixel budget: the server's
+    RSS (its whole process tree) grows by at most 256 MB over its value after warm-up."""
+    url, proc = live_server
+    for route, make, _, _ in (BAD[c] for c in AMPLIFIERS[:1]):  # warm-up: allocator pools
+        post(url + route, *make())
+    start = rss_mb(proc.pid)
+    peak = start
+    for case in AMPLIFIERS:
+        route, make, _, _ = BAD[case]
+        body = make()
+        for _ in range(3):
+            post(url + route, *body)
+            peak = max(peak, rss_mb(proc.pid))
+    at_budget = multipart([("images", "a.png", "image/png", png(BIG, "RGB"))])
+    for _ in range(3):
+        assert post(url + "/classifier/predict", *at_budget)[0] == 200
+        peak = max(peak, rss_mb(proc.pid))
+    assert peak - start <= RSS_BUDGET_MB, f"RSS {start:.0f} MB -> peak {peak:.0f} MB"
