@@ -6,7 +6,7 @@ In order, for each request:
    (and ``/metrics`` when ``SIGHTLINE_PUBLIC_METRICS=1``): 401 otherwise;
 3. at most ``max_concurrency`` requests in flight: more get 503 at once, with ``Retry-After``;
 4. a body over ``max_request_bytes`` gets 413 and is never stored;
-5. a multipart body is parsed here, once, with the multipart parser's limits: any parser error is
+5. a form body (multipart or urlencoded) is parsed here, once, with the multipart parser's limits: any parser error is
    a 400 with its reason; a file field sent as text is a 400 (a URL is never fetched); images are
    sized from their headers and a request over ``max_pixels`` gets 413, before any is decoded;
 6. every error response leaves as ``{"error": reason}`` JSON (plus ``detail`` for validation
@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import os
+from urllib.parse import parse_qsl
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -266,13 +267,13 @@ class Guard:
             return receive
         headers = dict(scope["headers"])
         ctype = headers.get(b"content-type", b"")
-        multipart = ctype.lower().startswith(b"multipart/")
+        form = ctype.lower().startswith((b"multipart/", b"application/x-www-form-urlencoded"))
         length = headers.get(b"content-length")
         limit = self.config.max_request_bytes
         if length is not None and (not length.isdigit() or int(length) > limit):
             await self._drain(receive, more=length.isdigit())
             raise ClientError(413, f"request body too large: the limit is {limit} bytes")
-        if length is not None and not multipart:
+        if length is not None and not form:
             return receive
         chunks, size, more = [], 0, True
         while more:
@@ -286,8 +287,8 @@ class Guard:
                 await self._drain(receive, more)
                 raise ClientError(413, f"request body too large: the limit is {limit} bytes")
         body = b"".join(chunks)
-        if multipart:
-            self._check_multipart(scope["path"], ctype, body)
+        if form:
+            self._check_form(scope["path"], ctype, body)
         sent = False
 
         async def replay():
@@ -299,7 +300,15 @@ class Guard:
 
         return replay
 
-    def _check_multipart(self, path: str, ctype: bytes, body: bytes) -> None:
+    def _check_form(self, path: str, ctype: bytes, body: bytes) -> None:
+        if not ctype.lower().startswith(b"multipart/"):  # urlencoded: BentoML reads it as a form
+            try:
+                names = {k for k, _ in parse_qsl(body.decode("latin-1"), keep_blank_values=True, max_num_fields=MAX_FIELDS)}  # fmt: skip
+            except ValueError:
+                raise ClientError(400, f"form body: more than {MAX_FIELDS} fields") from None
+            for field in names & set(self.file_fields.get(path, {})):
+                raise ClientError(400, f"{field}: expected a file upload, got a text field (URLs are never fetched; upload the file itself)")  # fmt: skip
+            return
         parts = parse_multipart(ctype, body, self.config.max_images)
         for field in self.file_fields.get(path, {}):
             for part in parts:

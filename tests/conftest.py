@@ -374,6 +374,16 @@ def packaged(tmp_path_factory, prepared_fashion, prepared_spam, prepared_emoji) 
 
 
 @pytest.fixture(scope="session")
+def client(packaged):
+    from starlette.testclient import TestClient
+
+    from serving.service import Sightline
+
+    with TestClient(Sightline.to_asgi(), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
 def live_server(packaged):
     """``bentoml serve serving.service:Sightline`` of the tiny packaged models on a free loopback
     port: ``(url, process)``; stopped at the end of the session."""

@@ -32,16 +32,6 @@ def _pil(data: bytes) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def client(packaged):
-    from starlette.testclient import TestClient
-
-    from serving.service import Sightline
-
-    with TestClient(Sightline.to_asgi(), raise_server_exceptions=False) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def local(packaged):
     """The same models loaded in-process, for parity."""
     from sightline.inference import load_module

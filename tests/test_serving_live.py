@@ -246,6 +246,12 @@ BAD = {
         400,
         "seed",
     ),
+    "a file field sent urlencoded": (
+        "/classifier/predict",
+        lambda: (b"images=https%3A%2F%2Fexample.com%2Fa.png", "application/x-www-form-urlencoded"),
+        400,
+        "never fetched",
+    ),
     "no such route": ("/nosuchroute", lambda: (b"{}", "application/json"), 404, "no such route"),
 }
 
