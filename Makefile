@@ -3,6 +3,8 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 MODEL  ?= classifier
+HOST   ?= 127.0.0.1
+PORT   ?= 3000
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -50,8 +52,9 @@ test: setup system ## set up, then run the fast tests (tiny configs, synthetic d
 test-slow: setup system data ## real-data tests (several minutes)
 	$(BIN)/python -m pytest -m slow
 
-lint: setup ## ruff lint + format check
+lint: setup ## ruff lint + format check, known advisories of the installed dependencies
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/pip-audit --skip-editable --progress-spinner off
 
 format: setup ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
@@ -62,8 +65,8 @@ bench: setup data ## Lightning vs plain PyTorch training throughput
 package: setup ## BentoML models + the sightline Bento from the trained models (dvc repro package)
 	$(BIN)/dvc repro package
 
-serve: setup ## serve the workspace's Bento (models/bento/bento.json) on port 3000, after make package
-	$(BIN)/bentoml serve $$($(BIN)/python -c "import json; print(json.load(open('models/bento/bento.json'))['bento'])") --port 3000
+serve: setup ## serve the workspace's Bento on 127.0.0.1:3000 (HOST=0.0.0.0 for every interface), after make package
+	$(BIN)/bentoml serve $$($(BIN)/python -c "import json; print(json.load(open('models/bento/bento.json'))['bento'])") --host $(HOST) --port $(PORT)
 
 promote: setup ## serve the best DVC experiment of MODEL (or EXP=<name>; FORCE=1 if it is worse)
 	$(BIN)/python pipeline/promote.py $(MODEL) $(if $(EXP),--exp $(EXP)) $(if $(FORCE),--force)
