@@ -190,7 +190,11 @@ class Sightline:
         had to drop (oversized or corrupt images, unknown charsets, images over the budget)."""
         m = self.spam
         with client_errors(), self.infer():
-            parsed = parse_email(Path(email).read_bytes(), max_pixels=CONFIG.max_pixels, max_header_line=CONFIG.max_header_line)  # fmt: skip
+            parsed = parse_email(
+                Path(email).read_bytes(), max_pixels=CONFIG.max_pixels,
+                max_header_line=CONFIG.max_header_line, max_part_chars=CONFIG.max_email_part_chars,
+                max_parts=CONFIG.max_email_parts,
+            )  # fmt: skip
             if parsed.empty:
                 raise InvalidArgument("nothing to classify: the email has no subject, text or images")  # fmt: skip
             texts = self._read_images([parsed.images])[0]

@@ -159,3 +159,18 @@ def test_train_and_evaluate_write_metrics_and_pictures(prepared_emoji, prepared_
     assert metrics["zero_shot/fashion_mnist_n"] == 100 and metrics["trained_from"] == "scratch"
     for png in ("similarity_matrix.png", "retrieval.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000
+
+
+def test_the_tokenizer_cache_is_bounded_and_keeps_its_special_tokens():
+    import open_clip
+
+    from sightline.models.clip import BoundedCache
+
+    tok = open_clip.get_tokenizer("ViT-B-32")
+    plain = open_clip.get_tokenizer("ViT-B-32")
+    specials = dict(tok.cache)
+    tok.cache = BoundedCache(tok.cache, limit=50)
+    texts = [f"word{i} thing{i}" for i in range(200)] + ["<start_of_text> a photo"]
+    assert torch.equal(tok(texts), plain(texts))  # the same ids as the unbounded cache
+    assert len(tok.cache) <= 50 + len(specials)
+    assert all(tok.cache[k] == v for k, v in specials.items())

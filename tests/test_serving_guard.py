@@ -194,3 +194,18 @@ def test_the_openapi_document_is_valid_and_documents_errors_and_examples(client)
     assert email["encoding"]["email"]["contentType"] == "message/rfc822"
     assert '"pil"' not in json.dumps(spec) and '"file"' not in json.dumps(spec)
     assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "template,ok",
+    [("a photo of a {}.", True), ("{{literal}} {}", True), ("{} and {}", False), ("{x} {}", False),
+     ("{0}", False), ("{:>10}", False), ("{!r}", False), ("{{}}{0:x>10000000}", False), ("no slot", False), ("{", False)],
+)  # fmt: skip
+def test_zero_shot_templates_hold_exactly_one_bare_slot(template, ok):
+    from serving.inputs import check_template
+
+    if ok:
+        assert check_template(template) == template
+    else:
+        with pytest.raises(ValueError, match="template"):
+            check_template(template)

@@ -210,6 +210,23 @@ BAD = {
         413,
         "header line",
     ),
+    "an email with 150,000 MIME parts": (
+        "/spam/predict_email",
+        lambda: multipart(
+            [
+                (
+                    "email",
+                    "m.eml",
+                    "message/rfc822",
+                    b'Subject: hi\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+                    + b"--B\r\nContent-Type: text/html\r\n\r\n<p>x</p>\r\n" * 150_000
+                    + b"--B--\r\n",
+                )
+            ]
+        ),
+        413,
+        "MIME parts",
+    ),
     "a 100,000-letter word": (
         "/clip/embed_texts",
         lambda: (json.dumps({"texts": ["a" * 100_000]}).encode(), "application/json"),
@@ -285,7 +302,14 @@ def test_an_email_with_20_big_attachments_is_read_within_the_budget(live_server)
     assert reply["parse_issues"]["images_over_budget"] == 19  # sized from headers, never decoded
 
 
-AMPLIFIERS = ["16 PNGs of 4096x4096", "one image over the pixel budget", "spam JSON with 16 such images", "an email with a 9 MB header line", "a 100,000-letter word", "zero-shot prompts over the request's characters"]  # fmt: skip
+def test_a_9_mb_html_email_is_cut_before_it_is_parsed(live_server):
+    url, _ = live_server
+    raw = b"Subject: hi\r\nContent-Type: text/html\r\n\r\n" + b"<p>word <b>x</b></p>" * 450_000
+    status, reply = post(url + "/spam/predict_email", *multipart([("email", "m.eml", "message/rfc822", raw)]))  # fmt: skip
+    assert status == 200 and reply["parse_issues"]["text_truncated"] == 1, reply
+
+
+AMPLIFIERS = ["16 PNGs of 4096x4096", "one image over the pixel budget", "spam JSON with 16 such images", "an email with a 9 MB header line", "an email with 150,000 MIME parts", "a 100,000-letter word", "zero-shot prompts over the request's characters"]  # fmt: skip
 
 
 def test_no_request_raises_the_servers_memory_past_the_budget(live_server):
@@ -306,4 +330,5 @@ def test_no_request_raises_the_servers_memory_past_the_budget(live_server):
     for _ in range(3):
         assert post(url + "/classifier/predict", *at_budget)[0] == 200
         peak = max(peak, rss_mb(proc.pid))
+    print(f"server RSS after warm-up {start:.0f} MiB, peak over the amplification cases {peak:.0f} MiB (+{peak - start:.0f})")  # fmt: skip
     assert peak - start <= RSS_BUDGET_MB, f"RSS {start:.0f} MB -> peak {peak:.0f} MB"

@@ -520,3 +520,46 @@ def test_threshold_flags_at_most_the_allowed_share_of_validation_ham():
     assert int((ham >= t).sum()) == 2 and t <= float(ham[-3]) + 1e-6
     assert int((ham >= best_threshold(probs, labels, max_ham_fpr=0.0)).sum()) == 0
     assert best_threshold(probs, labels, max_ham_fpr=0.0) > 0.5
+
+
+# --- parsing within a server's budgets ---------------------------------------------------------
+
+
+def test_budgets_off_by_default_give_the_corpus_parse_unchanged():
+    images = [
+        png_bytes((40, 40), (200, 10, 10)),
+        b"\x89PNG broken",
+        png_bytes((50, 50), (10, 200, 10)),
+    ]
+    raw = make_email("pics", "see", images=images)
+    plain = parse_email(raw)
+    budget = parse_email(raw, max_pixels=10**9, max_header_line=8192, max_part_chars=10**6, max_parts=100)  # fmt: skip
+    assert [im.tobytes() for im in plain.images] == [im.tobytes() for im in budget.images]
+    assert plain.text == budget.text and plain.issues == budget.issues
+
+
+def test_images_are_sized_from_their_headers_and_decoded_only_within_the_pixel_budget():
+    raw = make_email("pics", "see", images=[png_bytes((40, 40), (200, 10, 10))] * 5)
+    parsed = parse_email(raw, max_pixels=2 * 40 * 40)
+    assert len(parsed.images) == 2 and parsed.issues["images_over_budget"] == 3
+    capped = parse_email(raw, max_pixels=10**9, max_images=3)
+    assert len(capped.images) == 3 and capped.issues["images_dropped"] == 2
+
+
+def test_header_lines_and_mime_parts_are_counted_before_parsing():
+    from sightline.errors import BudgetError
+    from sightline.mail.parse import count_parts
+
+    with pytest.raises(BudgetError, match="header line is 20009 bytes; the limit is 8192"):
+        parse_email(b"Subject: " + b"a" * 20000 + b"\r\n\r\nhi", max_header_line=8192)
+    many = b'Subject: hi\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n' + b"--B\r\nContent-Type: text/plain\r\n\r\nx\r\n" * 300 + b"--B--\r\n"  # fmt: skip
+    assert count_parts(many) == 301  # 300 parts and the closing delimiter
+    with pytest.raises(BudgetError, match="MIME parts"):
+        parse_email(many, max_parts=256)
+    assert parse_email(many).text  # without the budget it parses
+
+
+def test_a_long_text_part_is_cut_before_its_html_is_parsed():
+    raw = b"Subject: hi\r\nContent-Type: text/html\r\n\r\n" + b"<p>word</p>" * 1000
+    parsed = parse_email(raw, max_part_chars=500)
+    assert parsed.issues["text_truncated"] == 1 and parsed.text.count("word") <= 500 // 11 + 1

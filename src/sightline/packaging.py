@@ -63,6 +63,8 @@ class ServingConfig(Strict):
     max_caption_chars: int = Field(1000, ge=1)  # a text the clip tokenizer reads
     max_request_chars: int = Field(65_536, ge=1)  # all the text clip tokenizes for one request
     max_header_line: int = Field(8192, ge=998)  # an email header line (RFC 5322 allows 998)
+    max_email_part_chars: int = Field(400_000, ge=1)  # an email's text part, cut before parsing
+    max_email_parts: int = Field(256, ge=1)  # MIME parts of an email, counted before parsing
     top_k: int = Field(5, ge=1)
     batching: dict[str, BatchingConfig] = {name: BatchingConfig() for name in MODELS}
 

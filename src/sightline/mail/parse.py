@@ -177,7 +177,7 @@ def _part_text(part, issues: Counter) -> str:
     return payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else str(payload)
 
 
-def _collect(part, texts: list[str], images: list[bytes], issues: Counter) -> None:
+def _collect(part, texts: list[str], images: list[bytes], issues: Counter, max_chars: int | None = None) -> None:  # fmt: skip
     """Depth-first over the MIME tree; of a ``multipart/alternative`` only the plain text is
     read when it has one (the HTML twin says the same)."""
     if part.is_multipart():
@@ -187,13 +187,18 @@ def _collect(part, texts: list[str], images: list[bytes], issues: Counter) -> No
             if plain:
                 children = plain + [c for c in children if c.get_content_maintype() not in ("text", "multipart")]  # fmt: skip
         for child in children:
-            _collect(child, texts, images, issues)
+            _collect(child, texts, images, issues, max_chars)
         return
     ctype = part.get_content_type()
+    if ctype in ("text/plain", "text/html"):
+        raw_text = _part_text(part, issues)
+        if max_chars is not None and len(raw_text) > max_chars:
+            issues["text_truncated"] += 1
+            raw_text = raw_text[:max_chars]
     if ctype == "text/plain":
-        texts.append(_part_text(part, issues))
+        texts.append(raw_text)
     elif ctype == "text/html":
-        text, inline = _html_parts(_part_text(part, issues), issues)
+        text, inline = _html_parts(raw_text, issues)
         texts.append(f"{HTML_MARK} {text}")
         images.extend(inline)
     elif part.get_content_maintype() == "image":
@@ -217,6 +222,16 @@ def check_header_lines(raw: bytes, limit: int) -> None:
     longest = max((len(line) for line in raw[:end].split(b"\n")), default=0)
     if longest > limit:
         raise BudgetError(f"email: a header line is {longest} bytes; the limit is {limit}")
+
+
+BOUNDARY = re.compile(rb'boundary\s*=\s*"?([^";\r\n]{1,200})', re.IGNORECASE)
+
+
+def count_parts(raw: bytes) -> int:
+    """How many MIME parts the message declares, counted on the raw bytes (delimiter lines of
+    every boundary it names) without parsing it: the email package takes seconds per 10,000."""
+    boundaries = set(BOUNDARY.findall(raw))
+    return sum(raw.count(b"\n--" + b.strip()) for b in boundaries)
 
 
 def _decode_within(payloads: list[bytes], issues: Counter, max_image_bytes: int, max_images: int, max_pixels: int) -> list[Image.Image]:  # fmt: skip
@@ -245,7 +260,8 @@ def _decode_within(payloads: list[bytes], issues: Counter, max_image_bytes: int,
 
 def parse_email(
     raw: bytes, max_image_bytes: int = MAX_IMAGE_BYTES, max_images: int = MAX_IMAGES,
-    max_pixels: int | None = None, max_header_line: int | None = None,
+    max_pixels: int | None = None, max_header_line: int | None = None, max_part_chars: int | None = None,
+    max_parts: int | None = None,
 ) -> ParsedEmail:  # fmt: skip
     """Parse raw message bytes.
 
@@ -256,10 +272,14 @@ def parse_email(
         max_pixels: a budget for serving: only images whose headers fit in it together are
             decoded, and decoding stops at ``max_images``; ``None`` decodes every image.
         max_header_line: a budget for serving: a longer header line is a ``BudgetError``.
+        max_part_chars: a budget for serving: each text part is cut to this many characters
+            before its HTML is parsed (counted as ``text_truncated``).
+        max_parts: a budget for serving: a message declaring more MIME parts is a
+            ``BudgetError``, before it is parsed.
 
     Raises:
         NotAnEmail: the bytes have no header section (binary data, plain text, an image...).
-        BudgetError: over ``max_header_line``.
+        BudgetError: over ``max_header_line`` or ``max_parts``.
     """
     if not isinstance(raw, bytes | bytearray) or not raw.strip():
         raise NotAnEmail("empty input: expected the raw bytes of an RFC 822 email")
@@ -267,6 +287,8 @@ def parse_email(
         raw = raw.split(b"\n", 1)[1]
     if max_header_line is not None:
         check_header_lines(bytes(raw), max_header_line)
+    if max_parts is not None and (parts := count_parts(bytes(raw))) > max_parts:
+        raise BudgetError(f"email: {parts} MIME parts; the limit is {max_parts}")
     msg = email.message_from_bytes(bytes(raw), policy=email.policy.default)
     if not _looks_like_email(msg, raw):
         raise NotAnEmail("not an email: no RFC 822 header fields found")
@@ -280,7 +302,7 @@ def parse_email(
         subject = ""
     texts: list[str] = []
     payloads: list[bytes] = []
-    _collect(msg, texts, payloads, issues)
+    _collect(msg, texts, payloads, issues, max_part_chars)
     if max_pixels is not None:
         images = _decode_within(payloads, issues, max_image_bytes, max_images, max_pixels)
     else:
