@@ -69,7 +69,7 @@ def package(names: list[str], raw_models: dict, experiment: str | None, commit: 
     return tags
 
 
-BENTO_FILES = ("__init__.py", "service.py", "guard.py", "inputs.py", "openapi.py", "params.yaml", "README.md")
+BENTO_FILES = ("__init__.py", "service.py", "backends.py", "guard.py", "inputs.py", "openapi.py", "params.yaml", "README.md")
 
 
 def build_bento(config, commit: str, tags: dict[str, str]):

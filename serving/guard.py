@@ -263,7 +263,7 @@ class Guard:
     async def _checked_body(self, scope, receive):
         """The body within the size limit, and a multipart body parsed and checked; a
         ``receive`` that replays what was read."""
-        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["method"] != "POST":  # every route is a POST; the app answers the rest (405)
             return receive
         headers = dict(scope["headers"])
         ctype = headers.get(b"content-type", b"")
@@ -310,6 +310,9 @@ class Guard:
                 raise ClientError(400, f"{field}: expected a file upload, got a text field (URLs are never fetched; upload the file itself)")  # fmt: skip
             return
         parts = parse_multipart(ctype, body, self.config.max_images)
+        fields = [p.name for p in parts if p.filename is None]
+        for name in {n for n in fields if fields.count(n) > 1}:  # BentoML would keep only one
+            raise ClientError(400, f"{name}: given {fields.count(name)} times; send one value (lists as JSON text)")  # fmt: skip
         for field in self.file_fields.get(path, {}):
             for part in parts:
                 if part.name == field and part.filename is None:

@@ -110,11 +110,12 @@ def test_health_and_documented_routes(client):
 
 
 def test_not_ready_until_models_are_loaded(packaged):
-    from serving.service import Sightline
+    from serving.backends import SERVICES
 
-    inner = Sightline.inner.__new__(Sightline.inner)
-    inner.ready = False
-    assert inner.__is_ready__() is False
+    for service in SERVICES.values():
+        inner = service.inner.__new__(service.inner)
+        inner.ready = False
+        assert inner.__is_ready__() is False
 
 
 # --- classifier -------------------------------------------------------------------------------

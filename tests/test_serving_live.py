@@ -65,13 +65,31 @@ def rss_mb(pid: int) -> float:
     return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)] if p.is_running()) / 2**20  # fmt: skip
 
 
-def test_schemathesis_finds_no_server_error_and_no_undocumented_response(live_server, tmp_path):
+# Multipart cannot tell an empty array from an absent field: schemathesis' negative case
+# "steps = []" (an integer made an array) arrives as no field at all, and with the default it is
+# a valid request. Those two operations (optional scalars in multipart) run every other check.
+OPTIONAL_MULTIPART_SCALARS = "^/(vae/interpolate|clip/zero_shot)$"
+
+
+@pytest.mark.parametrize(
+    "filters,excluded",
+    [
+        (["--exclude-path-regex", OPTIONAL_MULTIPART_SCALARS], []),
+        (["--include-path-regex", OPTIONAL_MULTIPART_SCALARS], ["negative_data_rejection"]),
+    ],
+    ids=["all-other-operations", "optional-multipart-scalars"],
+)
+def test_schemathesis_finds_no_server_error_and_no_undocumented_response(live_server, tmp_path, filters, excluded):  # fmt: skip
+    """Every check but positive_data_acceptance (random bytes are rarely a decodable image, and a
+    400 is the right answer), ignored_auth (no token is set) and missing_required_header (none is
+    required); at least ``EXAMPLES`` generated requests per operation."""
     url, _ = live_server
     st = Path(sys.executable).parent / "st"
     report = tmp_path / "report"
+    skipped = ",".join(["positive_data_acceptance", "ignored_auth", "missing_required_header", *excluded])  # fmt: skip
     cmd = [
-        str(st), "run", f"{url}/docs.json", "--checks", "all",
-        "--exclude-checks", "positive_data_acceptance,ignored_auth,missing_required_header",
+        str(st), "--config-file", str(Path(__file__).with_name("schemathesis.toml")),
+        "run", f"{url}/docs.json", "--checks", "all", "--exclude-checks", skipped, *filters,
         "--max-examples", str(EXAMPLES), "--phases", "examples,coverage,fuzzing",
         "--workers", "2", "--request-timeout", "60", "--no-color",
         "--report", "junit", "--report-dir", str(report), "--seed", "0",
@@ -79,8 +97,8 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_response(live_se
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     (tmp_path / "schemathesis.txt").write_text(done.stdout + done.stderr)
     tail = "\n".join(done.stdout.splitlines()[-60:])
+    print(tail.split("Test cases:")[-1].strip().splitlines()[0] if "Test cases:" in tail else tail)
     assert done.returncode == 0, tail
-    assert "failures" not in tail.lower() or " 0 failures" in tail.lower(), tail
 
 
 # --- the malformed and oversized inputs, each with its status and reason ----------------------

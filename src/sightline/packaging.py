@@ -13,7 +13,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, model_validator
@@ -34,6 +34,13 @@ class BatchingConfig(Strict):
     max_latency_ms: int = Field(50, ge=1)
 
 
+class ServiceConfig(Strict):
+    """One inference service: its processes and GPUs (``None``: the top-level ``gpu``)."""
+
+    workers: int | Literal["cpu_count"] = 1
+    gpu: int | None = Field(None, ge=0)
+
+
 class ServingConfig(Strict):
     """``serving/params.yaml``: read by the package stage and by the service at import time.
 
@@ -44,9 +51,10 @@ class ServingConfig(Strict):
     """
 
     bento: str = Field("sightline", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    gpu: int = Field(0, ge=0)  # GPUs the service requests; the device is still chosen at run time
+    gpu: int = Field(0, ge=0)  # GPUs each model service requests; the device is chosen at run time
     half: bool = False  # float16 autocast when the service runs on CUDA
-    workers: int = Field(1, ge=1)
+    workers: int | Literal["cpu_count"] = 1  # processes of the front service (routes, decoding)
+    services: dict[str, ServiceConfig] = {}  # per model service (and "ocr"): workers, gpu
     threads: int = Field(0, ge=0)  # torch intra-op threads per worker; 0: torch's default
     timeout_s: int = Field(60, ge=1)
     max_concurrency: int = Field(64, ge=1)  # requests in flight per worker; more get 503 at once
@@ -77,6 +85,22 @@ class ServingConfig(Strict):
             if getattr(self, key) > size:
                 raise ValueError(f"{key} ({getattr(self, key)}) is over batching.{model}.max_batch_size ({size}): such a request could never be batched")  # fmt: skip
         return self
+
+    @model_validator(mode="after")
+    def _known_services(self) -> ServingConfig:
+        unknown = sorted(set(self.services) - {*MODELS, "ocr"})
+        if unknown:
+            raise ValueError(f"services.{unknown[0]}: not a model service (models: {', '.join(MODELS)}, and ocr)")  # fmt: skip
+        return self
+
+    def service(self, name: str) -> ServiceConfig:
+        """The resources of service ``name``: a model inherits the top-level ``gpu``; OCR runs
+        on the CPU, one process per core unless set."""
+        default = ServiceConfig(workers="cpu_count", gpu=0) if name == "ocr" else ServiceConfig(gpu=self.gpu)  # fmt: skip
+        given = self.services.get(name)
+        if given is None:
+            return default
+        return ServiceConfig(workers=given.workers, gpu=default.gpu if given.gpu is None else given.gpu)  # fmt: skip
 
     def batch(self, name: str) -> dict[str, int]:
         """``bentoml.api`` keyword arguments for ``name``'s batchable endpoints."""
