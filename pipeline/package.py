@@ -23,7 +23,6 @@ import common
 SERVING = Path("serving")
 SERVING_PARAMS = SERVING / "params.yaml"
 OUT = common.MODELS / "bento"
-SYSTEM_PACKAGES = ["tesseract-ocr"]  # the spam model reads the words in images (OCR)
 
 
 def git_commit() -> str:
@@ -69,15 +68,24 @@ def package(names: list[str], raw_models: dict, experiment: str | None, commit: 
     return tags
 
 
-BENTO_FILES = ("__init__.py", "service.py", "backends.py", "guard.py", "inputs.py", "openapi.py", "params.yaml", "README.md")
+BENTO_FILES = (
+    "__init__.py",
+    "service.py",
+    "backends.py",
+    "guard.py",
+    "inputs.py",
+    "openapi.py",
+    "params.yaml",
+    "README.md",
+)
 
 
 def build_bento(config, commit: str, tags: dict[str, str]):
-    """Build the Bento from a staging folder outside the checkout: ``serving/`` and a fresh wheel.
+    """Build the Bento from a staging folder outside the checkout: ``serving/`` and a fresh wheel
+    in ``wheels/``, which the service's image (``serving.service.IMAGE``) installs.
 
-    BentoML refuses wheel paths with a hidden part, and ``dvc exp run --queue`` works in
-    ``.dvc/tmp/exps/``, so nothing is built from the checkout itself. ``serving/models.json``
-    in the Bento pins the model versions just packaged (``tags``).
+    ``dvc exp run --queue`` works in ``.dvc/tmp/exps/``, so nothing is built from the checkout
+    itself. ``serving/models.json`` in the Bento pins the model versions just packaged (``tags``).
     """
     import tempfile
 
@@ -91,17 +99,15 @@ def build_bento(config, commit: str, tags: dict[str, str]):
             if (SERVING / name).is_file():
                 shutil.copyfile(SERVING / name, stage / "serving" / name)
         (stage / "serving/models.json").write_text(json.dumps(tags, indent=2) + "\n")
-        wheel = build_wheel(stage / "dist")
-        os.chdir(stage)  # BentoML resolves the wheel against the working directory
+        wheel = build_wheel(stage / "wheels")
+        os.chdir(stage)  # BentoML imports the service and resolves paths from here
         try:
             return bentoml.bentos.build(
                 "serving.service:Sightline",
                 name=config.bento,
                 labels={"git_commit": commit[:12], "project": "sightline"},
                 description=(stage / "serving/README.md").read_text() if (stage / "serving/README.md").is_file() else None,
-                include=[f"serving/{name}" for name in (*BENTO_FILES, "models.json")],
-                python={"wheels": [str(wheel.relative_to(stage))], "lock_packages": False},
-                docker={"python_version": f"{sys.version_info.major}.{sys.version_info.minor}", "system_packages": SYSTEM_PACKAGES},
+                include=[*(f"serving/{name}" for name in (*BENTO_FILES, "models.json")), f"wheels/{wheel.name}"],
                 build_ctx=str(stage),
             )  # fmt: skip
         finally:

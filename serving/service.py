@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +26,7 @@ from bentoml.exceptions import InvalidArgument
 from PIL.Image import Image
 from pydantic import Field
 
+import sightline
 from serving.backends import (
     MODEL_TAGS,
     ClassifierModel,
@@ -82,7 +84,20 @@ async def ask(call, *args, **kwargs):
             await asyncio.sleep(0.01 * (attempt + 1))
 
 
-@bentoml.service(name=CONFIG.bento, workers=CONFIG.workers, traffic={"timeout": CONFIG.timeout_s}, labels={"project": "sightline"})  # fmt: skip
+SYSTEM_PACKAGES = ("tesseract-ocr", "tesseract-ocr-eng")  # OCR of the spam model's images
+WHEEL = f"./wheels/sightline-{sightline.__version__}-py3-none-any.whl"  # built by the package stage
+
+# The runtime, as a v2 Bento image: Debian with this interpreter's Python, Tesseract, and the
+# sightline wheel with its dependencies. PyPI's torch wheels for Linux carry the CUDA runtime,
+# so the same image runs on a GPU (`docker run --gpus all`) and on the CPU.
+IMAGE = (
+    bentoml.images.Image(python_version=f"{sys.version_info.major}.{sys.version_info.minor}", lock_python_packages=False)
+    .system_packages(*SYSTEM_PACKAGES)
+    .python_packages(WHEEL)
+)  # fmt: skip
+
+
+@bentoml.service(name=CONFIG.bento, image=IMAGE, workers=CONFIG.workers, traffic={"timeout": CONFIG.timeout_s}, labels={"project": "sightline"})  # fmt: skip
 class Sightline:
     """Image classification, spam filtering, VAE and GAN generation, CLIP search.
 

@@ -132,7 +132,8 @@ class _CheckStart(L.Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         state = pl_module.model.state_dict()
-        self.matched = all(torch.equal(state[k], v) for k, v in self.expected.items())
+        # the module may be on a GPU; the expected weights stay on the CPU
+        self.matched = all(torch.equal(state[k].cpu(), v.cpu()) for k, v in self.expected.items())
 
 
 def test_fine_tunes_from_a_local_open_clip_checkpoint(prepared_emoji, prepared_fashion, tmp_path):

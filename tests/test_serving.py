@@ -389,3 +389,32 @@ def test_choose_follows_each_models_direction():
     assert choose(exps, "vae", "a")[1] == 240.0 and choose(exps, "vae", "b" * 8)[0].name == "b"
     assert better("vae", 1.0, 2.0) and not better("classifier", 1.0, 2.0)
     assert not better("classifier", 0.5, 0.5)
+
+
+def test_the_bento_is_a_v2_image_with_the_wheel_and_tesseract(packaged, caplog, monkeypatch):
+    """The package stage's build: no fallback to the v1 Bento format, the sightline wheel and
+    Tesseract in the image, the model versions pinned."""
+    import logging
+    import sys
+
+    import bentoml
+    from conftest import REPO
+
+    from sightline.packaging import load_serving_config
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO / "pipeline"))
+    sys.modules.pop("package", None)
+    import package
+
+    tags = {name: str(bentoml.models.get(f"{name}:latest").tag) for name in NAMES}
+    with caplog.at_level(logging.INFO):
+        bento = package.build_bento(load_serving_config("serving/params.yaml"), "0123456789abcdef", tags)  # fmt: skip
+    assert not [r for r in caplog.records if "v1" in r.getMessage() or "not supported by bento v2" in r.getMessage()]  # fmt: skip
+    root = Path(bento.path)
+    requirements = (root / "env/python/requirements.txt").read_text()
+    assert "./wheels/sightline-" in requirements
+    wheels = list((root / "src/wheels").glob("sightline-*.whl"))
+    assert len(wheels) == 1 and f"./wheels/{wheels[0].name}" in requirements
+    assert "tesseract-ocr" in (root / "env/docker/Dockerfile").read_text() or "tesseract-ocr" in json.dumps(bento.info.to_dict(), default=str)  # fmt: skip
+    assert json.loads((root / "src/serving/models.json").read_text()) == tags
