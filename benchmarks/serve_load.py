@@ -1,12 +1,19 @@
-"""Load test of the served classifier: HTTP throughput and latency vs the in-process model.
+"""Load test of the served classifier against two references measured in the same run.
 
-Starts ``bentoml serve serving.service:Sightline`` on a free loopback port (or drives ``--url``),
-waits for ``/readyz``, then for each concurrency level keeps that many requests in flight for
-``--seconds``, each request one Fashion-MNIST test image as a PNG upload to
-``/classifier/predict``. Prints requests/s, p50/p99 latency, errors and the server's memory
-(RSS of its process tree) at start and end, and the ratio of served throughput to the in-process
-throughput of the same work (PNG decode, preprocessing, batched forward at the service's
-``max_batch_size``, top-k) measured in this run on this machine.
+Starts ``bentoml serve serving.service:Sightline`` (the front and one service per model) and,
+beside it, the HTTP floor (``benchmarks/floor.py``: the same server answering the same multipart
+upload with a constant, no decoding, no model), each on a free loopback port; or drives
+``--url``. The load comes from ``--clients`` processes, each keeping its share of the requests in
+flight, so one client process is not the bottleneck. For 1 and 16 images per request at each
+concurrency it prints images/s, p50/p99 latency and errors, and two ratios:
+
+- served / in-process: the same work (PNG decode, preprocessing, batched forward, top-k) in this
+  process on the same device, at the same batch size as the request;
+- served / floor: requests/s of the service over requests/s of the floor at the same load.
+
+``--isolation`` also measures the classifier's p99 alone and while ``/spam/predict`` is kept
+busy with image mail (OCR), and ``--bad-fraction`` mixes client mistakes into the load. The
+RSS of every server process is printed with the service it runs.
 
 Run after ``dvc repro package``: ``python benchmarks/serve_load.py``.
 """
@@ -15,13 +22,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import io
+import json
 import os
 import socket
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,21 +61,23 @@ def test_pngs(n: int) -> list[bytes]:
 
 
 def in_process_rate(pngs: list[bytes], batch: int, seconds: float) -> float:
-    """Images/s of decode + preprocess + batched forward + top-k, in this process."""
+    """Images/s of decode + preprocess + batched forward + top-k, in this process, on the device
+    the service would choose."""
     import bentoml
     import torch
     from PIL import Image
 
-    from serving.service import CONFIG
-    from sightline.inference import load_module
+    from serving.inputs import CONFIG
+    from sightline.inference import load_module, select_device
 
-    m = load_module(bentoml.models.get("classifier:latest").path, "classifier", "cpu")
+    device = select_device()
+    m = load_module(bentoml.models.get("classifier:latest").path, "classifier", device)
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         chunk = [pngs[(done + i) % len(pngs)] for i in range(batch)]
         with torch.inference_mode():
             imgs = [Image.open(io.BytesIO(b)) for b in chunk]
-            m.postprocess(m(m.preprocess(imgs)), top_k=CONFIG.top_k)
+            m.postprocess(m(m.preprocess(imgs).to(device)).float().cpu(), top_k=CONFIG.top_k)
         done += batch
     return done / (time.perf_counter() - start)
 
@@ -75,18 +88,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rss_mb(pid: int) -> float:
+def process_rss(pid: int) -> list[tuple[str, float]]:
+    """``(service, MiB)`` of every process of a server's tree (``watcher``: the supervisor)."""
     import psutil
 
-    proc = psutil.Process(pid)
-    procs = [proc, *proc.children(recursive=True)]
-    return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
+    out = []
+    for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        try:
+            cmd = p.cmdline()
+            name = cmd[cmd.index("--service-name") + 1] if "--service-name" in cmd else ("watcher" if p.pid == pid else p.name())  # fmt: skip
+            out.append((name, p.memory_info().rss / 2**20))
+        except (psutil.Error, IndexError):
+            continue
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    return sum(mb for _, mb in process_rss(pid))
 
 
 def bad_requests() -> list[tuple[str, bytes, str]]:
     """Client mistakes the service must answer with 4xx: ``(route, body, content type)``."""
-    import json
-
     from PIL import Image
 
     big = io.BytesIO()
@@ -107,55 +129,68 @@ def bad_requests() -> list[tuple[str, bytes, str]]:
     ]
 
 
-async def drive(url: str, pngs: list[bytes], concurrency: int, seconds: float, bad_fraction: float = 0.0) -> dict:  # fmt: skip
-    """Keep ``concurrency`` requests in flight for ``seconds``; every ``1/bad_fraction``-th is a
-    client mistake (``bad_requests``), whose 4xx is expected and not counted as an error."""
+def multipart(pngs: list[bytes]) -> tuple[bytes, str]:
+    out = io.BytesIO()
+    for i, data in enumerate(pngs):
+        out.write(b'--B\r\nContent-Disposition: form-data; name="images"; filename="%d.png"\r\nContent-Type: image/png\r\n\r\n' % i)  # fmt: skip
+        out.write(data + b"\r\n")
+    out.write(b"--B--\r\n")
+    return out.getvalue(), "multipart/form-data; boundary=B"
+
+
+def client(url: str, bodies: list[tuple[str, bytes, str, bool]], concurrency: int, seconds: float, start_at: float) -> dict:  # fmt: skip
+    """One load-generator process: ``concurrency`` requests in flight from ``start_at`` for
+    ``seconds``, cycling through ``bodies`` (``(route, body, content type, is a mistake)``)."""
     import aiohttp
 
-    latencies, errors, sent, bad_sent = [], {}, 0, 0
-    bad, every = bad_requests(), round(1 / bad_fraction) if bad_fraction else 0
-    deadline = time.perf_counter() + seconds
+    async def run() -> dict:
+        latencies, statuses, sent = [], {}, 0
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        deadline = time.perf_counter() + seconds
 
-    async def worker(session, k: int) -> None:
-        nonlocal errors, sent, bad_sent
-        i = k
-        while time.perf_counter() < deadline:
-            is_bad = every and i % every == 0
-            if is_bad:
-                route, data, ctype = bad[(i // every) % len(bad)]
-                post = session.post(f"{url}{route}", data=data, headers={"Content-Type": ctype})
-            else:
-                form = aiohttp.FormData()
-                form.add_field("images", pngs[i % len(pngs)], filename="x.png", content_type="image/png")  # fmt: skip
-                post = session.post(f"{url}/classifier/predict", data=form)
-            t0 = time.perf_counter()
-            try:
-                async with post as resp:
-                    await resp.read()
-                    status = str(resp.status)
-            except aiohttp.ClientError as err:
-                status = type(err).__name__
-            if is_bad:
-                bad_sent += 1
-                if not status.startswith("4"):
-                    errors[f"bad->{status}"] = errors.get(f"bad->{status}", 0) + 1
-            else:
-                latencies.append(time.perf_counter() - t0)
-                if status != "200":
-                    errors[status] = errors.get(status, 0) + 1
-            sent += 1
-            i += concurrency
+        async def worker(session, k: int) -> None:
+            nonlocal sent
+            i = k
+            while time.perf_counter() < deadline:
+                route, body, ctype, bad = bodies[i % len(bodies)]
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(url + route, data=body, headers={"Content-Type": ctype}) as resp:  # fmt: skip
+                        await resp.read()
+                        status = str(resp.status)
+                except aiohttp.ClientError as err:
+                    status = type(err).__name__
+                key = ("bad" if bad else "good", status)
+                statuses[key] = statuses.get(key, 0) + 1
+                if not bad:
+                    latencies.append(time.perf_counter() - t0)
+                sent += 1
+                i += concurrency
 
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(session, k) for k in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    q = statistics.quantiles(latencies, n=100)
-    return {"rps": len(latencies) / elapsed, "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3, "errors": errors, "requests": sent, "bad": bad_sent}  # fmt: skip
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:  # fmt: skip
+            await asyncio.gather(*(worker(session, k) for k in range(concurrency)))
+        return {"latencies": latencies, "statuses": statuses}
+
+    return asyncio.run(run())
 
 
-def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 180) -> None:
+def load(pool, url: str, bodies, concurrency: int, seconds: float, clients: int) -> dict:
+    """Spread ``concurrency`` over ``clients`` processes; merge their latencies and statuses."""
+    shares = [concurrency // clients + (i < concurrency % clients) for i in range(clients)]
+    start_at = time.time() + 0.5
+    futures = [pool.submit(client, url, bodies[i:] + bodies[:i], c, seconds, start_at) for i, c in enumerate(shares) if c]  # fmt: skip
+    latencies, statuses = [], {}
+    for f in futures:
+        r = f.result()
+        latencies += r["latencies"]
+        for k, v in r["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
+    errors = {f"{kind}:{s}": n for (kind, s), n in statuses.items() if (kind == "good" and s != "200") or (kind == "bad" and not s.startswith("4"))}  # fmt: skip
+    return {"rps": len(latencies) / seconds, "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3, "errors": errors, "requests": sum(statuses.values())}  # fmt: skip
+
+
+def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 300) -> None:
     import urllib.request
 
     deadline = time.time() + timeout
@@ -172,47 +207,106 @@ def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 180) ->
     raise SystemExit(f"error: {url}/readyz not ready after {timeout:.0f} s")
 
 
+@contextmanager
+def serving(target: str, url: str | None = None):
+    """``(url, pid)`` of ``bentoml serve target`` on a free loopback port (or of ``url``)."""
+    if url is not None:
+        yield url, None
+        return
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        wait_ready(url, proc)
+        yield url, proc.pid
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=60)
+
+
+def spam_mail() -> list[tuple[str, bytes, str, bool]]:
+    """``/spam/predict`` bodies with a picture of words, which the server reads with OCR."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (480, 80), "white")
+    ImageDraw.Draw(im).text((10, 30), "Double your money with this exclusive offer now", fill="black")  # fmt: skip
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    msg = {"subject": "offer", "body": "see the picture", "images": [base64.b64encode(buf.getvalue()).decode()]}  # fmt: skip
+    return [("/spam/predict", json.dumps({"messages": [msg]}).encode(), "application/json", False)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="a running service (default: start one on a free port)")
-    p.add_argument("--seconds", type=float, default=15.0, help="per concurrency level")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--seconds", type=float, default=15.0, help="per level")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 64])
+    p.add_argument("--per-request", type=int, nargs="+", default=[1, 16], help="images per request")
+    p.add_argument("--clients", type=int, default=2, help="load-generator processes")
     p.add_argument("--images", type=int, default=512, help="distinct test images cycled through")
     p.add_argument("--bad-fraction", type=float, default=0.0, help="share of requests that are client mistakes (expected 4xx), e.g. 0.1")  # fmt: skip
+    p.add_argument("--isolation", action="store_true", help="classifier p99 alone and while spam OCR runs")  # fmt: skip
     args = p.parse_args()
 
-    from serving.service import CONFIG
+    from serving.inputs import CONFIG
 
     pngs = test_pngs(args.images)
-    proc, url = None, args.url
-    if url is None:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:Sightline", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    try:
-        wait_ready(url, proc)
-        pid = proc.pid if proc is not None else None
-        asyncio.run(drive(url, pngs, 4, 3.0, args.bad_fraction))  # warm-up, not reported
-        mem_start = rss_mb(pid) if pid else float("nan")
-        rows = [(c, asyncio.run(drive(url, pngs, c, args.seconds, args.bad_fraction))) for c in args.concurrency]  # fmt: skip
-        mem_end = rss_mb(pid) if pid else float("nan")
-    finally:
-        if proc is not None:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=30)
-    batch = CONFIG.batch("classifier")["max_batch_size"]
-    local = in_process_rate(pngs, batch, args.seconds)
+    every = round(1 / args.bad_fraction) if args.bad_fraction else 0
+    bad = [(r, b, c, True) for r, b, c in bad_requests()]
 
-    print(f"classifier service, {args.seconds:.0f} s per level, 1 PNG per request, {os.cpu_count()} CPUs, workers={CONFIG.workers}, max_batch_size={batch}, max_latency_ms={CONFIG.batch('classifier')['max_latency_ms']}")  # fmt: skip
-    print(f"in-process (decode + preprocess + batch {batch} forward + top-k): {local:.0f} images/s")
-    print(f"server RSS: {mem_start:.0f} MiB after warm-up, {mem_end:.0f} MiB at end ({mem_end / mem_start:.3f}x)")  # fmt: skip
+    def bodies(k: int) -> list[tuple[str, bytes, str, bool]]:
+        good = [("/classifier/predict", *multipart(pngs[i : i + k]), False) for i in range(0, len(pngs) - k + 1, k)]  # fmt: skip
+        if not every:
+            return good
+        return [bad[(i // every) % len(bad)] if i % every == 0 else g for i, g in enumerate(good * 2)]  # fmt: skip
+
+    rows, floor_rows, isolation, memory = [], {}, None, []
+    with ProcessPoolExecutor(args.clients) as pool:
+        with serving("serving.service:Sightline", args.url) as (url, pid):
+            load(pool, url, bodies(1), 4, 3.0, args.clients)  # warm-up, not reported
+            mem_start = rss_mb(pid) if pid else float("nan")
+            for k in args.per_request:
+                for c in args.concurrency:
+                    rows.append((k, c, load(pool, url, bodies(k), c, args.seconds, args.clients)))
+            if args.isolation:
+                alone = load(pool, url, bodies(1), 8, args.seconds, args.clients)
+                busy = pool.submit(client, url, spam_mail(), 8, args.seconds + 2, time.time())
+                during = load(pool, url, bodies(1), 8, args.seconds, args.clients)
+                spam = busy.result()
+                isolation = (alone, during, sum(spam["statuses"].values()))
+            mem_end = rss_mb(pid) if pid else float("nan")
+            memory = process_rss(pid) if pid else []
+        if args.url is None:
+            with serving("benchmarks.floor:Floor") as (url, _):
+                load(pool, url, bodies(1), 4, 3.0, args.clients)
+                for k in args.per_request:
+                    for c in args.concurrency:
+                        floor_rows[k, c] = load(pool, url, bodies(k), c, args.seconds, args.clients)
+    local = {k: in_process_rate(pngs, k, min(args.seconds, 10.0)) for k in args.per_request}
+
+    import torch
+
+    from sightline.inference import select_device
+
+    batch = CONFIG.batch("classifier")
+    print(f"classifier, {args.seconds:.0f} s per level, {args.clients} load-generator processes, {os.cpu_count()} CPUs, device {select_device()}{' (' + torch.cuda.get_device_name() + ')' if torch.cuda.is_available() else ''}, front workers={CONFIG.workers}, classifier workers={CONFIG.service('classifier').workers}, max_batch_size={batch['max_batch_size']}")  # fmt: skip
+    for k, rate in local.items():
+        print(f"in-process (decode + preprocess + batch {k} forward + top-k): {rate:.0f} images/s")
     if args.bad_fraction:
-        print(f"{args.bad_fraction:.0%} of requests are client mistakes ({len(bad_requests())} kinds); errors count any 5xx or 503, and any bad request not answered 4xx")  # fmt: skip
-    print("| concurrency | requests | of them bad | good req/s | p50 ms | p99 ms | errors | served / in-process |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
-    for c, r in rows:
-        print(f"| {c} | {r['requests']} | {r['bad']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {sum(r['errors'].values())}{' ' + str(r['errors']) if r['errors'] else ''} | {r['rps'] / local:.3f} |")  # fmt: skip
+        print(f"{args.bad_fraction:.0%} of requests are client mistakes ({len(bad)} kinds); errors count any 5xx or 503, and any mistake not answered 4xx")  # fmt: skip
+    print(f"server RSS: {mem_start:.0f} MiB after warm-up, {mem_end:.0f} MiB at the end ({mem_end / mem_start:.3f}x)")  # fmt: skip
+    print("| images/request | concurrency | req/s | images/s | p50 ms | p99 ms | errors | served / in-process | floor req/s | served / floor |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for k, c, r in rows:
+        f = floor_rows.get((k, c))
+        floor = f"{f['rps']:.1f} | {r['rps'] / f['rps']:.3f}" if f else "— | —"
+        print(f"| {k} | {c} | {r['rps']:.1f} | {r['rps'] * k:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {sum(r['errors'].values())}{' ' + str(r['errors']) if r['errors'] else ''} | {r['rps'] * k / local[k]:.3f} | {floor} |")  # fmt: skip
+    if isolation:
+        alone, during, spam_sent = isolation
+        print(f"isolation (concurrency 8, 1 image): classifier p99 {alone['p99_ms']:.1f} ms alone, {during['p99_ms']:.1f} ms while {spam_sent} spam image-mail requests ran ({during['p99_ms'] / alone['p99_ms']:.2f}x)")  # fmt: skip
+    if memory:
+        print("RSS per process (MiB): " + ", ".join(f"{name} {mb:.0f}" for name, mb in memory))
 
 
 if __name__ == "__main__":
