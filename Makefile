@@ -8,7 +8,7 @@ PORT   ?= 3000
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup system data run test test-slow lint format bench bench-serve bench-spam reproduce-check compare package serve promote clean
+.PHONY: help setup system data run test test-slow lint format bench bench-serve bench-spam gpu-check reproduce-check compare package serve promote clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ promote: setup ## serve the best DVC experiment of MODEL (or EXP=<name>; FORCE=1
 
 bench-serve: setup ## load test of the served classifier vs the in-process model
 	$(BIN)/python benchmarks/serve_load.py
+
+gpu-check: setup ## on a CUDA machine: every model trains a few steps there, then the served classifier under load with gpu: 1 (slow on a CPU)
+	$(BIN)/python -m pytest -m gpu -s -q -p no:cacheprovider tests/test_gpu.py tests/test_models.py
 
 bench-spam: setup system ## the served spam filter on image spam: latency, errors, words read (after make package)
 	$(BIN)/python benchmarks/serve_spam.py

@@ -156,8 +156,10 @@ def client(url: str, bodies: list[tuple[str, bytes, str, bool]], concurrency: in
                 t0 = time.perf_counter()
                 try:
                     async with session.post(url + route, data=body, headers={"Content-Type": ctype}) as resp:  # fmt: skip
-                        await resp.read()
+                        text = await resp.read()
                         status = str(resp.status)
+                        if resp.status >= 500:  # why, in a few words
+                            status += " " + text[:60].decode("utf-8", "replace")
                 except aiohttp.ClientError as err:
                     status = type(err).__name__
                 key = ("bad" if bad else "good", status)
@@ -237,7 +239,9 @@ def spam_mail() -> list[tuple[str, bytes, str, bool]]:
     return [("/spam/predict", json.dumps({"messages": [msg]}).encode(), "application/json", False)]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[tuple[int, int, dict]]:
+    """Run the benchmark, print its table; the served rows ``(images/request, concurrency,
+    result)``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="a running service (default: start one on a free port)")
     p.add_argument("--seconds", type=float, default=15.0, help="per level")
@@ -247,7 +251,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=512, help="distinct test images cycled through")
     p.add_argument("--bad-fraction", type=float, default=0.0, help="share of requests that are client mistakes (expected 4xx), e.g. 0.1")  # fmt: skip
     p.add_argument("--isolation", action="store_true", help="classifier p99 alone and while spam OCR runs")  # fmt: skip
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     from serving.inputs import CONFIG
 
@@ -307,6 +311,7 @@ def main() -> None:
         print(f"isolation (concurrency 8, 1 image): classifier p99 {alone['p99_ms']:.1f} ms alone, {during['p99_ms']:.1f} ms while {spam_sent} spam image-mail requests ran ({during['p99_ms'] / alone['p99_ms']:.2f}x)")  # fmt: skip
     if memory:
         print("RSS per process (MiB): " + ", ".join(f"{name} {mb:.0f}" for name, mb in memory))
+    return rows
 
 
 if __name__ == "__main__":

@@ -236,13 +236,21 @@ class Guard:
             err = ClientError(503, f"overloaded, retry later: {self.in_flight} requests in flight, the limit per worker is {self.config.max_concurrency}")  # fmt: skip
             return await self._refuse(send, err, scope, self._retry_after())
         self.in_flight += 1
+        counted = [True]
+
+        def done() -> None:  # before the last byte leaves: the client's next request is not early
+            if counted[0]:
+                counted[0] = False
+                self.in_flight -= 1
+
         try:
             receive = await self._checked_body(scope, receive)
-            await self._call(scope, receive, send)
+            await self._call(scope, receive, send, done)
         except ClientError as err:
+            done()
             await self._refuse(send, err, scope)
         finally:
-            self.in_flight -= 1
+            done()
 
     def _retry_after(self) -> list:
         return [(b"retry-after", str(self.config.retry_after_s).encode())]
@@ -330,12 +338,15 @@ class Guard:
             drained += len(message.get("body", b""))
             more = message["type"] == "http.request" and message.get("more_body", False)
 
-    async def _call(self, scope, receive, send) -> None:
-        """Run the app; rewrite error bodies (and ``/docs.json``) on their way out."""
+    async def _call(self, scope, receive, send, done=lambda: None) -> None:
+        """Run the app; rewrite error bodies (and ``/docs.json``) on their way out; ``done`` is
+        called just before the last part of the response is sent."""
         held: dict = {}
         spec = scope["path"] == "/docs.json"
 
         async def send_wrapper(message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                done()
             if message["type"] == "http.response.start":
                 if message["status"] >= 400 or (spec and message["status"] == 200):
                     held.update(start=message, body=bytearray())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 import string
 from contextlib import contextmanager
 from http import HTTPStatus
@@ -25,7 +26,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, PrivateA
 from sightline.errors import BudgetError, InputError
 from sightline.packaging import load_serving_config
 
-CONFIG = load_serving_config(Path(__file__).with_name("params.yaml"))
+# serving/params.yaml beside this file (inside the Bento too); SIGHTLINE_SERVING_PARAMS names
+# another file, e.g. to try gpu: 1 without rebuilding.
+CONFIG = load_serving_config(os.environ.get("SIGHTLINE_SERVING_PARAMS") or Path(__file__).with_name("params.yaml"))  # fmt: skip
 
 
 class TooLarge(BentoMLException):

@@ -1,0 +1,67 @@
+"""The device check (``make gpu-check`` = ``pytest -m gpu -s``): every model trains a few steps on
+the device chosen at run time with its default precision and ``deterministic: true``, then the
+served classifier (at its default size) runs the load benchmark with ``gpu: 1``. On a CUDA
+machine that is the GPU; elsewhere it runs, slowly, on the CPU. Not part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, tiny_section
+
+from sightline.registry import list_models
+
+pytestmark = pytest.mark.gpu
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())["models"]
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_each_model_trains_a_few_steps_on_the_run_time_device(name, prepared_fashion, prepared_spam, prepared_emoji, tmp_path):  # fmt: skip
+    from sightline.training import train
+
+    data = {"spam": prepared_spam, "clip": prepared_emoji}.get(name, prepared_fashion)
+    upstream = prepared_fashion if name == "clip" else None
+    trainer = {"accelerator": "auto", "precision": PARAMS[name]["trainer"]["precision"], "deterministic": True, "limit_train_batches": 3}  # fmt: skip
+    section = tiny_section(name, upstream=upstream, **trainer)
+    if name in ("vae", "gan"):  # scored with a classifier: the tiny one, trained here first
+        clf = tiny_section("classifier", **trainer)
+        train("classifier", clf, 0, prepared_fashion, tmp_path / "clf", tmp_path / "clf-run", None)
+        section = tiny_section(name, upstream=tmp_path / "clf", **trainer)
+    info = train(name, section, 0, data, tmp_path / "m", tmp_path / "run", None)
+    assert info["device"].startswith("cuda" if torch.cuda.is_available() else "cpu"), info
+    assert info["global_steps"] >= 1
+
+
+def test_the_served_classifier_under_load_on_the_device(packaged, prepared_fashion, tmp_path, monkeypatch):  # fmt: skip
+    """The tiny packaged set with the classifier at its default size (untrained: speed does not
+    depend on the weights), served with ``gpu: 1`` when CUDA is there."""
+    from sightline.packaging import package_model
+    from sightline.registry import get_model
+    from sightline.training import export_model
+
+    spec = get_model("classifier")
+    section = spec.params.model_validate({**PARAMS["classifier"], "data": {**PARAMS["classifier"]["data"], "batch_size": 16}})  # fmt: skip
+    dm = spec.datamodule(section, prepared_fashion, 0)
+    module = spec.module(**spec.module_kwargs(section, dm))
+    (tmp_path / "ckpt").write_bytes(b"")
+    export_model(module, "classifier", tmp_path / "ckpt", tmp_path / "classifier", {})
+    package_model("classifier", tmp_path / "classifier", {"test/acc": 0.0}, section.model_dump(mode="json"), "0" * 16)  # fmt: skip
+
+    serving = yaml.safe_load((REPO / "serving/params.yaml").read_text())
+    serving["gpu"] = 1 if torch.cuda.is_available() else 0
+    path = tmp_path / "serving.yaml"
+    path.write_text(yaml.safe_dump(serving))
+    monkeypatch.setenv("SIGHTLINE_SERVING_PARAMS", str(path))
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    sys.modules.pop("serve_load", None)
+    import serve_load
+
+    rows = serve_load.main(["--seconds", "8", "--isolation"])
+    assert all(not r["errors"] for _, _, r in rows), json.dumps([r["errors"] for _, _, r in rows])
+    assert Path(path).is_file()
