@@ -8,6 +8,7 @@ Refusals over a budget are 413 (``TooLarge``), malformed input is 400.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -79,7 +80,8 @@ def decode_image(data: bytes, what: str = "image") -> Image:
 
 
 def _open_upload(obj) -> Image:
-    """A multipart upload -> a decoded image, before BentoML's own (lazy) decoding sees it."""
+    """A multipart upload -> an opened image (header read, sized), before BentoML's own decoding
+    sees it; ``decoded`` decodes it, off the event loop."""
     from starlette.datastructures import UploadFile
 
     if isinstance(obj, Image):
@@ -92,11 +94,22 @@ def _open_upload(obj) -> Image:
     if not isinstance(obj, bytes):
         raise ValueError("expected an image file")
     try:
-        return decode_image(obj, "image")
+        return open_image(obj, "image")
     except BudgetError as err:
         raise TooLarge(str(err)) from None
     except InputError as err:
         raise ValueError(str(err)) from None
+
+
+async def decoded(images: list[Image]) -> list[Image]:
+    """Decode opened uploads in full in a worker thread (PIL releases the GIL while it decodes),
+    so the event loop keeps serving other requests; a corrupt one is a 400."""
+
+    def load_all() -> list[Image]:
+        return [load_image(im, f"image {i + 1}" if len(images) > 1 else "image") for i, im in enumerate(images)]  # fmt: skip
+
+    with client_errors():
+        return await asyncio.to_thread(load_all)
 
 
 def b64_bytes(value: str) -> bytes:
@@ -114,7 +127,7 @@ def image_to_b64(img: Image) -> str:
 
 
 ImageFile = Annotated[Image, BeforeValidator(_open_upload)]
-"""An uploaded image (``image/*``), decoded in full while the request is validated."""
+"""An uploaded image (``image/*``), sized from its header while the request is validated."""
 ImageFiles = Annotated[list[ImageFile], Field(min_length=1, max_length=CONFIG.max_images)]
 B64Image = Annotated[str, Field(description="a PNG/JPEG/GIF image, base64 (a data: URI is accepted)")]  # fmt: skip
 Text = Annotated[str, Field(max_length=CONFIG.max_text_chars)]

@@ -53,6 +53,7 @@ from serving.inputs import (
     ZeroShotLabel,
     check_request_chars,
     client_errors,
+    decoded,
 )
 from serving.openapi import fix_spec
 from sightline.data.captions import FASHION_TEMPLATES
@@ -125,7 +126,7 @@ class Sightline:
     async def classifier_predict(self, images: ImageFiles) -> list[list[Label]]:
         """Each image (any size or mode; resized and converted as in training) -> its top-k
         Fashion-MNIST labels with probabilities."""
-        return await ask(self.classifier.to_async.predict, images)
+        return await ask(self.classifier.to_async.predict, await decoded(images))
 
     # spam
 
@@ -170,7 +171,7 @@ class Sightline:
     @bentoml.api(route="/vae/reconstruct")
     async def vae_reconstruct(self, images: ImageFiles) -> list[str]:
         """Each image -> its reconstruction from the posterior mean (PNG, base64)."""
-        return await ask(self.vae.to_async.reconstruct, images)
+        return await ask(self.vae.to_async.reconstruct, await decoded(images))
 
     @bentoml.api(route="/vae/sample")
     async def vae_sample(self, n: Count = 16, seed: Seed = 0) -> Images:
@@ -189,6 +190,7 @@ class Sightline:
     ) -> Image:  # fmt: skip
         """Decode ``steps`` points on the line between the latent means of ``a`` and ``b``; one
         PNG strip, ``a``'s reconstruction first."""
+        a, b = await decoded([a, b])
         return await ask(self.vae.to_async.interpolate, a=a, b=b, steps=steps)
 
     # gan
@@ -208,7 +210,7 @@ class Sightline:
     @bentoml.api(route="/clip/embed_images")
     async def clip_embed_images(self, images: ImageFiles) -> list[list[float]]:
         """Each image -> its unit-norm CLIP embedding."""
-        return await ask(self.clip.to_async.embed_images, images)
+        return await ask(self.clip.to_async.embed_images, await decoded(images))
 
     @bentoml.api(route="/clip/embed_texts")
     async def clip_embed_texts(self, texts: Captions) -> list[list[float]]:
@@ -225,6 +227,7 @@ class Sightline:
         """Classify ``image`` against free-text ``labels``: each label's embedding is the mean over
         the prompt ``templates`` (each with exactly one bare ``{}``)."""
         check_request_chars([t.format(label) for label in labels for t in templates])
+        (image,) = await decoded([image])
         return await ask(self.clip.to_async.zero_shot, image=image, labels=labels, templates=templates, top_k=top_k)  # fmt: skip
 
     @bentoml.api(route="/clip/search")
