@@ -94,6 +94,17 @@ def test_serving_params_errors_name_the_key(tmp_path):
     bad.write_text("max_batch: 3\n")
     with pytest.raises(ConfigError, match="max_batch: unknown key"):
         load_serving_config(bad)
+    bad.write_text("max_texts: 65\n")  # over clip's batch: such a request could never be batched
+    with pytest.raises(ConfigError, match="max_texts .65. is over batching.clip.max_batch_size .64."):
+        load_serving_config(bad)
+    bad.write_text("services: {clasifier: {workers: 2}}\n")
+    with pytest.raises(ConfigError, match="services.clasifier: not a model service"):
+        load_serving_config(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("gpu: 1\nservices: {clip: {gpu: 0}, ocr: {workers: 3}}\n")
+    config = load_serving_config(good)
+    assert (config.service("classifier").gpu, config.service("clip").gpu) == (1, 0)
+    assert (config.service("ocr").workers, config.service("ocr").gpu) == (3, 0)
 
 
 # --- health, docs -----------------------------------------------------------------------------

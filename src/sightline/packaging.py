@@ -30,7 +30,7 @@ INDEX_META = "index.json"
 class BatchingConfig(Strict):
     """Adaptive batching of one model's per-item endpoints."""
 
-    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_batch_size: int = Field(64, ge=1, le=4096)
     max_latency_ms: int = Field(50, ge=1)
 
 
