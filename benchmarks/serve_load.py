@@ -210,21 +210,25 @@ def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 300) ->
 
 
 @contextmanager
-def serving(target: str, url: str | None = None):
-    """``(url, pid)`` of ``bentoml serve target`` on a free loopback port (or of ``url``)."""
+def serving(target: str, url: str | None = None, log: str | None = None):
+    """``(url, pid)`` of ``bentoml serve target`` on a free loopback port (or of ``url``); its
+    output goes to ``log`` when given."""
     if url is not None:
         yield url, None
         return
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the server
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
         wait_ready(url, proc)
         yield url, proc.pid
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=60)
+        if log:
+            out.close()
 
 
 def spam_mail() -> list[tuple[str, bytes, str, bool]]:
@@ -250,6 +254,7 @@ def main(argv: list[str] | None = None) -> list[tuple[int, int, dict]]:
     p.add_argument("--clients", type=int, default=2, help="load-generator processes")
     p.add_argument("--images", type=int, default=512, help="distinct test images cycled through")
     p.add_argument("--bad-fraction", type=float, default=0.0, help="share of requests that are client mistakes (expected 4xx), e.g. 0.1")  # fmt: skip
+    p.add_argument("--server-log", help="write the service's output to this file")
     p.add_argument("--isolation", action="store_true", help="classifier p99 alone and while spam OCR runs")  # fmt: skip
     args = p.parse_args(argv)
 
@@ -267,7 +272,7 @@ def main(argv: list[str] | None = None) -> list[tuple[int, int, dict]]:
 
     rows, floor_rows, isolation, memory = [], {}, None, []
     with ProcessPoolExecutor(args.clients) as pool:
-        with serving("serving.service:Sightline", args.url) as (url, pid):
+        with serving("serving.service:Sightline", args.url, args.server_log) as (url, pid):
             load(pool, url, bodies(1), 4, 3.0, args.clients)  # warm-up, not reported
             mem_start = rss_mb(pid) if pid else float("nan")
             for k in args.per_request:
