@@ -63,5 +63,7 @@ def test_the_served_classifier_under_load_on_the_device(packaged, prepared_fashi
     import serve_load
 
     rows = serve_load.main(["--seconds", "8", "--isolation"])
-    assert all(not r["errors"] for _, _, r in rows), json.dumps([r["errors"] for _, _, r in rows])
+    # an overload past the machine's capacity is a 503 with Retry-After; anything else is a bug
+    broken = [k for _, _, r in rows for k in r["errors"] if not k.startswith("good:503")]
+    assert not broken, json.dumps([r["errors"] for _, _, r in rows])
     assert Path(path).is_file()
