@@ -73,6 +73,7 @@ BENTO_FILES = (
     "service.py",
     "backends.py",
     "guard.py",
+    "forms.py",
     "inputs.py",
     "openapi.py",
     "params.yaml",

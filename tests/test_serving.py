@@ -95,7 +95,9 @@ def test_serving_params_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="max_batch: unknown key"):
         load_serving_config(bad)
     bad.write_text("max_texts: 65\n")  # over clip's batch: such a request could never be batched
-    with pytest.raises(ConfigError, match="max_texts .65. is over batching.clip.max_batch_size .64."):
+    with pytest.raises(
+        ConfigError, match="max_texts .65. is over batching.clip.max_batch_size .64."
+    ):
         load_serving_config(bad)
     bad.write_text("services: {clasifier: {workers: 2}}\n")
     with pytest.raises(ConfigError, match="services.clasifier: not a model service"):

@@ -1,0 +1,120 @@
+"""Form bodies as the guard reads them: multipart parts in memory, with python-multipart's
+parser and limits that name what is wrong, and image sizes read from headers only."""
+
+from __future__ import annotations
+
+import io
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+MAX_FIELDS = 16  # non-file multipart fields (labels, templates, steps, top_k...)
+MAX_FIELD_BYTES = 256 * 1024  # one non-file multipart field
+MAX_PART_HEADER_BYTES = 16 * 1024  # the headers of one multipart part
+
+
+class ClientError(Exception):
+    """A request refused by the guard: its status and reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+# --- multipart --------------------------------------------------------------------------------
+
+
+class Part:
+    __slots__ = ("headers", "name", "filename", "content_type", "data")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.name = self.filename = self.content_type = None
+        self.data = bytearray()
+
+
+def parse_multipart(content_type: bytes, body: bytes, max_files: int) -> list[Part]:
+    """The parts of a multipart body, in memory (it is already bounded by the size limit).
+
+    Raises:
+        ClientError: 400 naming what is malformed or over the parser's limits.
+    """
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise ClientError(400, "multipart body: the Content-Type has no boundary")
+    if len(boundary) > 200:
+        raise ClientError(400, f"multipart body: the boundary is {len(boundary)} characters; at most 200")  # fmt: skip
+    parts: list[Part] = []
+    state = {"field": b"", "value": b"", "header_bytes": 0}
+
+    def on_part_begin() -> None:
+        parts.append(Part())
+        state["header_bytes"] = 0
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        part = parts[-1]
+        part.data += data[start:end]
+        if part.filename is None and len(part.data) > MAX_FIELD_BYTES:
+            raise ClientError(400, f"multipart field {part.name!r}: over {MAX_FIELD_BYTES} bytes; send large content as a file")  # fmt: skip
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["field"] += data[start:end]
+        state["header_bytes"] += end - start
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+        state["header_bytes"] += end - start
+        if state["header_bytes"] > MAX_PART_HEADER_BYTES:
+            raise ClientError(400, f"multipart body: a part's headers are over {MAX_PART_HEADER_BYTES} bytes")  # fmt: skip
+
+    def on_header_end() -> None:
+        parts[-1].headers.append((state["field"].lower(), state["value"]))
+        state["field"] = state["value"] = b""
+
+    def on_headers_finished() -> None:
+        part, headers = parts[-1], dict(parts[-1].headers)
+        _, opts = parse_options_header(headers.get(b"content-disposition"))
+        if b"name" not in opts:
+            raise ClientError(400, "multipart body: a part has no Content-Disposition name")
+        part.name = opts[b"name"].decode("utf-8", "replace")
+        if b"filename" in opts:
+            part.filename = opts[b"filename"].decode("utf-8", "replace")
+            part.content_type = headers.get(b"content-type", b"").decode("latin-1").strip() or None  # fmt: skip
+        files = sum(p.filename is not None for p in parts)
+        if files > max_files:
+            raise ClientError(400, f"multipart body: more than {max_files} files; at most {max_files} per request")  # fmt: skip
+        if len(parts) - files > MAX_FIELDS:
+            raise ClientError(400, f"multipart body: more than {MAX_FIELDS} fields")
+
+    callbacks = {
+        "on_part_begin": on_part_begin, "on_part_data": on_part_data,
+        "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+    }  # fmt: skip
+    try:
+        parser = MultipartParser(boundary, callbacks)
+        parser.write(body)
+        parser.finalize()
+    except ClientError:
+        raise
+    except Exception as err:  # noqa: BLE001 - python-multipart raises several types
+        raise ClientError(400, f"multipart body: malformed ({err})") from None
+    if not parts:
+        raise ClientError(400, "multipart body: no parts")
+    return parts
+
+
+def image_pixels(parts: list[Part]) -> int:
+    """Pixels the request's image files would decode to, read from their headers only."""
+    from PIL import Image
+
+    total = 0
+    for part in parts:
+        if part.filename is None or not (part.content_type or "").startswith("image/"):
+            continue
+        try:
+            with Image.open(io.BytesIO(part.data)) as im:
+                total += im.width * im.height
+        except Exception:  # noqa: BLE001 - an undecodable image is the route's 400, with its name
+            continue
+    return total
