@@ -66,7 +66,7 @@ def _spam_reads_images() -> int:
     """How many images per message the packaged spam model reads with OCR (0: none)."""
     path = Path(bentoml.models.get(MODEL_TAGS["spam"]).path) / "config.json"
     hparams = json.loads(path.read_text())["hyper_parameters"]
-    return int(hparams.get("max_images", 4)) if hparams.get("image_text") else 0
+    return int(hparams["max_images"]) if hparams.get("image_text") else 0
 
 
 async def ask(call, *args, **kwargs):
