@@ -271,14 +271,16 @@ def main(argv: list[str] | None = None) -> list[tuple[int, int, dict]]:
         return [bad[(i // every) % len(bad)] if i % every == 0 else g for i, g in enumerate(good * 2)]  # fmt: skip
 
     rows, floor_rows, isolation, memory = [], {}, None, []
-    with ProcessPoolExecutor(args.clients) as pool:
+    with ProcessPoolExecutor(args.clients + 1) as pool:  # one more for the spam load of --isolation
         with serving("serving.service:Sightline", args.url, args.server_log) as (url, pid):
             load(pool, url, bodies(1), 4, 3.0, args.clients)  # warm-up, not reported
             mem_start = rss_mb(pid) if pid else float("nan")
             for k in args.per_request:
                 for c in args.concurrency:
                     rows.append((k, c, load(pool, url, bodies(k), c, args.seconds, args.clients)))
-            if args.isolation:
+            if args.isolation:  # after the queue of the last level has drained
+                time.sleep(3.0)
+                load(pool, url, bodies(1), 8, 3.0, args.clients)
                 alone = load(pool, url, bodies(1), 8, args.seconds, args.clients)
                 busy = pool.submit(client, url, spam_mail(), 8, args.seconds + 2, time.time())
                 during = load(pool, url, bodies(1), 8, args.seconds, args.clients)
