@@ -74,11 +74,6 @@ def load_image(img: Image, what: str = "image") -> Image:
     return img
 
 
-def decode_image(data: bytes, what: str = "image") -> Image:
-    """Bytes -> a fully decoded PIL image, sized from its header first."""
-    return load_image(open_image(data, what), what)
-
-
 def _open_upload(obj) -> Image:
     """A multipart upload -> an opened image (header read, sized), before BentoML's own decoding
     sees it; ``decoded`` decodes it, off the event loop."""

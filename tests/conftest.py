@@ -383,35 +383,45 @@ def client(packaged):
         yield c
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc, timeout: float = 240) -> None:
+    """Until ``url``'s ``/readyz`` answers 200; fails if ``proc`` exits or ``timeout`` passes."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"bentoml serve exited with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url}/readyz not ready after {timeout} s")
+
+
 @pytest.fixture(scope="session")
 def live_server(packaged):
     """``bentoml serve serving.service:Sightline`` of the tiny packaged models on a free loopback
     port: ``(url, process)``; stopped at the end of the session."""
     import signal
-    import socket
-    import time
-    import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("SIGHTLINE_API_TOKEN", None)
     log = open(packaged["classifier"].parent / "server.log", "wb")  # noqa: SIM115 - closed below
     cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "serving.service:Sightline", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    deadline = time.time() + 240
-    while True:
-        assert proc.poll() is None, f"bentoml serve exited with {proc.returncode}"
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        assert time.time() < deadline, "bentoml serve not ready in 240 s"
-        time.sleep(0.5)
+    wait_ready(url, proc)
     yield url, proc
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, free_port, run_cli, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -25,30 +25,6 @@ def test_rerun_matches_committed_metrics(name):
         assert run_cli(["dvc", "repro", "train@classifier"], REPO, timeout=1800).returncode == 0
     result = run_cli(["python", "pipeline/check_reproducible.py", name], REPO, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, proc, timeout: float = 240) -> None:
-    import time
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, f"bentoml serve exited with {proc.returncode}"
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url}/readyz not ready after {timeout} s")
 
 
 def _post(url: str, body: bytes, ctype: str) -> tuple[int, bytes]:
@@ -93,11 +69,11 @@ def test_packaged_bento_serves_every_model_over_http(tmp_path):
     newer = package_model("gan", REPO / "models/gan", {"fid": 1.0}, {}, "0" * 40, "newer")
     assert str(newer) != built["models"]["gan"]
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
-        _wait_ready(url, proc)
+        wait_ready(url, proc)
         img = Image.new("L", (28, 28), 10)
         img.paste(220, (6, 4, 22, 24))
         png = tmp_path / "item.png"
