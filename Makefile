@@ -52,8 +52,9 @@ test: setup system ## set up, then run the fast tests (tiny configs, synthetic d
 test-slow: setup system data ## real-data tests (several minutes)
 	$(BIN)/python -m pytest -m slow
 
-lint: setup ## ruff lint + format check, known advisories of the installed dependencies
+lint: setup ## ruff lint + format check, the import layers (lint-imports), known advisories of the dependencies
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/pip-audit --skip-editable --progress-spinner off
 
 format: setup ## apply ruff fixes and formatting
@@ -66,7 +67,7 @@ package: setup ## BentoML models + the sightline Bento from the trained models (
 	$(BIN)/dvc repro package
 
 serve: setup ## serve the workspace's Bento on 127.0.0.1:3000 (HOST=0.0.0.0 for every interface), after make package
-	$(BIN)/bentoml serve $$($(BIN)/python -c "import json; print(json.load(open('models/bento/bento.json'))['bento'])") --host $(HOST) --port $(PORT)
+	$(BIN)/bentoml serve $$($(BIN)/python -c "import json; print(json.load(open('bento/bento.json'))['bento'])") --host $(HOST) --port $(PORT)
 
 promote: setup ## serve the best DVC experiment of MODEL (or EXP=<name>; FORCE=1 if it is worse)
 	$(BIN)/python pipeline/promote.py $(MODEL) $(if $(EXP),--exp $(EXP)) $(if $(FORCE),--force)

@@ -96,7 +96,11 @@ def process_rss(pid: int) -> list[tuple[str, float]]:
     for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
         try:
             cmd = p.cmdline()
-            name = cmd[cmd.index("--service-name") + 1] if "--service-name" in cmd else ("watcher" if p.pid == pid else p.name())  # fmt: skip
+            name = (
+                cmd[cmd.index("--service-name") + 1]
+                if "--service-name" in cmd
+                else ("watcher" if p.pid == pid else p.name())
+            )
             out.append((name, p.memory_info().rss / 2**20))
         except (psutil.Error, IndexError):
             continue
@@ -113,7 +117,7 @@ def bad_requests() -> list[tuple[str, bytes, str]]:
 
     big = io.BytesIO()
     Image.new("L", (4097, 4097)).save(big, format="PNG", optimize=True)
-    part = b'--B\r\nContent-Disposition: form-data; name="images"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n%s\r\n--B--\r\n'  # fmt: skip
+    part = b'--B\r\nContent-Disposition: form-data; name="images"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n%s\r\n--B--\r\n'
     return [
         ("/classifier/predict", b"", "multipart/form-data"),  # no boundary
         ("/classifier/predict", part % b"not an image", "multipart/form-data; boundary=B"),
@@ -122,7 +126,7 @@ def bad_requests() -> list[tuple[str, bytes, str]]:
             "/classifier/predict",
             b'--B\r\nContent-Disposition: form-data; name="images"\r\n\r\nhttp://127.0.0.1/x.png\r\n--B--\r\n',
             "multipart/form-data; boundary=B",
-        ),  # fmt: skip
+        ),
         ("/clip/embed_texts", json.dumps({"texts": ["x" * 5000]}).encode(), "application/json"),
         ("/gan/sample", b'{"n": 0}', "application/json"),
         ("/spam/predict", b"{not json", "application/json"),
@@ -132,13 +136,22 @@ def bad_requests() -> list[tuple[str, bytes, str]]:
 def multipart(pngs: list[bytes]) -> tuple[bytes, str]:
     out = io.BytesIO()
     for i, data in enumerate(pngs):
-        out.write(b'--B\r\nContent-Disposition: form-data; name="images"; filename="%d.png"\r\nContent-Type: image/png\r\n\r\n' % i)  # fmt: skip
+        out.write(
+            b'--B\r\nContent-Disposition: form-data; name="images"; filename="%d.png"\r\nContent-Type: image/png\r\n\r\n'
+            % i
+        )
         out.write(data + b"\r\n")
     out.write(b"--B--\r\n")
     return out.getvalue(), "multipart/form-data; boundary=B"
 
 
-def client(url: str, bodies: list[tuple[str, bytes, str, bool]], concurrency: int, seconds: float, start_at: float) -> dict:  # fmt: skip
+def client(
+    url: str,
+    bodies: list[tuple[str, bytes, str, bool]],
+    concurrency: int,
+    seconds: float,
+    start_at: float,
+) -> dict:
     """One load-generator process: ``concurrency`` requests in flight from ``start_at`` for
     ``seconds``, cycling through ``bodies`` (``(route, body, content type, is a mistake)``)."""
     import aiohttp
@@ -155,7 +168,9 @@ def client(url: str, bodies: list[tuple[str, bytes, str, bool]], concurrency: in
                 route, body, ctype, bad = bodies[i % len(bodies)]
                 t0 = time.perf_counter()
                 try:
-                    async with session.post(url + route, data=body, headers={"Content-Type": ctype}) as resp:  # fmt: skip
+                    async with session.post(
+                        url + route, data=body, headers={"Content-Type": ctype}
+                    ) as resp:
                         text = await resp.read()
                         status = str(resp.status)
                         if resp.status >= 500:  # why, in a few words
@@ -169,7 +184,9 @@ def client(url: str, bodies: list[tuple[str, bytes, str, bool]], concurrency: in
                 sent += 1
                 i += concurrency
 
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:  # fmt: skip
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=concurrency)
+        ) as session:
             await asyncio.gather(*(worker(session, k) for k in range(concurrency)))
         return {"latencies": latencies, "statuses": statuses}
 
@@ -180,7 +197,11 @@ def load(pool, url: str, bodies, concurrency: int, seconds: float, clients: int)
     """Spread ``concurrency`` over ``clients`` processes; merge their latencies and statuses."""
     shares = [concurrency // clients + (i < concurrency % clients) for i in range(clients)]
     start_at = time.time() + 0.5
-    futures = [pool.submit(client, url, bodies[i:] + bodies[:i], c, seconds, start_at) for i, c in enumerate(shares) if c]  # fmt: skip
+    futures = [
+        pool.submit(client, url, bodies[i:] + bodies[:i], c, seconds, start_at)
+        for i, c in enumerate(shares)
+        if c
+    ]
     latencies, statuses = [], {}
     for f in futures:
         r = f.result()
@@ -188,8 +209,18 @@ def load(pool, url: str, bodies, concurrency: int, seconds: float, clients: int)
         for k, v in r["statuses"].items():
             statuses[k] = statuses.get(k, 0) + v
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
-    errors = {f"{kind}:{s}": n for (kind, s), n in statuses.items() if (kind == "good" and s != "200") or (kind == "bad" and not s.startswith("4"))}  # fmt: skip
-    return {"rps": len(latencies) / seconds, "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3, "errors": errors, "requests": sum(statuses.values())}  # fmt: skip
+    errors = {
+        f"{kind}:{s}": n
+        for (kind, s), n in statuses.items()
+        if (kind == "good" and s != "200") or (kind == "bad" and not s.startswith("4"))
+    }
+    return {
+        "rps": len(latencies) / seconds,
+        "p50_ms": q[49] * 1e3,
+        "p99_ms": q[98] * 1e3,
+        "errors": errors,
+        "requests": sum(statuses.values()),
+    }
 
 
 def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 300) -> None:
@@ -218,9 +249,21 @@ def serving(target: str, url: str | None = None, log: str | None = None):
         return
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the server
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         wait_ready(url, proc)
         yield url, proc.pid
@@ -236,10 +279,16 @@ def spam_mail() -> list[tuple[str, bytes, str, bool]]:
     from PIL import Image, ImageDraw
 
     im = Image.new("RGB", (480, 80), "white")
-    ImageDraw.Draw(im).text((10, 30), "Double your money with this exclusive offer now", fill="black")  # fmt: skip
+    ImageDraw.Draw(im).text(
+        (10, 30), "Double your money with this exclusive offer now", fill="black"
+    )
     buf = io.BytesIO()
     im.save(buf, format="PNG")
-    msg = {"subject": "offer", "body": "see the picture", "images": [base64.b64encode(buf.getvalue()).decode()]}  # fmt: skip
+    msg = {
+        "subject": "offer",
+        "body": "see the picture",
+        "images": [base64.b64encode(buf.getvalue()).decode()],
+    }
     return [("/spam/predict", json.dumps({"messages": [msg]}).encode(), "application/json", False)]
 
 
@@ -253,9 +302,16 @@ def main(argv: list[str] | None = None) -> list[tuple[int, int, dict]]:
     p.add_argument("--per-request", type=int, nargs="+", default=[1, 16], help="images per request")
     p.add_argument("--clients", type=int, default=2, help="load-generator processes")
     p.add_argument("--images", type=int, default=512, help="distinct test images cycled through")
-    p.add_argument("--bad-fraction", type=float, default=0.0, help="share of requests that are client mistakes (expected 4xx), e.g. 0.1")  # fmt: skip
+    p.add_argument(
+        "--bad-fraction",
+        type=float,
+        default=0.0,
+        help="share of requests that are client mistakes (expected 4xx), e.g. 0.1",
+    )
     p.add_argument("--server-log", help="write the service's output to this file")
-    p.add_argument("--isolation", action="store_true", help="classifier p99 alone and while spam OCR runs")  # fmt: skip
+    p.add_argument(
+        "--isolation", action="store_true", help="classifier p99 alone and while spam OCR runs"
+    )
     args = p.parse_args(argv)
 
     from serving.inputs import CONFIG
@@ -265,10 +321,15 @@ def main(argv: list[str] | None = None) -> list[tuple[int, int, dict]]:
     bad = [(r, b, c, True) for r, b, c in bad_requests()]
 
     def bodies(k: int) -> list[tuple[str, bytes, str, bool]]:
-        good = [("/classifier/predict", *multipart(pngs[i : i + k]), False) for i in range(0, len(pngs) - k + 1, k)]  # fmt: skip
+        good = [
+            ("/classifier/predict", *multipart(pngs[i : i + k]), False)
+            for i in range(0, len(pngs) - k + 1, k)
+        ]
         if not every:
             return good
-        return [bad[(i // every) % len(bad)] if i % every == 0 else g for i, g in enumerate(good * 2)]  # fmt: skip
+        return [
+            bad[(i // every) % len(bad)] if i % every == 0 else g for i, g in enumerate(good * 2)
+        ]
 
     rows, floor_rows, isolation, memory = [], {}, None, []
     with ProcessPoolExecutor(args.clients + 1) as pool:  # one more for the spam load of --isolation
@@ -301,21 +362,33 @@ def main(argv: list[str] | None = None) -> list[tuple[int, int, dict]]:
     from sightline.inference import select_device
 
     batch = CONFIG.batch("classifier")
-    print(f"classifier, {args.seconds:.0f} s per level, {args.clients} load-generator processes, {os.cpu_count()} CPUs, device {select_device()}{' (' + torch.cuda.get_device_name() + ')' if torch.cuda.is_available() else ''}, front workers={CONFIG.workers}, classifier workers={CONFIG.service('classifier').workers}, max_batch_size={batch['max_batch_size']}")  # fmt: skip
+    print(
+        f"classifier, {args.seconds:.0f} s per level, {args.clients} load-generator processes, {os.cpu_count()} CPUs, device {select_device()}{' (' + torch.cuda.get_device_name() + ')' if torch.cuda.is_available() else ''}, front workers={CONFIG.workers}, classifier workers={CONFIG.service('classifier').workers}, max_batch_size={batch['max_batch_size']}"
+    )
     for k, rate in local.items():
         print(f"in-process (decode + preprocess + batch {k} forward + top-k): {rate:.0f} images/s")
     if args.bad_fraction:
-        print(f"{args.bad_fraction:.0%} of requests are client mistakes ({len(bad)} kinds); errors count any 5xx or 503, and any mistake not answered 4xx")  # fmt: skip
-    print(f"server RSS: {mem_start:.0f} MiB after warm-up, {mem_end:.0f} MiB at the end ({mem_end / mem_start:.3f}x)")  # fmt: skip
-    print("| images/request | concurrency | req/s | images/s | p50 ms | p99 ms | errors | served / in-process | floor req/s | served / floor |")  # fmt: skip
+        print(
+            f"{args.bad_fraction:.0%} of requests are client mistakes ({len(bad)} kinds); errors count any 5xx or 503, and any mistake not answered 4xx"
+        )
+    print(
+        f"server RSS: {mem_start:.0f} MiB after warm-up, {mem_end:.0f} MiB at the end ({mem_end / mem_start:.3f}x)"
+    )
+    print(
+        "| images/request | concurrency | req/s | images/s | p50 ms | p99 ms | errors | served / in-process | floor req/s | served / floor |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for k, c, r in rows:
         f = floor_rows.get((k, c))
         floor = f"{f['rps']:.1f} | {r['rps'] / f['rps']:.3f}" if f else "— | —"
-        print(f"| {k} | {c} | {r['rps']:.1f} | {r['rps'] * k:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {sum(r['errors'].values())}{' ' + str(r['errors']) if r['errors'] else ''} | {r['rps'] * k / local[k]:.3f} | {floor} |")  # fmt: skip
+        print(
+            f"| {k} | {c} | {r['rps']:.1f} | {r['rps'] * k:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {sum(r['errors'].values())}{' ' + str(r['errors']) if r['errors'] else ''} | {r['rps'] * k / local[k]:.3f} | {floor} |"
+        )
     if isolation:
         alone, during, spam_sent = isolation
-        print(f"isolation (concurrency 8, 1 image): classifier p99 {alone['p99_ms']:.1f} ms alone, {during['p99_ms']:.1f} ms while {spam_sent} spam image-mail requests ran ({during['p99_ms'] / alone['p99_ms']:.2f}x)")  # fmt: skip
+        print(
+            f"isolation (concurrency 8, 1 image): classifier p99 {alone['p99_ms']:.1f} ms alone, {during['p99_ms']:.1f} ms while {spam_sent} spam image-mail requests ran ({during['p99_ms'] / alone['p99_ms']:.2f}x)"
+        )
     if memory:
         print("RSS per process (MiB): " + ", ".join(f"{name} {mb:.0f}" for name, mb in memory))
     return rows

@@ -34,8 +34,10 @@ DATA = ROOT / "data/prepared/spam"
 def post(url: str, row: dict) -> tuple[int, float, dict | None, int]:
     """(status, seconds, first answer or None, true label) of one ``/spam/predict`` request."""
     image = base64.b64encode((DATA / row["images"][0]).read_bytes()).decode()
-    body = json.dumps({"messages": [{"subject": row["subject"], "body": row["text"], "images": [image]}]}).encode()  # fmt: skip
-    req = urllib.request.Request(f"{url}/spam/predict", body, {"content-type": "application/json"})  # fmt: skip
+    body = json.dumps(
+        {"messages": [{"subject": row["subject"], "body": row["text"], "images": [image]}]}
+    ).encode()
+    req = urllib.request.Request(f"{url}/spam/predict", body, {"content-type": "application/json"})
     start = time.perf_counter()
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
@@ -63,18 +65,26 @@ def level(url: str, rows: list[dict], concurrency: int) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--requests", type=int, default=16, help="requests sent one at a time")
-    p.add_argument("--concurrency", type=int, default=16, help="requests in flight at the second level")  # fmt: skip
+    p.add_argument(
+        "--concurrency", type=int, default=16, help="requests in flight at the second level"
+    )
     args = p.parse_args()
     from sightline.mail.corpus import load_messages
 
     rows = load_messages(DATA, "test")
     rows = [r for r in rows if r["evasion"] and r["images"]][: 3 * args.requests]
     if len(rows) < 3 * args.requests:
-        sys.exit(f"{DATA}: fewer than {3 * args.requests} evasion messages; run dvc repro prepare@spam")  # fmt: skip
+        sys.exit(
+            f"{DATA}: fewer than {3 * args.requests} evasion messages; run dvc repro prepare@spam"
+        )
     bento = json.loads((ROOT / "models/bento/bento.json").read_text())["bento"]
     url = f"http://127.0.0.1:{free_port()}"
     bentoml = Path(sys.executable).with_name("bentoml")
-    proc = subprocess.Popen([str(bentoml), "serve", bento, "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(bentoml), "serve", bento, "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_ready(url, proc)
         print(f"spam service {bento}, one evasion message with its picture per request")

@@ -43,14 +43,22 @@ class StepTimer(L.Callback):
 def lightning_loop(module, dm, section, steps: int, warmup: int) -> float:
     timer = StepTimer(warmup)
     trainer_kwargs = {**section.trainer.model_dump(), "max_steps": steps, "max_epochs": -1}
-    trainer_kwargs.update(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                          enable_model_summary=False, limit_val_batches=0, callbacks=[timer])  # fmt: skip
+    trainer_kwargs.update(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
     L.Trainer(**trainer_kwargs).fit(module, datamodule=dm)
     return (steps - warmup) * dm.batch_size / (timer.end - timer.start)
 
 
 def plain_loop(module, dm, section, steps: int, warmup: int) -> float:
-    device = torch.device("cuda" if torch.cuda.is_available() and section.trainer.accelerator != "cpu" else "cpu")  # fmt: skip
+    device = torch.device(
+        "cuda" if torch.cuda.is_available() and section.trainer.accelerator != "cpu" else "cpu"
+    )
     module = module.to(device).train()
     opt, sched = module.build_optimizer(steps)
     bf16 = section.trainer.precision.startswith("bf16")
@@ -88,8 +96,9 @@ def main() -> None:
         "--rounds", type=int, default=5, help="rounds, order alternating; median and best kept"
     )
     args = p.parse_args()
-    params, sections = common.load(args.params)
-    section = sections["classifier"]
+    from sightline.params import load_section
+
+    params, section = load_section(args.params, "classifier")
     from sightline.registry import get_model
 
     spec = get_model("classifier")
@@ -104,7 +113,9 @@ def main() -> None:
             results[name].append(fn(copy.deepcopy(base), dm, section, args.steps, args.warmup))
     best = {k: max(v) for k, v in results.items()}
     median = {k: statistics.median(v) for k, v in results.items()}
-    print(f"classifier on {section.data.dataset}, batch {section.data.batch_size}, precision {section.trainer.precision}, {args.steps - args.warmup} timed steps x {args.rounds} rounds, {torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"classifier on {section.data.dataset}, batch {section.data.batch_size}, precision {section.trainer.precision}, {args.steps - args.warmup} timed steps x {args.rounds} rounds, {torch.get_num_threads()} threads"
+    )
     for k in ("plain", "lightning"):
         print(
             f"  {k:9s} {best[k]:8.0f} images/s   (rounds: {', '.join(f'{v:.0f}' for v in results[k])})"

@@ -17,22 +17,20 @@ import common
 
 def main() -> None:
     p = common.parser(__doc__)
-    p.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")  # fmt: skip
-    p.add_argument("--exp-json", help="read `dvc exp show --json` output from this file instead of running dvc")  # fmt: skip
+    p.add_argument(
+        "--all-commits", action="store_true", help="experiments of every commit, not only HEAD's"
+    )
+    p.add_argument(
+        "--exp-json", help="read `dvc exp show --json` output from this file instead of running dvc"
+    )
     p.add_argument("--out", default="reports", help="folder for leaderboard.md / leaderboard.html")
     args = p.parse_args()
-    _, sections = common.load(args.params)
+    _, sections = common.load_all(args.params)
 
     import yaml
 
     from sightline.io import atomic_write_text
-    from sightline.leaderboard import (
-        changed_params,
-        exp_show_rows,
-        html_page,
-        markdown,
-        parse_exp_show,
-    )
+    from sightline.leaderboard import changed_params, html_page, markdown, parse_exp_show
     from sightline.registry import get_model
 
     metrics = {}
@@ -41,14 +39,21 @@ def main() -> None:
         if path.is_file():
             metrics[name] = json.loads(path.read_text())
     raw = yaml.safe_load(args.params.read_text())
-    changed = {name: changed_params(raw["models"][name], get_model(name).params().model_dump(mode="json")) for name in sections}  # fmt: skip
-    rows = exp_show_rows(args.exp_json, args.all_commits)
+    changed = {
+        name: changed_params(raw["models"][name], get_model(name).params().model_dump(mode="json"))
+        for name in sections
+    }
+    rows = common.exp_show_rows(args.exp_json, args.all_commits)
     experiments = parse_exp_show(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "leaderboard.md", markdown(metrics, changed, experiments))
-    atomic_write_text(out / "leaderboard.html", html_page(metrics, changed, experiments, common.REPORTS, out))  # fmt: skip
-    print(f"wrote {out / 'leaderboard.md'} and {out / 'leaderboard.html'}: {len(metrics)} models, {len(experiments)} commits and experiments")  # fmt: skip
+    atomic_write_text(
+        out / "leaderboard.html", html_page(metrics, changed, experiments, common.REPORTS, out)
+    )
+    print(
+        f"wrote {out / 'leaderboard.md'} and {out / 'leaderboard.html'}: {len(metrics)} models, {len(experiments)} commits and experiments"
+    )
 
 
 if __name__ == "__main__":

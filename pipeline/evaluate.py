@@ -14,9 +14,13 @@ def main() -> None:
     from sightline.io import write_json
 
     metrics = evaluate(
-        args.model, section, params.seed, common.MODELS / args.model,
-        common.PREPARED / section.data.dataset, common.REPORTS / args.model,
-    )  # fmt: skip
+        args.model,
+        section,
+        params.seed,
+        common.MODELS / args.model,
+        common.PREPARED / section.data.dataset,
+        common.REPORTS / args.model,
+    )
     write_json(common.METRICS / f"{args.model}.json", metrics)
     print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, int | float)}, indent=2))
 

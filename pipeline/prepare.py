@@ -9,10 +9,10 @@ def main() -> None:
     p = common.parser(__doc__)
     p.add_argument("dataset", help="a key of `datasets` in params.yaml")
     args = p.parse_args()
-    params, _ = common.load(args.params)
+    params = common.load(args.params)
 
-    from sightline.data.prepare import prepare_dataset
     from sightline.errors import ConfigError
+    from sightline.prepare import prepare_dataset
 
     if args.dataset not in params.datasets:
         raise ConfigError(f"{args.params}: datasets.{args.dataset}: section missing")

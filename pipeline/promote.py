@@ -1,9 +1,9 @@
 """``make promote MODEL=<name> [EXP=<exp>] [FORCE=1]``: serve the best experiment of one model.
 
 Chooses the DVC experiment with the best selection metric for ``<name>`` (``dvc exp show``;
-the metric is declared in ``sightline.leaderboard.SELECTION``), or the one named by ``--exp``.
+the metric is the model's ``EVALUATION.selection``, in ``sightline/metrics/<name>.py``), or the one named by ``--exp``.
 It compares it with the model served by the committed Bento (HEAD's
-``models/bento/bento.json``): promoting a worse one needs ``--force``. It then runs
+``bento/bento.json``): promoting a worse one needs ``--force``. It then runs
 ``dvc exp apply <exp>``, which brings the experiment's checkpoint, metrics, params and
 ``dvc.lock`` into the workspace, and ``dvc repro package``, which packages the models with the
 experiment's name in their labels and builds the Bento. Last, it makes sure that Bento is in the local BentoML store. Commit the
@@ -18,11 +18,11 @@ import subprocess
 
 import common
 
-BENTO_JSON = common.MODELS / "bento" / "bento.json"
+BENTO_JSON = common.BENTO / "bento.json"
 
 
 def served_bento() -> dict | None:
-    """``bento.json`` of the Bento the committed workspace serves (HEAD's ``models/bento``, read
+    """``bento.json`` of the Bento the committed workspace serves (HEAD's ``bento``, read
     through DVC), else the workspace's own; ``None`` before anything was packaged.
 
     HEAD, not the workspace: ``dvc exp run`` leaves the last experiment's results in the
@@ -41,7 +41,7 @@ def served_value(model: str) -> tuple[str, float] | None:
     import bentoml
     from bentoml.exceptions import NotFound
 
-    from sightline.leaderboard import SELECTION
+    from sightline.registry import get_evaluation
 
     tag = ((served_bento() or {}).get("models") or {}).get(model)
     if tag is None:
@@ -50,40 +50,49 @@ def served_value(model: str) -> tuple[str, float] | None:
         metrics = bentoml.models.get(tag).info.metadata.get("metrics", {})
     except NotFound:
         return None
-    value = metrics.get(SELECTION[model][0])
+    value = metrics.get(get_evaluation(model).selection[0])
     return (tag, float(value)) if isinstance(value, int | float) else None
 
 
 def dvc(*args: str, env: dict | None = None) -> None:
     from sightline.errors import SightlineError
 
-    result = subprocess.run(["dvc", *args], capture_output=True, text=True, env={**os.environ, **(env or {})})  # fmt: skip
+    result = subprocess.run(
+        ["dvc", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
     if result.returncode != 0:
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-        raise SightlineError(f"`dvc {' '.join(args)}` failed: {lines[-1] if lines else result.returncode}")  # fmt: skip
+        raise SightlineError(
+            f"`dvc {' '.join(args)}` failed: {lines[-1] if lines else result.returncode}"
+        )
 
 
 def main() -> None:
     p = common.parser(__doc__.split("\n\n")[0])
     p.add_argument("model", help="a model name, e.g. classifier")
     p.add_argument("--exp", help="promote this experiment (name or rev) instead of the best one")
-    p.add_argument("--force", action="store_true", help="promote even when it is worse than the served model")  # fmt: skip
+    p.add_argument(
+        "--force", action="store_true", help="promote even when it is worse than the served model"
+    )
     p.add_argument("--exp-json", help="read `dvc exp show --json` output from this file")
     p.add_argument("--dry-run", action="store_true", help="choose and compare, change nothing")
     args = p.parse_args()
 
     from sightline.errors import InputError
-    from sightline.leaderboard import SELECTION, better, choose, exp_show_rows, parse_exp_show
+    from sightline.leaderboard import better, choose, parse_exp_show, selection
 
-    if args.model not in SELECTION:
-        raise InputError(f"unknown model {args.model!r} (known: {', '.join(SELECTION)})")
-    experiments = parse_exp_show(exp_show_rows(args.exp_json))
+    experiments = parse_exp_show(common.exp_show_rows(args.exp_json))
     exp, value = choose(experiments, args.model, args.exp)
-    key = f"{SELECTION[args.model][0]} ({SELECTION[args.model][1]})"
+    metric, mode = selection(args.model)
+    key = f"{metric} ({mode})"
     served = served_value(args.model)
     if served is not None and better(args.model, served[1], value) and not args.force:
-        raise InputError(f"{exp.name} has {key} {value:g}, worse than the served {served[0]} ({served[1]:g}); pass --force (FORCE=1) to promote it anyway")  # fmt: skip
-    print(f"{args.model}: {exp.name} ({exp.rev[:7]}), {key} {value:g}; served now: {f'{served[0]} ({served[1]:g})' if served else 'nothing'}")  # fmt: skip
+        raise InputError(
+            f"{exp.name} has {key} {value:g}, worse than the served {served[0]} ({served[1]:g}); pass --force (FORCE=1) to promote it anyway"
+        )
+    print(
+        f"{args.model}: {exp.name} ({exp.rev[:7]}), {key} {value:g}; served now: {f'{served[0]} ({served[1]:g})' if served else 'nothing'}"
+    )
     if args.dry_run:
         return
     if not exp.baseline:
@@ -97,9 +106,15 @@ def main() -> None:
     try:
         bentoml.bentos.get(bento["bento"])
     except NotFound:  # built elsewhere (a queued or remote run): import the exported archive
-        bentoml.bentos.import_bento(str(BENTO_JSON.parent / f"{bento['bento'].split(':')[0]}.bento"))  # fmt: skip
-    print(f"promoted {bento['models'][args.model]} (experiment {bento.get('experiment')}) in Bento {bento['bento']}")  # fmt: skip
-    print(f"serve it: bentoml serve {bento['bento']}   (commit dvc.lock, params.yaml and metrics/ to keep it)")  # fmt: skip
+        bentoml.bentos.import_bento(
+            str(BENTO_JSON.parent / f"{bento['bento'].split(':')[0]}.bento")
+        )
+    print(
+        f"promoted {bento['models'][args.model]} (experiment {bento.get('experiment')}) in Bento {bento['bento']}"
+    )
+    print(
+        f"serve it: bentoml serve {bento['bento']}   (commit dvc.lock, params.yaml and metrics/ to keep it)"
+    )
 
 
 if __name__ == "__main__":

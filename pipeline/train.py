@@ -15,9 +15,14 @@ def main() -> None:
     data_dir = common.PREPARED / section.data.dataset
     print(f"training {args.model} on {section.data.dataset}; visible compute: {device_summary()}")
     info = train(
-        args.model, section, params.seed, data_dir, common.MODELS / args.model,
-        common.RUNS / args.model, common.LIVE / args.model,
-    )  # fmt: skip
+        args.model,
+        section,
+        params.seed,
+        data_dir,
+        common.MODELS / args.model,
+        common.RUNS / args.model,
+        common.LIVE / args.model,
+    )
     if info is not None:
         print(json.dumps(info, indent=2))
 

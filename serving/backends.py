@@ -23,7 +23,8 @@ from PIL.Image import Image
 
 from serving.inputs import CONFIG, image_to_b64
 from sightline.inference import load_module, select_device
-from sightline.packaging import MODELS, load_index
+from sightline.packaging import load_index
+from sightline.registry import served_models
 
 
 def _model_tags() -> dict[str, str]:
@@ -32,7 +33,7 @@ def _model_tags() -> dict[str, str]:
     a later package run (an experiment, say) added to the store. From a checkout: ``:latest``."""
     pinned = Path(__file__).with_name("models.json")
     tags = json.loads(pinned.read_text()) if pinned.is_file() else {}
-    return {name: tags.get(name, f"{name}:latest") for name in MODELS}
+    return {name: tags.get(name, f"{name}:latest") for name in served_models()}
 
 
 MODEL_TAGS = _model_tags()
@@ -42,19 +43,23 @@ def options(name: str) -> dict:
     """``bentoml.service`` keyword arguments of the service ``name`` (its params section)."""
     svc = CONFIG.service(name)
     return {
-        "name": f"{CONFIG.bento}-{name}", "workers": svc.workers,
-        "resources": {"gpu": svc.gpu} if svc.gpu else {}, "traffic": {"timeout": CONFIG.timeout_s},
-    }  # fmt: skip
+        "name": f"{CONFIG.bento}-{name}",
+        "workers": svc.workers,
+        "resources": {"gpu": svc.gpu} if svc.gpu else {},
+        "traffic": {"timeout": CONFIG.timeout_s},
+    }
 
 
 def grid(images: torch.Tensor, nrow: int | None = None) -> Image:
     """Images in [0, 1] ``(N, C, H, W)`` -> one PNG-ready grid, square unless ``nrow`` is given."""
     from torchvision.utils import make_grid
 
-    from sightline.generative import to_pil
+    from sightline.models.generative import samples_to_pil
 
     nrow = nrow or max(1, math.ceil(len(images) ** 0.5))
-    return to_pil(make_grid(images.float().cpu(), nrow=nrow, padding=2, pad_value=1.0)[None])[0]
+    return samples_to_pil(
+        make_grid(images.float().cpu(), nrow=nrow, padding=2, pad_value=1.0)[None]
+    )[0]
 
 
 class Loaded:
@@ -83,7 +88,10 @@ class Loaded:
     @contextmanager
     def infer(self):
         """No autograd; float16 autocast on CUDA when ``half`` is set, else full precision."""
-        with torch.inference_mode(), (torch.autocast("cuda", dtype=torch.float16) if self.half else nullcontext()):  # fmt: skip
+        with (
+            torch.inference_mode(),
+            torch.autocast("cuda", dtype=torch.float16) if self.half else nullcontext(),
+        ):
             yield
 
 
@@ -118,7 +126,10 @@ class SpamModel(Loaded):
         ``None``) -> per message the calibrated probability, label and modalities."""
         m = self.m
         with self.infer():
-            examples = [m.encode(x["subject"], x["body"], x["images"], image_texts=x["texts"]) for x in messages]  # fmt: skip
+            examples = [
+                m.encode(x["subject"], x["body"], x["images"], image_texts=x["texts"])
+                for x in messages
+            ]
             return m.predict_batch(examples)
 
 
@@ -201,7 +212,9 @@ class ClipModel(Loaded):
             return self.m.embed_texts(texts).tolist()
 
     @bentoml.api
-    def zero_shot(self, image: Image, labels: list[str], templates: list[str], top_k: int) -> list[dict]:  # fmt: skip
+    def zero_shot(
+        self, image: Image, labels: list[str], templates: list[str], top_k: int
+    ) -> list[dict]:
         m = self.m
         with self.infer():
             logits = m.embed_images([image]) @ m.class_embeddings(labels, templates).T
@@ -213,7 +226,10 @@ class ClipModel(Loaded):
         with self.infer():
             q = self.m.embed_texts([query]).to(self.index.device)
         scores, idx = (self.index @ q[0].float()).topk(min(top_k, len(self.index_captions)))
-        return [{"index": int(i), "caption": self.index_captions[int(i)], "score": round(float(s), 6)} for s, i in zip(scores, idx, strict=True)]  # fmt: skip
+        return [
+            {"index": int(i), "caption": self.index_captions[int(i)], "score": round(float(s), 6)}
+            for s, i in zip(scores, idx, strict=True)
+        ]
 
     @bentoml.api
     def index_size(self) -> int:
@@ -222,7 +238,7 @@ class ClipModel(Loaded):
     @bentoml.api
     def index_image(self, index: int) -> Image:
         """One image of the search index (the caller checks ``index < index_size()``)."""
-        from sightline.data.captions import to_pil
+        from sightline.data.decode import to_pil
 
         return to_pil(self.index_images[index].numpy())
 
@@ -238,4 +254,10 @@ class Ocr:
         return read_text(image, timeout=CONFIG.timeout_s)
 
 
-SERVICES = {"classifier": ClassifierModel, "spam": SpamModel, "vae": VaeModel, "gan": GanModel, "clip": ClipModel}  # fmt: skip
+SERVICES = {
+    "classifier": ClassifierModel,
+    "spam": SpamModel,
+    "vae": VaeModel,
+    "gan": GanModel,
+    "clip": ClipModel,
+}

@@ -43,7 +43,9 @@ def parse_multipart(content_type: bytes, body: bytes, max_files: int) -> list[Pa
     if not boundary:
         raise ClientError(400, "multipart body: the Content-Type has no boundary")
     if len(boundary) > 200:
-        raise ClientError(400, f"multipart body: the boundary is {len(boundary)} characters; at most 200")  # fmt: skip
+        raise ClientError(
+            400, f"multipart body: the boundary is {len(boundary)} characters; at most 200"
+        )
     parts: list[Part] = []
     state = {"field": b"", "value": b"", "header_bytes": 0}
 
@@ -55,7 +57,10 @@ def parse_multipart(content_type: bytes, body: bytes, max_files: int) -> list[Pa
         part = parts[-1]
         part.data += data[start:end]
         if part.filename is None and len(part.data) > MAX_FIELD_BYTES:
-            raise ClientError(400, f"multipart field {part.name!r}: over {MAX_FIELD_BYTES} bytes; send large content as a file")  # fmt: skip
+            raise ClientError(
+                400,
+                f"multipart field {part.name!r}: over {MAX_FIELD_BYTES} bytes; send large content as a file",
+            )
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         state["field"] += data[start:end]
@@ -65,7 +70,9 @@ def parse_multipart(content_type: bytes, body: bytes, max_files: int) -> list[Pa
         state["value"] += data[start:end]
         state["header_bytes"] += end - start
         if state["header_bytes"] > MAX_PART_HEADER_BYTES:
-            raise ClientError(400, f"multipart body: a part's headers are over {MAX_PART_HEADER_BYTES} bytes")  # fmt: skip
+            raise ClientError(
+                400, f"multipart body: a part's headers are over {MAX_PART_HEADER_BYTES} bytes"
+            )
 
     def on_header_end() -> None:
         parts[-1].headers.append((state["field"].lower(), state["value"]))
@@ -79,18 +86,23 @@ def parse_multipart(content_type: bytes, body: bytes, max_files: int) -> list[Pa
         part.name = opts[b"name"].decode("utf-8", "replace")
         if b"filename" in opts:
             part.filename = opts[b"filename"].decode("utf-8", "replace")
-            part.content_type = headers.get(b"content-type", b"").decode("latin-1").strip() or None  # fmt: skip
+            part.content_type = headers.get(b"content-type", b"").decode("latin-1").strip() or None
         files = sum(p.filename is not None for p in parts)
         if files > max_files:
-            raise ClientError(400, f"multipart body: more than {max_files} files; at most {max_files} per request")  # fmt: skip
+            raise ClientError(
+                400, f"multipart body: more than {max_files} files; at most {max_files} per request"
+            )
         if len(parts) - files > MAX_FIELDS:
             raise ClientError(400, f"multipart body: more than {MAX_FIELDS} fields")
 
     callbacks = {
-        "on_part_begin": on_part_begin, "on_part_data": on_part_data,
-        "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
-    }  # fmt: skip
+        "on_part_begin": on_part_begin,
+        "on_part_data": on_part_data,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+    }
     try:
         parser = MultipartParser(boundary, callbacks)
         parser.write(body)

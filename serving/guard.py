@@ -51,12 +51,27 @@ def reason_of(status: int, body: bytes) -> dict:
     if isinstance(data, list) and len(data) == 1:  # BentoML's 4xx: [{"error": ...}]
         data = data[0]
     if isinstance(data, dict) and isinstance(data.get("detail"), list):  # validation errors
-        detail = [{"loc": [str(x) for x in d.get("loc", [])], "msg": str(d.get("msg", "")), "type": str(d.get("type", ""))} for d in data["detail"] if isinstance(d, dict)]  # fmt: skip
+        detail = [
+            {
+                "loc": [str(x) for x in d.get("loc", [])],
+                "msg": str(d.get("msg", "")),
+                "type": str(d.get("type", "")),
+            }
+            for d in data["detail"]
+            if isinstance(d, dict)
+        ]
         text = "; ".join(f"{'.'.join(d['loc'][1:] or d['loc'])}: {d['msg']}" for d in detail)
-        return {"error": f"invalid request: {text}" if text else str(data.get("error")), "detail": detail}  # fmt: skip
+        return {
+            "error": f"invalid request: {text}" if text else str(data.get("error")),
+            "detail": detail,
+        }
     if isinstance(data, dict):
         data = data.get("error") or data.get("detail") or ""
-    text = {404: "no such route", 405: "method not allowed"}.get(status) or str(data) or f"HTTP {status}"  # fmt: skip
+    text = (
+        {404: "no such route", 405: "method not allowed"}.get(status)
+        or str(data)
+        or f"HTTP {status}"
+    )
     if status == 503:
         text = f"overloaded, retry later: {text}"
     return {"error": text}
@@ -75,8 +90,16 @@ class OneLineClientErrors(logging.Filter):
         status = getattr(exc, "error_code", 500) if isinstance(exc, BentoMLException) else 500
         if isinstance(exc, ValidationError) or status < 500:
             first = str(exc).strip().splitlines()
-            record.msg, record.args = "%s: client error: %s", (record.getMessage(), first[0] if first else type(exc).__name__)  # fmt: skip
-            record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.INFO, "INFO"  # fmt: skip
+            record.msg, record.args = (
+                "%s: client error: %s",
+                (record.getMessage(), first[0] if first else type(exc).__name__),
+            )
+            record.exc_info, record.exc_text, record.levelno, record.levelname = (
+                None,
+                None,
+                logging.INFO,
+                "INFO",
+            )
         return True
 
 
@@ -102,7 +125,9 @@ class Guard:
     def __init__(self, app, config, file_fields: dict[str, dict[str, str]], fix_spec) -> None:
         self.app, self.config, self.file_fields, self.fix_spec = app, config, file_fields, fix_spec
         self.token = os.environ.get("SIGHTLINE_API_TOKEN") or None
-        public = HEALTH | ({"/metrics"} if os.environ.get("SIGHTLINE_PUBLIC_METRICS") == "1" else set())  # fmt: skip
+        public = HEALTH | (
+            {"/metrics"} if os.environ.get("SIGHTLINE_PUBLIC_METRICS") == "1" else set()
+        )
         self.public = frozenset(public)
         self.in_flight = 0
         self.spec: bytes | None = None
@@ -117,11 +142,16 @@ class Guard:
         try:
             self._authorize(scope)
         except ClientError as err:
-            return await self._refuse(send, err, scope, [(b"www-authenticate", b'Bearer realm="sightline"')])  # fmt: skip
+            return await self._refuse(
+                send, err, scope, [(b"www-authenticate", b'Bearer realm="sightline"')]
+            )
         if path in UNLIMITED:
             return await self._call(scope, receive, send)
         if self.in_flight >= self.config.max_concurrency:
-            err = ClientError(503, f"overloaded, retry later: {self.in_flight} requests in flight, the limit per worker is {self.config.max_concurrency}")  # fmt: skip
+            err = ClientError(
+                503,
+                f"overloaded, retry later: {self.in_flight} requests in flight, the limit per worker is {self.config.max_concurrency}",
+            )
             return await self._refuse(send, err, scope, self._retry_after())
         self.in_flight += 1
         counted = [True]
@@ -148,7 +178,9 @@ class Guard:
             return
         given = dict(scope["headers"]).get(b"authorization", b"")
         if not hmac.compare_digest(given, b"Bearer " + self.token.encode()):
-            raise ClientError(401, "missing or wrong bearer token (Authorization: Bearer <SIGHTLINE_API_TOKEN>)")  # fmt: skip
+            raise ClientError(
+                401, "missing or wrong bearer token (Authorization: Bearer <SIGHTLINE_API_TOKEN>)"
+            )
 
     async def _refuse(self, send, err: ClientError, scope, headers: list | None = None) -> None:
         log.info("%s %s: %d %s", scope["method"], scope["path"], err.status, err)
@@ -199,23 +231,40 @@ class Guard:
     def _check_form(self, path: str, ctype: bytes, body: bytes) -> None:
         if not ctype.lower().startswith(b"multipart/"):  # urlencoded: BentoML reads it as a form
             try:
-                names = {k for k, _ in parse_qsl(body.decode("latin-1"), keep_blank_values=True, max_num_fields=MAX_FIELDS)}  # fmt: skip
+                names = {
+                    k
+                    for k, _ in parse_qsl(
+                        body.decode("latin-1"), keep_blank_values=True, max_num_fields=MAX_FIELDS
+                    )
+                }
             except ValueError:
                 raise ClientError(400, f"form body: more than {MAX_FIELDS} fields") from None
             for field in names & set(self.file_fields.get(path, {})):
-                raise ClientError(400, f"{field}: expected a file upload, got a text field (URLs are never fetched; upload the file itself)")  # fmt: skip
+                raise ClientError(
+                    400,
+                    f"{field}: expected a file upload, got a text field (URLs are never fetched; upload the file itself)",
+                )
             return
         parts = parse_multipart(ctype, body, self.config.max_images)
         fields = [p.name for p in parts if p.filename is None]
         for name in {n for n in fields if fields.count(n) > 1}:  # BentoML would keep only one
-            raise ClientError(400, f"{name}: given {fields.count(name)} times; send one value (lists as JSON text)")  # fmt: skip
+            raise ClientError(
+                400,
+                f"{name}: given {fields.count(name)} times; send one value (lists as JSON text)",
+            )
         for field in self.file_fields.get(path, {}):
             for part in parts:
                 if part.name == field and part.filename is None:
-                    raise ClientError(400, f"{field}: expected a file upload, got a text field (URLs are never fetched; upload the file itself)")  # fmt: skip
+                    raise ClientError(
+                        400,
+                        f"{field}: expected a file upload, got a text field (URLs are never fetched; upload the file itself)",
+                    )
         pixels = image_pixels(parts)
         if pixels > self.config.max_pixels:
-            raise ClientError(413, f"images: {pixels} pixels in one request; the limit is {self.config.max_pixels}")  # fmt: skip
+            raise ClientError(
+                413,
+                f"images: {pixels} pixels in one request; the limit is {self.config.max_pixels}",
+            )
 
     async def _drain(self, receive, more: bool) -> None:
         """Read (and drop) what the client is still sending, up to a cap, so it sees the 413
@@ -251,11 +300,24 @@ class Guard:
                     self.spec = json.dumps(self.fix_spec(json.loads(held["body"]))).encode()
                 start, body = json_response(200, {}, [])
                 body["body"] = self.spec
-                start["headers"] = [(b"content-type", b"application/json"), (b"content-length", str(len(self.spec)).encode())]  # fmt: skip
+                start["headers"] = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(self.spec)).encode()),
+                ]
             else:
-                keep = [(k, v) for k, v in held["start"].get("headers", []) if k.lower() not in (b"content-type", b"content-length")]  # fmt: skip
-                extra = self._retry_after() if status == 503 and not any(k.lower() == b"retry-after" for k, _ in keep) else []  # fmt: skip
-                start, body = json_response(status, reason_of(status, bytes(held["body"])), keep + extra)  # fmt: skip
+                keep = [
+                    (k, v)
+                    for k, v in held["start"].get("headers", [])
+                    if k.lower() not in (b"content-type", b"content-length")
+                ]
+                extra = (
+                    self._retry_after()
+                    if status == 503 and not any(k.lower() == b"retry-after" for k, _ in keep)
+                    else []
+                )
+                start, body = json_response(
+                    status, reason_of(status, bytes(held["body"])), keep + extra
+                )
             await send(start)
             await send(body)
 

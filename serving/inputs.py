@@ -20,16 +20,18 @@ from pathlib import Path
 from typing import Annotated
 
 from bentoml.exceptions import BentoMLException, InvalidArgument
-from PIL import Image as PILImage
 from PIL.Image import Image
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, PrivateAttr, model_validator
 
+from sightline.data import decode
 from sightline.errors import BudgetError, InputError
 from sightline.packaging import load_serving_config
 
 # serving/params.yaml beside this file (inside the Bento too); SIGHTLINE_SERVING_PARAMS names
 # another file, e.g. to try gpu: 1 without rebuilding.
-CONFIG = load_serving_config(os.environ.get("SIGHTLINE_SERVING_PARAMS") or Path(__file__).with_name("params.yaml"))  # fmt: skip
+CONFIG = load_serving_config(
+    os.environ.get("SIGHTLINE_SERVING_PARAMS") or Path(__file__).with_name("params.yaml")
+)
 
 
 class TooLarge(BentoMLException):
@@ -57,21 +59,12 @@ def open_image(data: bytes, what: str = "image") -> Image:
     """Bytes -> a lazily opened PIL image (only its header read); ``InputError`` naming ``what``
     when it is not an image, ``BudgetError`` when it has more than ``max_pixels`` pixels."""
     try:
-        img = PILImage.open(io.BytesIO(data))
-    except Exception as err:  # PIL raises many types for corrupt data
-        raise InputError(f"{what}: not a decodable image ({type(err).__name__})") from None
-    if img.width * img.height > CONFIG.max_pixels:
-        raise BudgetError(f"{what}: {img.width}x{img.height} pixels is over the {CONFIG.max_pixels}-pixel limit per request")  # fmt: skip
-    return img
+        return decode.open_image(data, CONFIG.max_pixels, what)
+    except BudgetError as err:
+        raise BudgetError(f"{err} per request") from None
 
 
-def load_image(img: Image, what: str = "image") -> Image:
-    """Decode an opened image in full; ``InputError`` when the data is corrupt or truncated."""
-    try:
-        img.load()
-    except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt data
-        raise InputError(f"{what}: not a decodable image ({type(err).__name__})") from None
-    return img
+load_image = decode.load_image
 
 
 def _open_upload(obj) -> Image:
@@ -101,7 +94,10 @@ async def decoded(images: list[Image]) -> list[Image]:
     so the event loop keeps serving other requests; a corrupt one is a 400."""
 
     def load_all() -> list[Image]:
-        return [load_image(im, f"image {i + 1}" if len(images) > 1 else "image") for i, im in enumerate(images)]  # fmt: skip
+        return [
+            load_image(im, f"image {i + 1}" if len(images) > 1 else "image")
+            for i, im in enumerate(images)
+        ]
 
     with client_errors():
         return await asyncio.to_thread(load_all)
@@ -110,7 +106,9 @@ async def decoded(images: list[Image]) -> list[Image]:
 def b64_bytes(value: str) -> bytes:
     """A base64 string (a ``data:`` URI is accepted) -> bytes; ``InputError`` if it is not."""
     try:
-        return base64.b64decode(value.split(",", 1)[-1] if value.startswith("data:") else value, validate=True)  # fmt: skip
+        return base64.b64decode(
+            value.split(",", 1)[-1] if value.startswith("data:") else value, validate=True
+        )
     except (binascii.Error, ValueError):
         raise InputError("image: not valid base64") from None
 
@@ -124,11 +122,17 @@ def image_to_b64(img: Image) -> str:
 ImageFile = Annotated[Image, BeforeValidator(_open_upload)]
 """An uploaded image (``image/*``), sized from its header while the request is validated."""
 ImageFiles = Annotated[list[ImageFile], Field(min_length=1, max_length=CONFIG.max_images)]
-B64Image = Annotated[str, Field(description="a PNG/JPEG/GIF image, base64 (a data: URI is accepted)")]  # fmt: skip
+B64Image = Annotated[
+    str, Field(description="a PNG/JPEG/GIF image, base64 (a data: URI is accepted)")
+]
 Text = Annotated[str, Field(max_length=CONFIG.max_text_chars)]
 # Integers are strict: JSON ``true`` or ``1.0`` is not a count (the schema says integer).
-Count = Annotated[int, Field(strict=True, ge=1, le=CONFIG.max_samples, description="how many images")]  # fmt: skip
-Seed = Annotated[int, Field(strict=True, ge=0, le=2**63 - 1, description="the same seed gives the same images")]  # fmt: skip
+Count = Annotated[
+    int, Field(strict=True, ge=1, le=CONFIG.max_samples, description="how many images")
+]
+Seed = Annotated[
+    int, Field(strict=True, ge=0, le=2**63 - 1, description="the same seed gives the same images")
+]
 
 
 # --- spam -------------------------------------------------------------------------------------
@@ -164,10 +168,14 @@ def decode_messages(messages: list[Message]) -> list[Message]:
     ``max_images`` and ``max_pixels`` together."""
     opened = [im for m in messages for im in m._opened]
     if len(opened) > CONFIG.max_images:
-        raise TooLarge(f"messages: {len(opened)} images in one request; the limit is {CONFIG.max_images}")  # fmt: skip
+        raise TooLarge(
+            f"messages: {len(opened)} images in one request; the limit is {CONFIG.max_images}"
+        )
     pixels = sum(im.width * im.height for im in opened)
     if pixels > CONFIG.max_pixels:
-        raise TooLarge(f"messages: the images hold {pixels} pixels; the limit per request is {CONFIG.max_pixels}")  # fmt: skip
+        raise TooLarge(
+            f"messages: the images hold {pixels} pixels; the limit per request is {CONFIG.max_pixels}"
+        )
     try:
         for m in messages:
             m._decoded = [load_image(im) for im in m._opened]
@@ -177,8 +185,10 @@ def decode_messages(messages: list[Message]) -> list[Message]:
 
 
 Messages = Annotated[
-    list[Message], Field(min_length=1, max_length=CONFIG.max_messages), AfterValidator(decode_messages)
-]  # fmt: skip
+    list[Message],
+    Field(min_length=1, max_length=CONFIG.max_messages),
+    AfterValidator(decode_messages),
+]
 
 
 class Modalities(BaseModel):
@@ -203,11 +213,17 @@ def check_template(template: str) -> str:
     are literal braces); no field names, conversions or format specs, which ``str.format``
     would act on."""
     try:
-        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]  # fmt: skip
+        fields = [
+            (name, spec, conv)
+            for _, name, spec, conv in string.Formatter().parse(template)
+            if name is not None
+        ]
     except ValueError as err:
         raise ValueError(f"template {template[:40]!r}: {err}") from None
     if len(fields) != 1 or fields[0] != ("", "", None):
-        raise ValueError(f"template {template[:40]!r}: needs exactly one bare {{}} (no names, no format specs), found {len(fields)} field(s)")  # fmt: skip
+        raise ValueError(
+            f"template {template[:40]!r}: needs exactly one bare {{}} (no names, no format specs), found {len(fields)} field(s)"
+        )
     return template
 
 
@@ -215,17 +231,24 @@ def check_request_chars(texts: list[str]) -> list[str]:
     """Refuse (413) a request whose texts add up to more than ``max_request_chars``."""
     total = sum(len(t) for t in texts)
     if total > CONFIG.max_request_chars:
-        raise TooLarge(f"texts: {total} characters in one request; the limit is {CONFIG.max_request_chars}")  # fmt: skip
+        raise TooLarge(
+            f"texts: {total} characters in one request; the limit is {CONFIG.max_request_chars}"
+        )
     return texts
 
 
 Caption = Annotated[str, Field(min_length=1, max_length=CONFIG.max_caption_chars)]
 Captions = Annotated[
-    list[Caption], Field(min_length=1, max_length=CONFIG.max_texts, examples=[["a red heart", "a smiling face"]]),
+    list[Caption],
+    Field(min_length=1, max_length=CONFIG.max_texts, examples=[["a red heart", "a smiling face"]]),
     AfterValidator(check_request_chars),
-]  # fmt: skip
+]
 ZeroShotLabel = Annotated[str, Field(min_length=1, max_length=200)]
-Template = Annotated[str, Field(min_length=2, max_length=200, examples=["a photo of a {}."]), AfterValidator(check_template)]  # fmt: skip
+Template = Annotated[
+    str,
+    Field(min_length=2, max_length=200, examples=["a photo of a {}."]),
+    AfterValidator(check_template),
+]
 
 
 class Label(BaseModel):
@@ -239,6 +262,8 @@ class Images(BaseModel):
 
 
 class Hit(BaseModel):
-    index: int = Field(description="position in the held-out index; GET the image from /clip/index_image")  # fmt: skip
+    index: int = Field(
+        description="position in the held-out index; GET the image from /clip/index_image"
+    )
     caption: str
     score: float = Field(description="cosine similarity")

@@ -93,12 +93,14 @@ def _example(schema: dict, components: dict):
     if schema.get("type") == "object" or "properties" in schema:
         required = set(schema.get("required", []))
         props = schema.get("properties", {})
-        return {k: _example(v, components) for k, v in props.items() if k in required or "example" in v}  # fmt: skip
+        return {
+            k: _example(v, components) for k, v in props.items() if k in required or "example" in v
+        }
     if schema.get("type") == "array":
         return [_example(schema.get("items", {}), components)]
     if schema.get("format") == "binary":
         return "<file>"
-    return {"integer": 1, "number": 1.0, "boolean": True, "string": "text"}.get(schema.get("type"))  # fmt: skip
+    return {"integer": 1, "number": 1.0, "boolean": True, "string": "text"}.get(schema.get("type"))
 
 
 DESCRIPTION = """Image classification, spam filtering, VAE and GAN generation and CLIP search,
@@ -128,7 +130,11 @@ def fix_spec(spec: dict, file_fields: dict[str, dict[str, str]]) -> dict:
         file_fields: ``{route: {field: content type}}`` of the multipart file fields.
     """
     spec = _fix_schema(copy.deepcopy(spec))
-    spec["info"] = {"title": spec.get("info", {}).get("title", "sightline"), "version": sightline.__version__, "description": DESCRIPTION}  # fmt: skip
+    spec["info"] = {
+        "title": spec.get("info", {}).get("title", "sightline"),
+        "version": sightline.__version__,
+        "description": DESCRIPTION,
+    }
     components = spec.setdefault("components", {}).setdefault("schemas", {})
     components["Error"] = ERROR_SCHEMA
     ref = {"$ref": "#/components/schemas/Error"}
@@ -151,8 +157,9 @@ def fix_spec(spec: dict, file_fields: dict[str, dict[str, str]]) -> dict:
                     props = schema.get("properties", {})
                     content["encoding"] = {
                         f: {"contentType": files.get(f, "application/json")}
-                        for f, s in props.items() if f in files or s.get("type") in ("array", "object")
-                    }  # fmt: skip
+                        for f, s in props.items()
+                        if f in files or s.get("type") in ("array", "object")
+                    }
                 if "example" not in content and "examples" not in content:
                     content["example"] = _example(schema, components)
     return spec

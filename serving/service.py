@@ -59,7 +59,6 @@ from serving.openapi import fix_spec
 from sightline.data.captions import FASHION_TEMPLATES
 from sightline.mail.ocr import available as ocr_available
 from sightline.mail.parse import parse_email
-from sightline.packaging import MODELS
 
 
 def _spam_reads_images() -> int:
@@ -81,7 +80,9 @@ async def ask(call, *args, **kwargs):
             return await call(*args, **kwargs)
         except ClientConnectionError as err:
             if attempt == 2:
-                raise ServiceUnavailable(f"an inference service is unreachable ({type(err).__name__})") from None  # fmt: skip
+                raise ServiceUnavailable(
+                    f"an inference service is unreachable ({type(err).__name__})"
+                ) from None
             await asyncio.sleep(0.01 * (attempt + 1))
 
 
@@ -92,13 +93,22 @@ WHEEL = f"./wheels/sightline-{sightline.__version__}-py3-none-any.whl"  # built 
 # sightline wheel with its dependencies. PyPI's torch wheels for Linux carry the CUDA runtime,
 # so the same image runs on a GPU (`docker run --gpus all`) and on the CPU.
 IMAGE = (
-    bentoml.images.Image(python_version=f"{sys.version_info.major}.{sys.version_info.minor}", lock_python_packages=False)
+    bentoml.images.Image(
+        python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
+        lock_python_packages=False,
+    )
     .system_packages(*SYSTEM_PACKAGES)
     .python_packages(WHEEL)
-)  # fmt: skip
+)
 
 
-@bentoml.service(name=CONFIG.bento, image=IMAGE, workers=CONFIG.workers, traffic={"timeout": CONFIG.timeout_s}, labels={"project": "sightline"})  # fmt: skip
+@bentoml.service(
+    name=CONFIG.bento,
+    image=IMAGE,
+    workers=CONFIG.workers,
+    traffic={"timeout": CONFIG.timeout_s},
+    labels={"project": "sightline"},
+)
 class Sightline:
     """Image classification, spam filtering, VAE and GAN generation, CLIP search.
 
@@ -114,10 +124,12 @@ class Sightline:
     ocr = bentoml.depends(Ocr)
 
     def __init__(self) -> None:
-        self.tags = {name: str(bentoml.models.get(MODEL_TAGS[name]).tag) for name in MODELS}
+        self.tags = {name: str(bentoml.models.get(MODEL_TAGS[name]).tag) for name in MODEL_TAGS}
         self.spam_images = _spam_reads_images()
         if self.spam_images and not ocr_available():
-            logging.getLogger("sightline").warning("spam: the tesseract command is missing; the words in images are not read (apt install tesseract-ocr)")  # fmt: skip
+            logging.getLogger("sightline").warning(
+                "spam: the tesseract command is missing; the words in images are not read (apt install tesseract-ocr)"
+            )
             self.spam_images = 0
 
     # classifier
@@ -136,12 +148,19 @@ class Sightline:
         if not self.spam_images:
             return [None] * len(per_message)
         kept = [list(images)[: self.spam_images] for images in per_message]
-        texts = iter(await asyncio.gather(*(ask(self.ocr.to_async.read, im) for images in kept for im in images)))  # fmt: skip
+        texts = iter(
+            await asyncio.gather(
+                *(ask(self.ocr.to_async.read, im) for images in kept for im in images)
+            )
+        )
         return [[next(texts) for _ in images] for images in kept]
 
     async def _classify(self, messages: list[dict]) -> list[dict]:
         texts = await self._read([m["images"] for m in messages])
-        return await ask(self.spam.to_async.predict, [{**m, "texts": t} for m, t in zip(messages, texts, strict=True)])  # fmt: skip
+        return await ask(
+            self.spam.to_async.predict,
+            [{**m, "texts": t} for m, t in zip(messages, texts, strict=True)],
+        )
 
     @bentoml.api(route="/spam/predict")
     async def spam_predict(self, messages: Messages) -> list[SpamResult]:
@@ -157,13 +176,18 @@ class Sightline:
         had to drop (oversized or corrupt images, unknown charsets, images over the budget)."""
         with client_errors():
             parsed = await asyncio.to_thread(
-                parse_email, Path(email).read_bytes(), max_pixels=CONFIG.max_pixels,
-                max_header_line=CONFIG.max_header_line, max_part_chars=CONFIG.max_email_part_chars,
+                parse_email,
+                Path(email).read_bytes(),
+                max_pixels=CONFIG.max_pixels,
+                max_header_line=CONFIG.max_header_line,
+                max_part_chars=CONFIG.max_email_part_chars,
                 max_parts=CONFIG.max_email_parts,
-            )  # fmt: skip
+            )
         if parsed.empty:
             raise InvalidArgument("nothing to classify: the email has no subject, text or images")
-        out = await self._classify([{"subject": parsed.subject, "body": parsed.text, "images": parsed.images}])  # fmt: skip
+        out = await self._classify(
+            [{"subject": parsed.subject, "body": parsed.text, "images": parsed.images}]
+        )
         return SpamResult(**out[0], parse_issues=dict(parsed.issues))
 
     # vae
@@ -185,9 +209,11 @@ class Sightline:
 
     @bentoml.api(route="/vae/interpolate")
     async def vae_interpolate(
-        self, a: ImageFile, b: ImageFile,
+        self,
+        a: ImageFile,
+        b: ImageFile,
         steps: Annotated[int, Field(strict=True, ge=2, le=CONFIG.max_samples)] = 10,
-    ) -> Image:  # fmt: skip
+    ) -> Image:
         """Decode ``steps`` points on the line between the latent means of ``a`` and ``b``; one
         PNG strip, ``a``'s reconstruction first."""
         a, b = await decoded([a, b])
@@ -219,22 +245,39 @@ class Sightline:
 
     @bentoml.api(route="/clip/zero_shot")
     async def clip_zero_shot(
-        self, image: ImageFile,
-        labels: Annotated[list[ZeroShotLabel], Field(min_length=2, max_length=CONFIG.max_labels, examples=[["t-shirt", "sneaker", "bag"]])],
-        templates: Annotated[list[Template], Field(min_length=1, max_length=CONFIG.max_templates)] = FASHION_TEMPLATES,
+        self,
+        image: ImageFile,
+        labels: Annotated[
+            list[ZeroShotLabel],
+            Field(
+                min_length=2, max_length=CONFIG.max_labels, examples=[["t-shirt", "sneaker", "bag"]]
+            ),
+        ],
+        templates: Annotated[
+            list[Template], Field(min_length=1, max_length=CONFIG.max_templates)
+        ] = FASHION_TEMPLATES,
         top_k: Annotated[int, Field(strict=True, ge=1, le=CONFIG.max_labels)] = 5,
-    ) -> list[Label]:  # fmt: skip
+    ) -> list[Label]:
         """Classify ``image`` against free-text ``labels``: each label's embedding is the mean over
         the prompt ``templates`` (each with exactly one bare ``{}``)."""
         check_request_chars([t.format(label) for label in labels for t in templates])
         (image,) = await decoded([image])
-        return await ask(self.clip.to_async.zero_shot, image=image, labels=labels, templates=templates, top_k=top_k)  # fmt: skip
+        return await ask(
+            self.clip.to_async.zero_shot,
+            image=image,
+            labels=labels,
+            templates=templates,
+            top_k=top_k,
+        )
 
     @bentoml.api(route="/clip/search")
     async def clip_search(
-        self, query: Annotated[str, Field(min_length=1, max_length=CONFIG.max_caption_chars, examples=["a red heart"])],
+        self,
+        query: Annotated[
+            str, Field(min_length=1, max_length=CONFIG.max_caption_chars, examples=["a red heart"])
+        ],
         top_k: Annotated[int, Field(strict=True, ge=1, le=100)] = 5,
-    ) -> list[Hit]:  # fmt: skip
+    ) -> list[Hit]:
         """The held-out images (never seen in training) closest to ``query``."""
         return [Hit(**h) for h in await ask(self.clip.to_async.search, query=query, top_k=top_k)]
 
@@ -263,4 +306,6 @@ def _file_fields() -> dict[str, dict[str, str]]:
 
 
 FILE_FIELDS = _file_fields()
-Sightline.add_asgi_middleware(Guard, config=CONFIG, file_fields=FILE_FIELDS, fix_spec=lambda spec: fix_spec(spec, FILE_FIELDS))  # fmt: skip
+Sightline.add_asgi_middleware(
+    Guard, config=CONFIG, file_fields=FILE_FIELDS, fix_spec=lambda spec: fix_spec(spec, FILE_FIELDS)
+)

@@ -21,6 +21,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))  # serving/ is imported from the checkout, as `bentoml serve` does
+sys.path.append(str(REPO / "pipeline"))  # the stage scripts' modules (`from package import ...`)
 
 # BentoML's model and Bento store for the whole session (and the commands it starts): never the
 # user's ~/bentoml. Read once by BentoML, so it is set before anything imports it.
@@ -81,7 +82,7 @@ def fashion_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prepared_fashion(tmp_path_factory, fashion_root) -> Path:
     from sightline.config import DatasetConfig
-    from sightline.data.prepare import prepare_dataset
+    from sightline.prepare import prepare_dataset
 
     out = tmp_path_factory.mktemp("prepared") / "fashion_mnist"
     cfg = DatasetConfig(root=str(fashion_root), download=False, val_fraction=0.2)
@@ -92,7 +93,7 @@ def prepared_fashion(tmp_path_factory, fashion_root) -> Path:
 @pytest.fixture(scope="session")
 def prepared_cifar(tmp_path_factory) -> Path:
     from sightline.config import DatasetConfig
-    from sightline.data.prepare import prepare_dataset
+    from sightline.prepare import prepare_dataset
 
     base = tmp_path_factory.mktemp("cifar")
     zip_path = make_image_zip(base / "cifar.zip", per_class=20, classes=10, corrupt=2)
@@ -111,7 +112,9 @@ TINY_TRAINER = {
 }
 
 
-def tiny_section(name: str, upstream: str | Path | None = None, model: dict | None = None, **trainer):  # fmt: skip
+def tiny_section(
+    name: str, upstream: str | Path | None = None, model: dict | None = None, **trainer
+):
     """The model's params section with its ``tiny`` overrides (small nets, one epoch).
 
     Args:
@@ -121,7 +124,11 @@ def tiny_section(name: str, upstream: str | Path | None = None, model: dict | No
     from sightline.registry import get_model
 
     spec = get_model(name)
-    raw = {"data": {"batch_size": 16, "eval_batch_size": 64, **TINY_DATA.get(name, {})}, "model": {**TINY_MODEL.get(name, {}), **(model or {})}, "trainer": {**TINY_TRAINER, **trainer}}  # fmt: skip
+    raw = {
+        "data": {"batch_size": 16, "eval_batch_size": 64, **TINY_DATA.get(name, {})},
+        "model": {**TINY_MODEL.get(name, {}), **(model or {})},
+        "trainer": {**TINY_TRAINER, **trainer},
+    }
     if "score" in spec.params.model_fields:
         raw["score"] = TINY_SCORE
     if upstream is not None:
@@ -138,7 +145,7 @@ TINY_MODEL = {
         "channels_last": False,
         "lr": 0.01,
         "dropout": 0.0,
-    },  # fmt: skip
+    },
     "vae": {"latent_dim": 4, "channels": [8, 16], "hidden": 32, "lr": 0.005, "max_samples": 64},
     "gan": {
         "latent_dim": 8,
@@ -148,9 +155,26 @@ TINY_MODEL = {
         "max_samples": 64,
     },
 }
-TINY_MODEL["spam"] = {"vocab_size": 300, "max_tokens": 48, "dim": 16, "layers": 1, "heads": 2, "image_size": 32, "image_channels": [8, 16], "lr": 0.005, "warmup_steps": 0, "char_grams": 512}  # fmt: skip
+TINY_MODEL["spam"] = {
+    "vocab_size": 300,
+    "max_tokens": 48,
+    "dim": 16,
+    "layers": 1,
+    "heads": 2,
+    "image_size": 32,
+    "image_channels": [8, 16],
+    "lr": 0.005,
+    "warmup_steps": 0,
+    "char_grams": 512,
+}
 TINY_DATA = {"clip": {"fashion_pairs": 32}}
-TINY_SCORE = {"samples": 60, "val_samples": 40, "kid_subsets": 5, "kid_subset_size": 20, "batch_size": 32}  # fmt: skip
+TINY_SCORE = {
+    "samples": 60,
+    "val_samples": 40,
+    "kid_subsets": 5,
+    "kid_subset_size": 20,
+    "batch_size": 32,
+}
 
 
 @pytest.fixture(scope="session")
@@ -159,7 +183,15 @@ def tiny_classifier(tmp_path_factory, prepared_fashion) -> Path:
     from sightline.training import train
 
     base = tmp_path_factory.mktemp("classifier")
-    train("classifier", tiny_section("classifier"), 0, prepared_fashion, base / "model", base / "run", None)  # fmt: skip
+    train(
+        "classifier",
+        tiny_section("classifier"),
+        0,
+        prepared_fashion,
+        base / "model",
+        base / "run",
+        None,
+    )
     return base / "model"
 
 
@@ -183,15 +215,24 @@ def repo_copy(tmp_path_factory, fashion_root, emoji_package, spam_corpus) -> Pat
     ):
         src = REPO / item
         if src.is_dir():
-            shutil.copytree(src, dst / item, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp", "*.egg-info"))  # fmt: skip
+            shutil.copytree(
+                src,
+                dst / item,
+                ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp", "*.egg-info"),
+            )
         elif src.exists():
             shutil.copy2(src, dst / item)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["datasets"] = {
         "fashion_mnist": {"root": str(fashion_root), "download": False, "val_fraction": 0.2},
-        "emoji": {"root": str(emoji_package), "download": False, "val_fraction": 0.2, "test_fraction": 0.25},
+        "emoji": {
+            "root": str(emoji_package),
+            "download": False,
+            "val_fraction": 0.2,
+            "test_fraction": 0.25,
+        },
         "spam": {**TINY_SPAM_DATASET, "root": str(spam_corpus)},
-    }  # fmt: skip
+    }
     for name, section in params["models"].items():
         section["data"].update({"batch_size": 16, "eval_batch_size": 64, **TINY_DATA.get(name, {})})
         section["model"].update(TINY_MODEL.get(name, {}))
@@ -234,19 +275,40 @@ def make_emoji_package(root: Path, per_category: int = 8) -> Path:
     for c, category in enumerate(EMOJI_CATEGORIES):
         for k in range(per_category):
             code = f"{c + 1}F{k:03d}"
-            entry = {"name": f"{category.split()[0].upper()} THING {k}", "short_name": f"t{c}{k}", "unified": code, "image": f"{code.lower()}.png", "category": category, "sort_order": order, "has_img_google": True}  # fmt: skip
+            entry = {
+                "name": f"{category.split()[0].upper()} THING {k}",
+                "short_name": f"t{c}{k}",
+                "unified": code,
+                "image": f"{code.lower()}.png",
+                "category": category,
+                "sort_order": order,
+                "has_img_google": True,
+            }
             order += 1
             if k % 4 == 1:
                 entry["skin_variations"] = {
-                    t: {"image": f"{code.lower()}-{t.lower()}.png", "has_img_google": True} for t in ("1F3FB", "1F3FD")
-                }  # fmt: skip
+                    t: {"image": f"{code.lower()}-{t.lower()}.png", "has_img_google": True}
+                    for t in ("1F3FB", "1F3FD")
+                }
             entries.append(entry)
-            for image in [entry["image"], *(v["image"] for v in entry.get("skin_variations", {}).values())]:  # fmt: skip
+            for image in [
+                entry["image"],
+                *(v["image"] for v in entry.get("skin_variations", {}).values()),
+            ]:
                 img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
                 img.paste(Image.new("RGBA", (16 + 4 * k, 16 + 4 * k), (*colors[c], 255)), (8, 8))
                 img.save(img_dir / image)
     (img_dir / entries[2]["image"]).write_bytes(b"broken png")
-    entries.append({"name": "EMOJI MODIFIER FITZPATRICK TYPE-3", "short_name": "skin-tone-3", "unified": "1F3FC", "image": "1f3fc.png", "category": "Component", "sort_order": order})  # fmt: skip
+    entries.append(
+        {
+            "name": "EMOJI MODIFIER FITZPATRICK TYPE-3",
+            "short_name": "skin-tone-3",
+            "unified": "1F3FC",
+            "image": "1f3fc.png",
+            "category": "Component",
+            "sort_order": order,
+        }
+    )
     (root / "emoji.json").write_text(json.dumps(entries))
     return root
 
@@ -259,16 +321,59 @@ def emoji_package(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prepared_emoji(tmp_path_factory, emoji_package) -> Path:
     from sightline.config import DatasetConfig
-    from sightline.data.prepare import prepare_dataset
+    from sightline.prepare import prepare_dataset
 
     out = tmp_path_factory.mktemp("prepared-emoji") / "emoji"
-    cfg = DatasetConfig(root=str(emoji_package), download=False, val_fraction=0.2, test_fraction=0.25)  # fmt: skip
+    cfg = DatasetConfig(
+        root=str(emoji_package), download=False, val_fraction=0.2, test_fraction=0.25
+    )
     prepare_dataset("emoji", cfg, 0, out, out.parent / "dl")
     return out
 
 
-HAM_WORDS = ["kernel", "patch", "build", "release", "meeting", "notes", "agenda", "python", "script", "mailing", "list", "thanks", "regards", "config", "server", "debian", "package", "bug", "report", "version"]  # fmt: skip
-SPAM_WORDS = ["free", "money", "cash", "prize", "winner", "click", "offer", "limited", "viagra", "mortgage", "rates", "guaranteed", "income", "credit", "cheap", "pills", "unsubscribe", "act", "now"]  # fmt: skip
+HAM_WORDS = [
+    "kernel",
+    "patch",
+    "build",
+    "release",
+    "meeting",
+    "notes",
+    "agenda",
+    "python",
+    "script",
+    "mailing",
+    "list",
+    "thanks",
+    "regards",
+    "config",
+    "server",
+    "debian",
+    "package",
+    "bug",
+    "report",
+    "version",
+]
+SPAM_WORDS = [
+    "free",
+    "money",
+    "cash",
+    "prize",
+    "winner",
+    "click",
+    "offer",
+    "limited",
+    "viagra",
+    "mortgage",
+    "rates",
+    "guaranteed",
+    "income",
+    "credit",
+    "cheap",
+    "pills",
+    "unsubscribe",
+    "act",
+    "now",
+]
 
 
 def png_bytes(size: tuple[int, int] = (40, 30), color=(200, 30, 30)) -> bytes:
@@ -277,7 +382,9 @@ def png_bytes(size: tuple[int, int] = (40, 30), color=(200, 30, 30)) -> bytes:
     return buf.getvalue()
 
 
-def make_email(subject: str, body: str, html: bool = False, images: list[bytes] = (), charset: str = "utf-8") -> bytes:  # fmt: skip
+def make_email(
+    subject: str, body: str, html: bool = False, images: list[bytes] = (), charset: str = "utf-8"
+) -> bytes:
     """An RFC 822 message: plain or HTML-only body, optional PNG attachments."""
     from email.message import EmailMessage
 
@@ -298,7 +405,12 @@ def make_spam_corpus(root: Path, per_class: int = 24, seed: int = 0) -> Path:
     """A SpamAssassin-style folder: easy_ham, spam (earlier), easy_ham_2, spam_2 (later), with
     HTML-only and image messages, a cross-collection duplicate, a non-email and a broken image."""
     rng = np.random.default_rng(seed)
-    for folder, words, n in (("easy_ham", HAM_WORDS, per_class), ("spam", SPAM_WORDS, per_class), ("easy_ham_2", HAM_WORDS, per_class), ("spam_2", SPAM_WORDS, per_class)):  # fmt: skip
+    for folder, words, n in (
+        ("easy_ham", HAM_WORDS, per_class),
+        ("spam", SPAM_WORDS, per_class),
+        ("easy_ham_2", HAM_WORDS, per_class),
+        ("spam_2", SPAM_WORDS, per_class),
+    ):
         d = root / folder
         d.mkdir(parents=True, exist_ok=True)
         for i in range(n):
@@ -311,11 +423,15 @@ def make_spam_corpus(root: Path, per_class: int = 24, seed: int = 0) -> Path:
             buf = io.BytesIO()
             noisy.save(buf, format="PNG")
             images = [buf.getvalue()] if i % 5 == 0 else []
-            (d / f"{i:05d}.{folder}").write_bytes(make_email(subject, body, html=i % 4 == 3, images=images))  # fmt: skip
+            (d / f"{i:05d}.{folder}").write_bytes(
+                make_email(subject, body, html=i % 4 == 3, images=images)
+            )
     dup = sorted((root / "spam").iterdir())[1].read_bytes()
     (root / "spam_2" / "99999.duplicate").write_bytes(dup)
     (root / "easy_ham_2" / "99998.binary").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00garbage")
-    (root / "spam" / "99997.broken-image").write_bytes(make_email("cheap pills", "act now", images=[b"\x89PNG not really"]))  # fmt: skip
+    (root / "spam" / "99997.broken-image").write_bytes(
+        make_email("cheap pills", "act now", images=[b"\x89PNG not really"])
+    )
     (root / "easy_ham" / "cmds").write_text("mv a b\n")
     return root
 
@@ -325,13 +441,18 @@ def spam_corpus(tmp_path_factory) -> Path:
     return make_spam_corpus(tmp_path_factory.mktemp("spam-corpus") / "corpus")
 
 
-TINY_SPAM_DATASET = {"root": None, "download": False, "val_fraction": 0.25, "evasion": {"fraction": 0.3, "max_chars": 300}}  # fmt: skip
+TINY_SPAM_DATASET = {
+    "root": None,
+    "download": False,
+    "val_fraction": 0.25,
+    "evasion": {"fraction": 0.3, "max_chars": 300},
+}
 
 
 @pytest.fixture(scope="session")
 def prepared_spam(tmp_path_factory, spam_corpus) -> Path:
     from sightline.config import SpamDatasetConfig
-    from sightline.data.prepare import prepare_dataset
+    from sightline.prepare import prepare_dataset
 
     out = tmp_path_factory.mktemp("prepared-spam") / "spam"
     cfg = SpamDatasetConfig.model_validate({**TINY_SPAM_DATASET, "root": str(spam_corpus)})
@@ -346,8 +467,8 @@ SERVED = ("classifier", "spam", "vae", "gan", "clip")
 def packaged(tmp_path_factory, prepared_fashion, prepared_spam, prepared_emoji) -> dict[str, Path]:
     """``{name: models/<name>}`` of five tiny models, each also packaged into the store."""
     import torch
+    from package import package_model
 
-    from sightline.packaging import clip_index, package_model
     from sightline.registry import get_model
     from sightline.training import export_model
 
@@ -368,8 +489,16 @@ def packaged(tmp_path_factory, prepared_fashion, prepared_spam, prepared_emoji) 
         dirs[name] = base / name
         export_model(module, name, ckpt, dirs[name], {})
         metrics = {"dataset": section.data.dataset, "test/acc": 0.5, "test/f1": 0.25, "fid": 9.0}
-        extra = clip_index(dirs[name], prepared_emoji) if name == "clip" else None
-        package_model(name, dirs[name], metrics, section.model_dump(mode="json"), "0123456789abcdef", "exp-1", extra)  # fmt: skip
+        extra = spec.index(module.eval(), prepared_emoji) if spec.index is not None else None
+        package_model(
+            name,
+            dirs[name],
+            metrics,
+            section.model_dump(mode="json"),
+            "0123456789abcdef",
+            "exp-1",
+            extra,
+        )
     return dirs
 
 
@@ -419,8 +548,18 @@ def live_server(packaged):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("SIGHTLINE_API_TOKEN", None)
     log = open(packaged["classifier"].parent / "server.log", "wb")  # noqa: SIM115 - closed below
-    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "serving.service:Sightline", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).parent / "bentoml"),
+        "serve",
+        "serving.service:Sightline",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     wait_ready(url, proc)
     yield url, proc
     os.killpg(proc.pid, signal.SIGTERM)

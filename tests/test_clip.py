@@ -47,7 +47,11 @@ def test_tokenizer_is_offline_and_pads_or_truncates_to_the_context(module):
 
 
 def test_features_share_a_width_and_have_unit_norm(module):
-    images = [Image.new("RGB", (32, 32), (200, 30, 30)), Image.new("L", (50, 70), 128), Image.new("RGBA", (64, 64))]  # fmt: skip
+    images = [
+        Image.new("RGB", (32, 32), (200, 30, 30)),
+        Image.new("L", (50, 70), 128),
+        Image.new("RGBA", (64, 64)),
+    ]
     img = module.embed_images(images)  # any mode or size is converted
     txt = module.embed_texts(["a red square", "grey", "nothing"])
     assert img.shape == txt.shape == (3, 128)
@@ -64,7 +68,9 @@ def test_logits_are_b_by_b_and_the_loss_is_symmetric(module):
     logits_img, logits_txt = module.loss.get_logits(img, txt, torch.tensor(10.0))
     assert logits_img.shape == logits_txt.shape == (6, 6)
     assert torch.allclose(logits_img, logits_txt.T)
-    assert torch.allclose(module.loss(img, txt, torch.tensor(10.0)), module.loss(txt, img, torch.tensor(10.0)))  # fmt: skip
+    assert torch.allclose(
+        module.loss(img, txt, torch.tensor(10.0)), module.loss(txt, img, torch.tensor(10.0))
+    )
     aligned = module.loss(img, img, torch.tensor(10.0))
     assert aligned < module.loss(img, txt, torch.tensor(10.0))  # matching pairs -> lower loss
 
@@ -74,18 +80,28 @@ def test_logit_scale_starts_at_1_over_007_and_stays_clamped(prepared_emoji, prep
     assert math.isclose(clip.model.logit_scale.item(), math.log(1 / 0.07), rel_tol=1e-6)
     with torch.no_grad():
         clip.model.logit_scale.fill_(MAX_LOGIT_SCALE - 1e-3)
-    trainer = L.Trainer(max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=3,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(clip, datamodule=dm)
     assert clip.model.logit_scale.item() <= MAX_LOGIT_SCALE + 1e-6
 
 
 def test_recall_at_k_on_a_hand_made_matrix():
-    sim = torch.tensor([
-        [0.9, 0.1, 0.0, 0.0],  # match first
-        [0.8, 0.5, 0.1, 0.0],  # match second
-        [0.7, 0.6, 0.2, 0.1],  # match third
-        [0.9, 0.8, 0.7, 0.0],  # match last
-    ])  # fmt: skip
+    sim = torch.tensor(
+        [
+            [0.9, 0.1, 0.0, 0.0],  # match first
+            [0.8, 0.5, 0.1, 0.0],  # match second
+            [0.7, 0.6, 0.2, 0.1],  # match third
+            [0.9, 0.8, 0.7, 0.0],  # match last
+        ]
+    )
     assert recall_at_k(sim, (1, 2, 3, 4)) == {1: 0.25, 2: 0.5, 3: 0.75, 4: 1.0}
 
 
@@ -101,7 +117,10 @@ def test_training_and_serving_preprocess_identically(prepared_emoji, prepared_fa
 def test_emoji_prepare_splits_by_base_emoji(prepared_emoji, emoji_package, tmp_path):
     meta = json.loads((prepared_emoji / "meta.json").read_text())
     assert meta["classes"] == ["Smileys & Emotion", "Animals & Nature", "Flags"]  # no Component
-    groups = {s: set(np.load(prepared_emoji / f"{s}_group.npy").tolist()) for s in ("train", "val", "test")}  # fmt: skip
+    groups = {
+        s: set(np.load(prepared_emoji / f"{s}_group.npy").tolist())
+        for s in ("train", "val", "test")
+    }
     assert not (groups["train"] & groups["test"]) and not (groups["train"] & groups["val"])
     report = json.loads((prepared_emoji / "report.json").read_text())
     assert report["skipped"] == 1 and report["skipped_files"][0].startswith("img/google/64/")
@@ -119,8 +138,12 @@ def test_emoji_prepare_splits_by_base_emoji(prepared_emoji, emoji_package, tmp_p
         load_emoji(tmp_path, False, tmp_path)
 
 
-def test_missing_pretrained_file_and_unknown_arch_are_one_line_errors(prepared_emoji, prepared_fashion, tmp_path):  # fmt: skip
-    with pytest.raises(ConfigError, match=r"models.clip.model.pretrained: .*missing.pt: file not found"):  # fmt: skip
+def test_missing_pretrained_file_and_unknown_arch_are_one_line_errors(
+    prepared_emoji, prepared_fashion, tmp_path
+):
+    with pytest.raises(
+        ConfigError, match=r"models.clip.model.pretrained: .*missing.pt: file not found"
+    ):
         build(prepared_emoji, prepared_fashion, pretrained=str(tmp_path / "missing.pt"))
     with pytest.raises(ConfigError, match="models.clip.model.arch: 'ViT-Nope'"):
         build(prepared_emoji, prepared_fashion, arch="ViT-Nope")
@@ -141,9 +164,20 @@ def test_fine_tunes_from_a_local_open_clip_checkpoint(prepared_emoji, prepared_f
     source = ClipModule()
     path = tmp_path / "local-clip.pt"
     torch.save({"state_dict": source.model.state_dict()}, path)
-    section = tiny_section("clip", upstream=prepared_fashion, model={"pretrained": str(path)}, limit_train_batches=1)  # fmt: skip
+    section = tiny_section(
+        "clip", upstream=prepared_fashion, model={"pretrained": str(path)}, limit_train_batches=1
+    )
     check = _CheckStart(source.model.state_dict())
-    info = train("clip", section, 0, prepared_emoji, tmp_path / "m", tmp_path / "run", None, callbacks=[check])  # fmt: skip
+    info = train(
+        "clip",
+        section,
+        0,
+        prepared_emoji,
+        tmp_path / "m",
+        tmp_path / "run",
+        None,
+        callbacks=[check],
+    )
     assert check.matched and info["global_steps"] == 1
 
 
@@ -154,9 +188,18 @@ def test_train_and_evaluate_write_metrics_and_pictures(prepared_emoji, prepared_
     json.dumps(metrics)
     n = metrics["test/n_pairs"]
     assert metrics["test/chance_recall@5"] == round(5 / n, 6)
-    for key in ("test/i2t_recall@1", "test/t2i_recall@5", "zero_shot/fashion_mnist_acc", "zero_shot/emoji_category_acc"):  # fmt: skip
+    for key in (
+        "test/i2t_recall@1",
+        "test/t2i_recall@5",
+        "zero_shot/fashion_mnist_acc",
+        "zero_shot/emoji_category_acc",
+    ):
         assert 0.0 <= metrics[key] <= 1.0
-    assert metrics["test/t2i_recall@10"] >= metrics["test/t2i_recall@5"] >= metrics["test/t2i_recall@1"]  # fmt: skip
+    assert (
+        metrics["test/t2i_recall@10"]
+        >= metrics["test/t2i_recall@5"]
+        >= metrics["test/t2i_recall@1"]
+    )
     assert metrics["zero_shot/fashion_mnist_n"] == 100 and metrics["trained_from"] == "scratch"
     for png in ("similarity_matrix.png", "retrieval.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000

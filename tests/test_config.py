@@ -9,9 +9,10 @@ import pytest
 import yaml
 from conftest import REPO
 
-from sightline.config import TrainerConfig, load_params, parse_params
+from sightline.config import TrainerConfig
 from sightline.errors import ConfigError
-from sightline.registry import ModelSpec, get_model, list_models, register_model
+from sightline.params import load_params, load_section, parse_params
+from sightline.registry import get_model, list_models
 
 
 def raw_params() -> dict:
@@ -83,11 +84,24 @@ def test_every_trainer_key_is_a_trainer_argument():
 
 
 def test_registry_rejects_duplicates_and_unknown_names():
-    spec = get_model("classifier")
-    with pytest.raises(ValueError, match="already registered"):
-        register_model(ModelSpec(**{**spec.__dict__}))
+    assert list_models() == ["classifier", "clip", "gan", "spam", "vae"]
+    for name in list_models():
+        assert get_model(name).name == name
     with pytest.raises(ConfigError, match="unknown model 'nope'"):
         get_model("nope")
+
+
+def test_a_stage_reads_its_own_section_only(tmp_path):
+    raw = raw_params()
+    raw["models"]["vae"]["model"]["widht"] = 3  # a typo in another model's section
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    params, section = load_section(path, "classifier")
+    assert params.seed == 42 and section.data.dataset == "fashion_mnist"
+    with pytest.raises(ConfigError, match=r"models\.vae\.model\.widht: unknown key"):
+        load_section(path, "vae")
+    with pytest.raises(ConfigError, match=r"models\.vae\.model\.widht: unknown key"):
+        load_params(path)  # the whole file: every section
 
 
 def test_blocks_per_stage_must_fit_channels():

@@ -13,9 +13,10 @@ from PIL import Image
 from sightline.config import DatasetConfig
 from sightline.data.augment import augment_batch, random_shift
 from sightline.data.images import ImageDataModule
-from sightline.data.prepare import load_prepared, prepare_dataset, stratified_split
 from sightline.data.sources import load_fashion_mnist, load_image_folder, read_idx
+from sightline.data.splits import load_prepared, stratified_split
 from sightline.errors import DataError
+from sightline.prepare import prepare_dataset
 
 
 def test_idx_round_trip(tmp_path):

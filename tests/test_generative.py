@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import tiny_section
 
-from sightline.config import parse_params
 from sightline.errors import CheckpointError, ConfigError, InputError
 from sightline.evaluation import evaluate
-from sightline.generative import SampleScorer, load_classifier
+from sightline.models.generative import SampleScorer, load_classifier
 from sightline.models.vae import kl_divergence, reparameterize
+from sightline.params import parse_params
 from sightline.registry import get_model
 from sightline.training import train
 
@@ -32,7 +32,9 @@ def first_batch(dm) -> torch.Tensor:
     return dm.preprocess.normalize(x)
 
 
-@pytest.mark.parametrize("fixture,shape", [("prepared_fashion", (1, 28, 28)), ("prepared_cifar", (3, 32, 32))])  # fmt: skip
+@pytest.mark.parametrize(
+    "fixture,shape", [("prepared_fashion", (1, 28, 28)), ("prepared_cifar", (3, 32, 32))]
+)
 def test_vae_shapes_and_pixel_range(fixture, shape, request):
     module, dm = build("vae", request.getfixturevalue(fixture))
     x = first_batch(dm)
@@ -45,7 +47,9 @@ def test_vae_shapes_and_pixel_range(fixture, shape, request):
     assert module.interpolate(x[0], x[1], steps=7).shape == (7, *shape)
 
 
-@pytest.mark.parametrize("fixture,shape", [("prepared_fashion", (1, 28, 28)), ("prepared_cifar", (3, 32, 32))])  # fmt: skip
+@pytest.mark.parametrize(
+    "fixture,shape", [("prepared_fashion", (1, 28, 28)), ("prepared_cifar", (3, 32, 32))]
+)
 def test_gan_shapes_and_pixel_range(fixture, shape, request):
     module, dm = build("gan", request.getfixturevalue(fixture))
     x = first_batch(dm)
@@ -109,9 +113,14 @@ def test_one_gan_step_changes_generator_and_discriminator(prepared_fashion):
     module, dm = build("gan", prepared_fashion)
     before = {k: v.clone() for k, v in module.state_dict().items()}
     trainer = L.Trainer(
-        max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-    )  # fmt: skip
+        max_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(module, datamodule=dm)
     after = module.state_dict()
     for part in ("generator.", "discriminator."):
@@ -196,7 +205,9 @@ def test_scoring_refuses_a_classifier_of_other_images(tiny_classifier, prepared_
 
 
 @pytest.mark.parametrize("name", GENERATIVE)
-def test_train_and_evaluate_write_scores_and_pictures(name, prepared_fashion, tiny_classifier, tmp_path):  # fmt: skip
+def test_train_and_evaluate_write_scores_and_pictures(
+    name, prepared_fashion, tiny_classifier, tmp_path
+):
     section = tiny_section(name, upstream=tiny_classifier, max_epochs=2)
     info = train(name, section, 0, prepared_fashion, tmp_path / "m", tmp_path / "run", None)
     metrics = evaluate(name, section, 0, tmp_path / "m", prepared_fashion, tmp_path / "report")
@@ -207,10 +218,15 @@ def test_train_and_evaluate_write_scores_and_pictures(name, prepared_fashion, ti
     pictures = {p.name for p in (tmp_path / "report").glob("*.png")}
     assert {"samples.png", "interpolation.png", "class_coverage.png"} <= pictures
     if name == "vae":
-        assert metrics["test/nelbo"] == pytest.approx(metrics["test/recon"] + metrics["test/kl"], abs=1e-3)  # fmt: skip
+        assert metrics["test/nelbo"] == pytest.approx(
+            metrics["test/recon"] + metrics["test/kl"], abs=1e-3
+        )
         assert 0 <= metrics["latent/active_units"] <= 4
         assert {"reconstructions.png", "latent_space.png"} <= pictures
     else:  # the FID callback chose the best epoch; the fixed noise was saved every epoch
         assert info["best_val/fid"] > 0 and metrics["best_epoch"] in (1, 2)
-        assert sorted(p.name for p in (tmp_path / "m/artifacts/progress").iterdir()) == ["epoch_000.npy", "epoch_001.npy"]  # fmt: skip
+        assert sorted(p.name for p in (tmp_path / "m/artifacts/progress").iterdir()) == [
+            "epoch_000.npy",
+            "epoch_001.npy",
+        ]
         assert "progress.png" in pictures and metrics["progress_epochs"] == 2

@@ -22,12 +22,19 @@ PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())["models"]
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_each_model_trains_a_few_steps_on_the_run_time_device(name, prepared_fashion, prepared_spam, prepared_emoji, tmp_path):  # fmt: skip
+def test_each_model_trains_a_few_steps_on_the_run_time_device(
+    name, prepared_fashion, prepared_spam, prepared_emoji, tmp_path
+):
     from sightline.training import train
 
     data = {"spam": prepared_spam, "clip": prepared_emoji}.get(name, prepared_fashion)
     upstream = prepared_fashion if name == "clip" else None
-    trainer = {"accelerator": "auto", "precision": PARAMS[name]["trainer"]["precision"], "deterministic": True, "limit_train_batches": 3}  # fmt: skip
+    trainer = {
+        "accelerator": "auto",
+        "precision": PARAMS[name]["trainer"]["precision"],
+        "deterministic": True,
+        "limit_train_batches": 3,
+    }
     section = tiny_section(name, upstream=upstream, **trainer)
     if name in ("vae", "gan"):  # scored with a classifier: the tiny one, trained here first
         clf = tiny_section("classifier", **trainer)
@@ -38,20 +45,31 @@ def test_each_model_trains_a_few_steps_on_the_run_time_device(name, prepared_fas
     assert info["global_steps"] >= 1
 
 
-def test_the_served_classifier_under_load_on_the_device(packaged, prepared_fashion, tmp_path, monkeypatch):  # fmt: skip
+def test_the_served_classifier_under_load_on_the_device(
+    packaged, prepared_fashion, tmp_path, monkeypatch
+):
     """The tiny packaged set with the classifier at its default size (untrained: speed does not
     depend on the weights), served with ``gpu: 1`` when CUDA is there."""
-    from sightline.packaging import package_model
+    from package import package_model
+
     from sightline.registry import get_model
     from sightline.training import export_model
 
     spec = get_model("classifier")
-    section = spec.params.model_validate({**PARAMS["classifier"], "data": {**PARAMS["classifier"]["data"], "batch_size": 16}})  # fmt: skip
+    section = spec.params.model_validate(
+        {**PARAMS["classifier"], "data": {**PARAMS["classifier"]["data"], "batch_size": 16}}
+    )
     dm = spec.datamodule(section, prepared_fashion, 0)
     module = spec.module(**spec.module_kwargs(section, dm))
     (tmp_path / "ckpt").write_bytes(b"")
     export_model(module, "classifier", tmp_path / "ckpt", tmp_path / "classifier", {})
-    package_model("classifier", tmp_path / "classifier", {"test/acc": 0.0}, section.model_dump(mode="json"), "0" * 16)  # fmt: skip
+    package_model(
+        "classifier",
+        tmp_path / "classifier",
+        {"test/acc": 0.0},
+        section.model_dump(mode="json"),
+        "0" * 16,
+    )
 
     serving = yaml.safe_load((REPO / "serving/params.yaml").read_text())
     serving["gpu"] = 1 if torch.cuda.is_available() else 0

@@ -7,34 +7,58 @@ import json
 import pytest
 from conftest import REPO, run_cli
 
-from sightline.leaderboard import SELECTION, changed_params, markdown, parse_exp_show, rank
-from sightline.registry import list_models
+from sightline.errors import ConfigError
+from sightline.leaderboard import changed_params, markdown, parse_exp_show, rank
+from sightline.registry import get_evaluation, list_models
 
 
-def exp_entry(rev: str, name: str | None, metrics: dict | None, error: str | None = None, params: dict | None = None) -> dict:  # fmt: skip
+def exp_entry(
+    rev: str,
+    name: str | None,
+    metrics: dict | None,
+    error: str | None = None,
+    params: dict | None = None,
+) -> dict:
     """One revision as DVC 3 prints it."""
     data = {
-        "rev": rev, "timestamp": None, "deps": {}, "outs": {}, "meta": {},
+        "rev": rev,
+        "timestamp": None,
+        "deps": {},
+        "outs": {},
+        "meta": {},
         "params": {"params.yaml": {"data": params or {}}},
         "metrics": {f"metrics/{m}.json": {"data": v} for m, v in (metrics or {}).items()},
-    }  # fmt: skip
-    return {"rev": rev, "name": name, "data": data, "error": {"type": "ReproductionError", "msg": error} if error else None}  # fmt: skip
+    }
+    return {
+        "rev": rev,
+        "name": name,
+        "data": data,
+        "error": {"type": "ReproductionError", "msg": error} if error else None,
+    }
 
 
 def fabricated() -> list[dict]:
-    head = exp_entry("a" * 40, "main", {"classifier": {"test/acc": 0.90}, "vae": {"test/nelbo": 240.0}})  # fmt: skip
+    head = exp_entry(
+        "a" * 40, "main", {"classifier": {"test/acc": 0.90}, "vae": {"test/nelbo": 240.0}}
+    )
     exps = [
         ("wide", {"classifier": {"test/acc": 0.93}, "vae": {"test/nelbo": 250.0}}, None),
         ("deep", {"classifier": {"test/acc": 0.95}, "vae": {"test/nelbo": 230.0}}, None),
         ("broken", {"classifier": {"test/acc": 0.99}}, "stage failed"),  # failed: never ranked
         ("no-vae", {"classifier": {"test/acc": "n/a"}}, None),  # metric missing or not a number
     ]
-    head["experiments"] = [{"name": n, "revs": [exp_entry(f"{i}" * 40, n, m, e)]} for i, (n, m, e) in enumerate(exps, 1)]  # fmt: skip
+    head["experiments"] = [
+        {"name": n, "revs": [exp_entry(f"{i}" * 40, n, m, e)]}
+        for i, (n, m, e) in enumerate(exps, 1)
+    ]
     return [exp_entry("workspace", None, {"classifier": {"test/acc": 0.5}}), head]
 
 
-def test_every_model_declares_a_selection_metric():
-    assert set(list_models()) <= set(SELECTION)
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_declares_how_it_is_judged(name):
+    evaluation = get_evaluation(name)
+    assert evaluation.selection[1] in ("max", "min") and evaluation.selection[0]
+    assert all(pic.endswith(".png") for pic in evaluation.pictures)
 
 
 def test_ranks_max_and_min_metrics_with_failed_and_missing_last():
@@ -47,25 +71,43 @@ def test_ranks_max_and_min_metrics_with_failed_and_missing_last():
         "no-vae",
     ]  # workspace left out
     acc = rank(exps, "classifier")
-    assert [(e.name, s) for e, s in acc] == [("deep", 0.95), ("wide", 0.93), ("main", 0.90), ("broken", None), ("no-vae", None)]  # fmt: skip
+    assert [(e.name, s) for e, s in acc] == [
+        ("deep", 0.95),
+        ("wide", 0.93),
+        ("main", 0.90),
+        ("broken", None),
+        ("no-vae", None),
+    ]
     nelbo = rank(exps, "vae")  # lower is better
     assert [e.name for e, _ in nelbo] == ["deep", "main", "wide", "broken", "no-vae"]
     assert exps[3].error == "stage failed"
     plain = exp_entry("b" * 40, "plain-error", {"classifier": {"test/acc": 0.97}})
     plain["error"] = "killed"  # an error given as a bare string
     assert parse_exp_show([plain])[0].error == "killed"
-    with pytest.raises(KeyError):
+    with pytest.raises(ConfigError, match="unknown model 'nosuchmodel'"):
         rank(exps, "nosuchmodel")
 
 
 def test_changed_params_lists_only_real_changes():
-    section = {"upstream": "x", "model": {"lr": 0.01, "channels": [8, 16]}, "trainer": {"max_epochs": 3}}  # fmt: skip
-    defaults = {"upstream": None, "model": {"lr": 0.001, "channels": [8, 16]}, "trainer": {"max_epochs": 3}}  # fmt: skip
+    section = {
+        "upstream": "x",
+        "model": {"lr": 0.01, "channels": [8, 16]},
+        "trainer": {"max_epochs": 3},
+    }
+    defaults = {
+        "upstream": None,
+        "model": {"lr": 0.001, "channels": [8, 16]},
+        "trainer": {"max_epochs": 3},
+    }
     assert changed_params(section, defaults) == {"model.lr": 0.01}
 
 
 def test_markdown_marks_failed_experiments():
-    md = markdown({"classifier": {"test/acc": 0.9, "train_time_s": 12.5, "params": 1000}}, {}, parse_exp_show(fabricated()))  # fmt: skip
+    md = markdown(
+        {"classifier": {"test/acc": 0.9, "train_time_s": 12.5, "params": 1000}},
+        {},
+        parse_exp_show(fabricated()),
+    )
     assert "| 1 | deep | 2222222 | 0.9500 |" in md
     assert "| — | broken | 3333333 | — | failed |" in md
     assert "## vae: experiments by `test/nelbo` (min)" in md
@@ -75,14 +117,18 @@ def test_compare_command_writes_markdown_and_html(tmp_path):
     exp_json = tmp_path / "exps.json"
     exp_json.write_text(json.dumps(fabricated()))
     out = tmp_path / "out"
-    result = run_cli(["python", "pipeline/compare.py", "--exp-json", str(exp_json), "--out", str(out)], REPO)  # fmt: skip
+    result = run_cli(
+        ["python", "pipeline/compare.py", "--exp-json", str(exp_json), "--out", str(out)], REPO
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| deep |" in (out / "leaderboard.md").read_text()
     page = (out / "leaderboard.html").read_text()
     assert page.startswith("<!doctype html>") and "<table>" in page
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    result = run_cli(["python", "pipeline/compare.py", "--exp-json", str(bad), "--out", str(out)], REPO)  # fmt: skip
+    result = run_cli(
+        ["python", "pipeline/compare.py", "--exp-json", str(bad), "--out", str(out)], REPO
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "bad.json" in result.stderr
 

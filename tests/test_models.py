@@ -12,7 +12,11 @@ from sightline.inference import load_for_inference, load_module
 from sightline.registry import get_model, list_models
 from sightline.training import export_model, train
 
-IMAGE_MODELS = [n for n in list_models() if get_model(n).params.model_fields["data"].annotation is ImageDataConfig]  # fmt: skip
+IMAGE_MODELS = [
+    n
+    for n in list_models()
+    if get_model(n).params.model_fields["data"].annotation is ImageDataConfig
+]
 
 
 def build(name: str, data_dir):

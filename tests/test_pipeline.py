@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 from conftest import run_cli
 
-CLASSIFIER_KEYS = {"model", "dataset", "test/acc", "test/f1_macro", "test/per_class", "test/n", "train_time_s", "epochs", "params"}  # fmt: skip
+CLASSIFIER_KEYS = {
+    "model",
+    "dataset",
+    "test/acc",
+    "test/f1_macro",
+    "test/per_class",
+    "test/n",
+    "train_time_s",
+    "epochs",
+    "params",
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +41,10 @@ def test_dvc_repro_end_to_end(reproduced):
     assert (reproduced / "models/classifier/model.safetensors").is_file()
     assert (reproduced / "dvclive/classifier/plots/metrics/val/acc.tsv").is_file()
     assert (reproduced / "dvc.lock").is_file()
-    for name, pictures in (("vae", ("reconstructions", "samples", "interpolation", "latent_space")), ("gan", ("samples", "progress", "interpolation", "class_coverage"))):  # fmt: skip
+    for name, pictures in (
+        ("vae", ("reconstructions", "samples", "interpolation", "latent_space")),
+        ("gan", ("samples", "progress", "interpolation", "class_coverage")),
+    ):
         scores = json.loads((reproduced / f"metrics/{name}.json").read_text())
         assert scores["fid"] > 0 and scores["samples"] == 60 and "fid" in scores["real_floor"]
         for png in pictures:
@@ -73,17 +88,26 @@ def test_params_change_reruns_only_that_model(reproduced):
 @pytest.mark.parametrize(
     "edit,needle",
     [
-        (lambda p: p["models"]["classifier"]["trainer"].update(max_epoch=3), "models.classifier.trainer.max_epoch: unknown key"),
-        (lambda p: p["models"]["classifier"]["data"].update(batch_size="big"), "models.classifier.data.batch_size"),
+        (
+            lambda p: p["models"]["classifier"]["trainer"].update(max_epoch=3),
+            "models.classifier.trainer.max_epoch: unknown key",
+        ),
+        (
+            lambda p: p["models"]["classifier"]["data"].update(batch_size="big"),
+            "models.classifier.data.batch_size",
+        ),
         (lambda p: p.update(seed=1.5), "seed"),
     ],
-)  # fmt: skip
+)
 def test_bad_params_fail_with_one_line(repo_copy, tmp_path, edit, needle):
     params = yaml.safe_load((repo_copy / "params.yaml").read_text())
     edit(params)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(params))
-    for stage in (["pipeline/train.py", "classifier"], ["pipeline/prepare.py", "fashion_mnist"]):
+    stages = [["pipeline/train.py", "classifier"]]
+    if not needle.startswith("models."):  # prepare reads the top level, not the model sections
+        stages.append(["pipeline/prepare.py", "fashion_mnist"])
+    for stage in stages:
         result = run_cli(["python", *stage, "--params", str(bad)], repo_copy)
         assert result.returncode == 2
         assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -110,7 +134,7 @@ def test_missing_dataset_and_checkpoint_fail_with_one_line(repo_copy, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (empty / "metrics").exists()
     result = run_cli(["python", "pipeline/train.py", "nosuchmodel"], empty)
-    assert result.returncode == 2 and "unknown model 'nosuchmodel'" in result.stderr
+    assert result.returncode == 2 and "models.nosuchmodel: unknown model" in result.stderr
 
 
 def test_ddp_two_cpu_processes(reproduced, tmp_path):
@@ -144,23 +168,166 @@ def test_rerun_reproduces_committed_metrics_and_catches_tampering(reproduced, tm
     assert result.returncode == 1 and "test/acc" in result.stderr
 
 
+TOY_MODEL = '''"""toy: a logistic regression on the pixels, the sixth model a test adds."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from sightline.config import ImageDataConfig, ModelParams, Strict, TrainerConfig
+from sightline.data.images import ImageDataModule
+from sightline.spec import ModelSpec
+
+
+class ToyConfig(Strict):
+    lr: float = 0.05
+
+
+class ToyParams(ModelParams):
+    upstream: str = "data/prepared/fashion_mnist"
+    data: ImageDataConfig = ImageDataConfig()
+    model: ToyConfig = ToyConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+
+class ToyModule(L.LightningModule):
+    def __init__(self, class_names: list[str], pixels: int, lr: float = 0.05) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Linear(pixels, len(class_names))
+        self.val_acc = MulticlassAccuracy(len(class_names))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1).float() / 255)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        self.val_acc(self(x), y)
+        self.log("val/acc", self.val_acc)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+def _datamodule(section: ToyParams, data_dir, seed: int) -> ImageDataModule:
+    return ImageDataModule(data_dir, section.data.batch_size, section.data.eval_batch_size, seed=seed)
+
+
+def _module_kwargs(section: ToyParams, dm: ImageDataModule) -> dict:
+    pixels = dm.preprocess.channels * dm.preprocess.size[0] * dm.preprocess.size[1]
+    return {"class_names": dm.class_names, "pixels": pixels, **section.model.model_dump()}
+
+
+SPEC = ModelSpec(
+    name="toy", module=ToyModule, params=ToyParams, datamodule=_datamodule,
+    module_kwargs=_module_kwargs, monitor="val/acc", mode="max",
+)
+'''
+
+TOY_METRICS = '''"""Evaluation of ``toy``: test accuracy."""
+
+from __future__ import annotations
+
+import torch
+
+from sightline.spec import EvaluationSpec
+
+
+@torch.no_grad()
+def evaluate_toy(module, dm, report_dir, section, seed: int, model_dir) -> dict:
+    x, y = dm.split("test").tensors
+    acc = float((module(x.to(module.device)).argmax(-1).cpu() == y).float().mean())
+    return {"test/acc": round(acc, 6), "test/n": len(y)}
+
+
+EVALUATION = EvaluationSpec(evaluate=evaluate_toy, selection=("test/acc", "max"), headline=("test/acc",))
+'''
+
+
+def test_a_sixth_model_is_three_files_and_a_params_section(reproduced, tmp_path):
+    """A toy model added by its model package, its metrics module and its params section (the
+    registry finds the package): `dvc repro` trains, evaluates and packages it and re-runs no
+    other model; `make compare` ranks it."""
+    import bentoml
+
+    repo = tmp_path / "repo"
+    shutil.copytree(reproduced, repo, symlinks=True)
+    git = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
+    run_cli([*git, "add", "-A"], repo)
+    run_cli([*git, "commit", "-qm", "reproduced"], repo)  # what `dvc repro` left, committed
+    (repo / "src/sightline/models/toy").mkdir()
+    (repo / "src/sightline/models/toy/__init__.py").write_text(TOY_MODEL)
+    (repo / "src/sightline/metrics/toy.py").write_text(TOY_METRICS)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["models"]["toy"] = {
+        "upstream": "data/prepared/fashion_mnist",
+        "data": {"dataset": "fashion_mnist", "batch_size": 16, "eval_batch_size": 64},
+        "trainer": dict(params["models"]["classifier"]["trainer"]),
+    }
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run_cli(["git", "status", "--porcelain", "--untracked-files=all"], repo).stdout
+    assert sorted(line[3:] for line in status.splitlines()) == [
+        "params.yaml",
+        "src/sightline/metrics/toy.py",
+        "src/sightline/models/toy/__init__.py",
+    ]
+
+    stale = json.loads(run_cli(["dvc", "status", "--json"], repo).stdout)
+    assert set(stale) == {"train@toy", "evaluate@toy", "package"}, stale
+    result = run_cli(["dvc", "repro"], repo)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ran = {
+        line.split("'")[1]
+        for line in result.stdout.splitlines()
+        if line.startswith("Running stage")
+    }
+    assert ran == {"train@toy", "evaluate@toy", "package"}, ran
+    metrics = json.loads((repo / "metrics/toy.json").read_text())
+    assert metrics["model"] == "toy" and 0.0 <= metrics["test/acc"] <= 1.0
+    bento = json.loads((repo / "bento/bento.json").read_text())
+    stored = bentoml.models.get(bento["models"]["toy"])
+    assert stored.info.metadata["metrics"]["test/acc"] == metrics["test/acc"]
+    result = run_cli(["python", "pipeline/compare.py"], repo)
+    assert result.returncode == 0, result.stderr[-2000:]
+    board = (repo / "reports/leaderboard.md").read_text()
+    assert "## toy: experiments by `test/acc` (max)" in board
+    assert "| toy | test/acc (max) **" in board
+
+
 def test_experiments_are_ranked_in_the_leaderboard(reproduced):
     """Two real `dvc exp run` variants of the classifier appear ranked by test/acc, and the
     winner is promoted to the served Bento (last test: it changes the copy's workspace)."""
     for name, dropout in (("drop-a", 0.3), ("drop-b", 0.6)):
-        result = run_cli(["dvc", "exp", "run", "-n", name, "-S", f"models.classifier.model.dropout={dropout}"], reproduced)  # fmt: skip
+        result = run_cli(
+            ["dvc", "exp", "run", "-n", name, "-S", f"models.classifier.model.dropout={dropout}"],
+            reproduced,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
     result = run_cli(["python", "pipeline/compare.py"], reproduced)
     assert result.returncode == 0, result.stderr[-2000:]
     board = (reproduced / "reports/leaderboard.md").read_text()
     section = board.split("## classifier: experiments by `test/acc` (max)")[1].split("##")[0]
-    rows = [r.strip("| ").split(" | ") for r in section.splitlines() if r.startswith("| ") and "rank" not in r]  # fmt: skip
+    rows = [
+        r.strip("| ").split(" | ")
+        for r in section.splitlines()
+        if r.startswith("| ") and "rank" not in r
+    ]
     scored = [cells for cells in rows if cells[3] != "—"]
     assert {cells[1] for cells in scored} >= {"drop-a", "drop-b"}, section
     values = [float(cells[3]) for cells in scored]
     assert values == sorted(values, reverse=True), section
     assert [cells[0] for cells in scored] == [str(i) for i in range(1, len(scored) + 1)], section
-    assert rows[: len(scored)] == scored and all(cells[0] == "—" for cells in rows[len(scored) :]), section  # fmt: skip
+    assert rows[: len(scored)] == scored and all(
+        cells[0] == "—" for cells in rows[len(scored) :]
+    ), section
     assert (reproduced / "reports/leaderboard.html").stat().st_size > 1000
 
     # promote the winner: its checkpoint and metrics come into the workspace, its Bento is served
@@ -170,7 +337,7 @@ def test_experiments_are_ranked_in_the_leaderboard(reproduced):
     assert (
         json.loads((reproduced / "metrics/classifier.json").read_text())["test/acc"] == best_value
     )
-    bento = json.loads((reproduced / "models/bento/bento.json").read_text())
+    bento = json.loads((reproduced / "bento/bento.json").read_text())
     experiment = best_name if best_name in ("drop-a", "drop-b") else "workspace"
     assert bento["experiment"] == experiment, (best_name, bento)
     import bentoml
@@ -181,3 +348,35 @@ def test_experiments_are_ranked_in_the_leaderboard(reproduced):
     assert bentoml.bentos.get(bento["bento"]) is not None
     status = run_cli(["dvc", "status", "--json"], reproduced)
     assert json.loads(status.stdout or "{}") == {}, status.stdout
+
+
+def test_stages_find_the_project_interpreter(tmp_path):
+    """`dvc repro` outside the activated environment: a stage started by an interpreter without
+    the dependencies re-runs itself with the project's (here .venv's, or the active one's);
+    with none to find, it fails in one line."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["VIRTUAL_ENV"] = str(
+        Path(sys.executable).parent.parent
+    )  # the environment running the tests
+    bare = [sys.executable, "-S"]  # no site-packages: no torch, no lightning
+    done = subprocess.run(
+        [*bare, "pipeline/train.py", "--help"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "usage: train.py" in done.stdout, done.stderr[-2000:]
+    shutil.copytree(REPO / "pipeline", tmp_path / "pipeline")  # no .venv above tmp_path
+    env.pop("VIRTUAL_ENV")
+    done = subprocess.run(
+        [*bare, "pipeline/train.py", "classifier"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "lacks" in done.stderr and "make setup" in done.stderr

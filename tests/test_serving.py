@@ -70,7 +70,9 @@ def test_packaged_models_hold_safetensors_json_and_provenance(packaged):
         assert model.info.labels["git_commit"] == "0123456789ab"
         assert model.info.labels["experiment"] == "exp-1"
         assert len(model.info.labels["params_hash"]) == 12
-        assert (Path(model.path) / "model.safetensors").read_bytes() == (packaged[name] / "model.safetensors").read_bytes()  # fmt: skip
+        assert (Path(model.path) / "model.safetensors").read_bytes() == (
+            packaged[name] / "model.safetensors"
+        ).read_bytes()
     assert bentoml.models.get("classifier:latest").info.metadata["metrics"]["test/acc"] == 0.5
     assert len(bentoml.models.get("classifier:latest").info.metadata["class_names"]) == 10
     assert bentoml.models.get("gan:latest").info.metadata["metrics"] == {"fid": 9.0}
@@ -86,7 +88,9 @@ def test_params_hash_ignores_key_order_and_sees_values():
 def test_serving_params_errors_name_the_key(tmp_path):
     from sightline.packaging import load_serving_config
 
-    assert load_serving_config(Path("serving/params.yaml")).batch("classifier")["max_batch_size"] >= 1  # fmt: skip
+    assert (
+        load_serving_config(Path("serving/params.yaml")).batch("classifier")["max_batch_size"] >= 1
+    )
     bad = tmp_path / "params.yaml"
     bad.write_text("gpu: -1\n")
     with pytest.raises(ConfigError, match="gpu"):
@@ -100,7 +104,7 @@ def test_serving_params_errors_name_the_key(tmp_path):
     ):
         load_serving_config(bad)
     bad.write_text("services: {clasifier: {workers: 2}}\n")
-    with pytest.raises(ConfigError, match="services.clasifier: not a model service"):
+    with pytest.raises(ConfigError, match="services.clasifier: not a served model"):
         load_serving_config(bad)
     good = tmp_path / "good.yaml"
     good.write_text("gpu: 1\nservices: {clip: {gpu: 0}, ocr: {workers: 3}}\n")
@@ -116,7 +120,22 @@ def test_health_and_documented_routes(client):
     assert client.get("/livez").status_code == 200
     assert client.get("/readyz").status_code == 200
     spec = client.get("/docs.json").json()
-    for route in ("/classifier/predict", "/spam/predict", "/spam/predict_email", "/vae/reconstruct", "/vae/sample", "/vae/sample_grid", "/vae/interpolate", "/gan/sample", "/gan/sample_grid", "/clip/embed_images", "/clip/embed_texts", "/clip/zero_shot", "/clip/search", "/clip/index_image"):  # fmt: skip
+    for route in (
+        "/classifier/predict",
+        "/spam/predict",
+        "/spam/predict_email",
+        "/vae/reconstruct",
+        "/vae/sample",
+        "/vae/sample_grid",
+        "/vae/interpolate",
+        "/gan/sample",
+        "/gan/sample_grid",
+        "/clip/embed_images",
+        "/clip/embed_texts",
+        "/clip/zero_shot",
+        "/clip/search",
+        "/clip/index_image",
+    ):
         assert route in spec["paths"], route
     assert "Get rich quick!!!" in json.dumps(spec)  # field examples reach the OpenAPI page
     # /metrics needs the server's Prometheus multiprocess directory: checked in test_slow
@@ -136,7 +155,10 @@ def test_not_ready_until_models_are_loaded(packaged):
 
 def test_classifier_top_k_matches_the_in_process_model(client, local):
     imgs = [shoe(), shoe().rotate(90), Image.new("RGB", (50, 40), (200, 30, 30))]
-    resp = client.post("/classifier/predict", files=[("images", (f"{i}.png", _png(im), "image/png")) for i, im in enumerate(imgs)])  # fmt: skip
+    resp = client.post(
+        "/classifier/predict",
+        files=[("images", (f"{i}.png", _png(im), "image/png")) for i, im in enumerate(imgs)],
+    )
     assert resp.status_code == 200, resp.text
     m = local["classifier"]
     with torch.inference_mode():
@@ -156,7 +178,10 @@ def test_classifier_bad_uploads_are_4xx_with_a_reason(client):
     assert_client_error(wrong_type, 400, "content type text/plain", "image/*")
     missing = client.post("/classifier/predict", json={})
     assert_client_error(missing, 400, "images", "missing")
-    too_many = client.post("/classifier/predict", files=[("images", (f"{i}.png", _png(shoe()), "image/png")) for i in range(17)])  # fmt: skip
+    too_many = client.post(
+        "/classifier/predict",
+        files=[("images", (f"{i}.png", _png(shoe()), "image/png")) for i in range(17)],
+    )
     assert_client_error(too_many, 400, "at most 16")
     assert client.post("/classifier/predict", files=upload(_png(shoe()))).status_code == 200
 
@@ -172,7 +197,9 @@ def test_uploads_over_the_size_limit_get_413_declared_or_chunked(client):
         for _ in range(CONFIG.max_request_bytes // 2**20 + 2):
             yield b"\0" * 2**20
 
-    resp = client.post("/spam/predict", content=chunks(), headers={"content-type": "application/json"})  # fmt: skip
+    resp = client.post(
+        "/spam/predict", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert_client_error(resp, 413, "too large")
     assert client.get("/readyz").status_code == 200
 
@@ -186,7 +213,9 @@ def _picture_of_words(text: str) -> bytes:
     from sightline.mail.render import font_paths
 
     im = Image.new("RGB", (560, 60), "white")
-    ImageDraw.Draw(im).text((10, 15), text, font=ImageFont.truetype(font_paths()[0], 20), fill="black")  # fmt: skip
+    ImageDraw.Draw(im).text(
+        (10, 15), text, font=ImageFont.truetype(font_paths()[0], 20), fill="black"
+    )
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
@@ -201,7 +230,10 @@ def test_spam_json_matches_the_in_process_model_and_uses_the_validated_threshold
     resp = client.post("/spam/predict", json={"messages": messages})
     assert resp.status_code == 200, resp.text
     m = local["spam"]
-    expected = [m.predict("free money", "click now for cash"), m.predict("meeting notes", "", [_pil(img)])]  # fmt: skip
+    expected = [
+        m.predict("free money", "click now for cash"),
+        m.predict("meeting notes", "", [_pil(img)]),
+    ]
     got = resp.json()
     for g, e in zip(got, expected, strict=True):
         assert g["spam_probability"] == e["spam_probability"] and g["label"] == e["label"]
@@ -214,10 +246,18 @@ def test_spam_json_bad_input_is_400(client):
     assert_client_error(empty, 400, "nothing to classify")
     bad_b64 = client.post("/spam/predict", json={"messages": [{"body": "x", "images": ["%%%"]}]})
     assert_client_error(bad_b64, 400, "base64")
-    not_image = client.post("/spam/predict", json={"messages": [{"body": "x", "images": [base64.b64encode(b"hello").decode()]}]})  # fmt: skip
+    not_image = client.post(
+        "/spam/predict",
+        json={"messages": [{"body": "x", "images": [base64.b64encode(b"hello").decode()]}]},
+    )
     assert_client_error(not_image, 400, "not a decodable image")
     assert_client_error(client.post("/spam/predict", json={"messages": []}), 400, "messages")
-    assert_client_error(client.post("/spam/predict", content=b"{not json", headers={"content-type": "application/json"}), 400)  # fmt: skip
+    assert_client_error(
+        client.post(
+            "/spam/predict", content=b"{not json", headers={"content-type": "application/json"}
+        ),
+        400,
+    )
 
 
 def test_spam_email_upload_matches_predict_email(client, local):
@@ -235,11 +275,19 @@ def test_spam_email_upload_matches_predict_email(client, local):
 
 
 def test_spam_email_rejections_are_400_with_a_reason(client):
-    not_email = client.post("/spam/predict_email", files=upload(b"\x89PNG\r\n\x1a\n\0\0", "email", "m.eml", "message/rfc822"))  # fmt: skip
+    not_email = client.post(
+        "/spam/predict_email",
+        files=upload(b"\x89PNG\r\n\x1a\n\0\0", "email", "m.eml", "message/rfc822"),
+    )
     assert_client_error(not_email, 400, "not an email")
-    wrong_type = client.post("/spam/predict_email", files=upload(make_email("a", "b"), "email", "m.eml", "application/pdf"))  # fmt: skip
+    wrong_type = client.post(
+        "/spam/predict_email",
+        files=upload(make_email("a", "b"), "email", "m.eml", "application/pdf"),
+    )
     assert_client_error(wrong_type, 400, "message/rfc822")
-    empty = client.post("/spam/predict_email", files=upload(b"Subject: \n\n", "email", "m.eml", "message/rfc822"))  # fmt: skip
+    empty = client.post(
+        "/spam/predict_email", files=upload(b"Subject: \n\n", "email", "m.eml", "message/rfc822")
+    )
     assert_client_error(empty, 400, "nothing to classify")
 
 
@@ -262,7 +310,14 @@ def test_vae_reconstruct_sample_and_interpolate(client, local):
 
     grid = client.post("/vae/sample_grid", json={"n": 4, "seed": 3})
     assert grid.headers["content-type"] == "image/png" and _pil(grid.content).size == (62, 62)
-    strip = client.post("/vae/interpolate", files=[("a", ("a.png", _png(shoe()), "image/png")), ("b", ("b.png", _png(shoe().rotate(90)), "image/png"))], data={"steps": "5"})  # fmt: skip
+    strip = client.post(
+        "/vae/interpolate",
+        files=[
+            ("a", ("a.png", _png(shoe()), "image/png")),
+            ("b", ("b.png", _png(shoe().rotate(90)), "image/png")),
+        ],
+        data={"steps": "5"},
+    )
     assert strip.status_code == 200, strip.text
     assert _pil(strip.content).size == (5 * 30 + 2, 32)
 
@@ -298,21 +353,52 @@ def test_clip_embeddings_match_the_in_process_model(client, local):
     m = local["clip"]
     texts = client.post("/clip/embed_texts", json={"texts": ["a red heart", "a dog"]})
     assert texts.status_code == 200, texts.text
-    assert torch.allclose(torch.tensor(texts.json()), m.embed_texts(["a red heart", "a dog"]), atol=1e-6)  # fmt: skip
+    assert torch.allclose(
+        torch.tensor(texts.json()), m.embed_texts(["a red heart", "a dog"]), atol=1e-6
+    )
     img = Image.new("RGB", (64, 64), (200, 30, 30))
     images = client.post("/clip/embed_images", files=upload(_png(img)))
     assert torch.allclose(torch.tensor(images.json()), m.embed_images([img]), atol=1e-6)
     assert_client_error(client.post("/clip/embed_texts", json={"texts": []}), 400, "texts")
 
 
+def test_a_transparent_upload_embeds_as_training_saw_it(client, local):
+    """Training composites the emoji onto white (``prepare@emoji``); a transparent PNG sent to
+    ``/clip/embed_images`` gets the same white, not the black under its transparent pixels."""
+    from PIL import ImageDraw
+
+    from sightline.data.decode import to_pil
+    from sightline.data.emoji import decode_on_white
+
+    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(img).ellipse((12, 12, 52, 52), fill=(220, 30, 60, 255))
+    png = _png(img)
+    served = client.post("/clip/embed_images", files=upload(png))
+    assert served.status_code == 200, served.text
+    trained = local["clip"].embed_images([to_pil(decode_on_white(png))])
+    assert torch.allclose(torch.tensor(served.json()), trained, atol=1e-6)
+    on_black = local["clip"].embed_images([Image.open(io.BytesIO(png)).convert("RGB")])
+    assert not torch.allclose(trained, on_black, atol=1e-3)  # the background matters
+
+
 def test_clip_zero_shot_and_its_bad_input(client, local):
     labels = ["t-shirt", "sneaker", "bag"]
-    resp = client.post("/clip/zero_shot", files=upload(_png(shoe()), "image"), data={"labels": json.dumps(labels), "top_k": "2"})  # fmt: skip
+    resp = client.post(
+        "/clip/zero_shot",
+        files=upload(_png(shoe()), "image"),
+        data={"labels": json.dumps(labels), "top_k": "2"},
+    )
     assert resp.status_code == 200, resp.text
     assert len(resp.json()) == 2 and {r["label"] for r in resp.json()} <= set(labels)
-    one_label = client.post("/clip/zero_shot", files=upload(_png(shoe()), "image"), data={"labels": json.dumps(["bag"])})  # fmt: skip
+    one_label = client.post(
+        "/clip/zero_shot", files=upload(_png(shoe()), "image"), data={"labels": json.dumps(["bag"])}
+    )
     assert_client_error(one_label, 400, "labels")
-    no_slot = client.post("/clip/zero_shot", files=upload(_png(shoe()), "image"), data={"labels": json.dumps(labels), "templates": json.dumps(["a photo"])})  # fmt: skip
+    no_slot = client.post(
+        "/clip/zero_shot",
+        files=upload(_png(shoe()), "image"),
+        data={"labels": json.dumps(labels), "templates": json.dumps(["a photo"])},
+    )
     assert_client_error(no_slot, 400, "templates")
 
 
@@ -321,11 +407,15 @@ def test_clip_search_ranks_the_held_out_index(client, local, prepared_emoji):
     resp = client.post("/clip/search", json={"query": captions[0], "top_k": 3})
     assert resp.status_code == 200, resp.text
     hits = resp.json()
-    assert len(hits) == 3 and [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)  # fmt: skip
+    assert len(hits) == 3 and [h["score"] for h in hits] == sorted(
+        (h["score"] for h in hits), reverse=True
+    )
     assert all(h["caption"] == captions[h["index"]] for h in hits)
     img = client.post("/clip/index_image", json={"index": hits[0]["index"]})
     assert img.headers["content-type"] == "image/png" and _pil(img.content).size == (64, 64)
-    assert_client_error(client.post("/clip/index_image", json={"index": len(captions)}), 400, "out of range")  # fmt: skip
+    assert_client_error(
+        client.post("/clip/index_image", json={"index": len(captions)}), 400, "out of range"
+    )
     assert_client_error(client.post("/clip/search", json={"query": ""}), 400, "query")
     assert_client_error(client.post("/clip/search", json={"query": "x", "top_k": 0}), 400, "top_k")
 
@@ -349,25 +439,56 @@ def _exp_rows(values: dict[str, float | None], failed: str | None = None) -> lis
     """``dvc exp show --json`` rows: a baseline commit and one experiment per value."""
 
     def data(v):
-        return {"metrics": {} if v is None else {"metrics/classifier.json": {"data": {"test/acc": v}}}, "params": {}}  # fmt: skip
+        return {
+            "metrics": {} if v is None else {"metrics/classifier.json": {"data": {"test/acc": v}}},
+            "params": {},
+        }
 
-    exps = [{"name": n, "revs": [{"rev": f"{i:040x}", "name": n, "data": data(v), "error": {"msg": "boom"} if n == failed else None}]} for i, (n, v) in enumerate(values.items(), 1)]  # fmt: skip
-    return [{"rev": "workspace", "data": {}}, {"rev": "f" * 40, "name": "main", "data": data(0.45), "experiments": exps}]  # fmt: skip
+    exps = [
+        {
+            "name": n,
+            "revs": [
+                {
+                    "rev": f"{i:040x}",
+                    "name": n,
+                    "data": data(v),
+                    "error": {"msg": "boom"} if n == failed else None,
+                }
+            ],
+        }
+        for i, (n, v) in enumerate(values.items(), 1)
+    ]
+    return [
+        {"rev": "workspace", "data": {}},
+        {"rev": "f" * 40, "name": "main", "data": data(0.45), "experiments": exps},
+    ]
 
 
 def _promote(tmp_path, rows, *args):
     from conftest import REPO, run_cli
 
     (tmp_path / "exps.json").write_text(json.dumps(rows))
-    return run_cli(["python", str(REPO / "pipeline/promote.py"), *args, "--exp-json", "exps.json", "--dry-run"], tmp_path)  # fmt: skip
+    return run_cli(
+        [
+            "python",
+            str(REPO / "pipeline/promote.py"),
+            *args,
+            "--exp-json",
+            "exps.json",
+            "--dry-run",
+        ],
+        tmp_path,
+    )
 
 
 def test_promotion_picks_the_best_and_refuses_a_worse_one_without_force(packaged, tmp_path):
     import bentoml
 
     served = str(bentoml.models.get("classifier:latest").tag)  # packaged with test/acc 0.5
-    (tmp_path / "models/bento").mkdir(parents=True)
-    (tmp_path / "models/bento/bento.json").write_text(json.dumps({"bento": "sightline:x", "models": {"classifier": served}}))  # fmt: skip
+    (tmp_path / "bento").mkdir(parents=True)
+    (tmp_path / "bento/bento.json").write_text(
+        json.dumps({"bento": "sightline:x", "models": {"classifier": served}})
+    )
     rows = _exp_rows({"good": 0.61, "better": 0.72, "broken": 0.99, "worse": 0.3}, failed="broken")
     best = _promote(tmp_path, rows, "classifier")
     assert best.returncode == 0 and "classifier: better" in best.stdout, best.stderr
@@ -382,11 +503,14 @@ def test_promotion_picks_the_best_and_refuses_a_worse_one_without_force(packaged
     "args,needle",
     [
         (["nosuchmodel"], "unknown model 'nosuchmodel'"),
-        (["classifier", "--exp", "nosuchexp"], "unknown experiment 'nosuchexp' (experiments: good, broken)"),
+        (
+            ["classifier", "--exp", "nosuchexp"],
+            "unknown experiment 'nosuchexp' (experiments: good, broken)",
+        ),
         (["classifier", "--exp", "broken"], "experiment 'broken' failed: boom"),
         (["gan"], "no experiment has gan's fid"),
     ],
-)  # fmt: skip
+)
 def test_promotion_refuses_unknown_or_unscored_choices_in_one_line(tmp_path, args, needle):
     result = _promote(tmp_path, _exp_rows({"good": 0.6, "broken": 0.9}, failed="broken"), *args)
     assert result.returncode == 2, result.stdout
@@ -397,7 +521,14 @@ def test_promotion_refuses_unknown_or_unscored_choices_in_one_line(tmp_path, arg
 def test_choose_follows_each_models_direction():
     from sightline.leaderboard import Experiment, better, choose
 
-    exps = [Experiment("a", "a" * 40, metrics={"vae": {"test/nelbo": 240.0}, "classifier": {"test/acc": 0.9}}), Experiment("b", "b" * 40, metrics={"vae": {"test/nelbo": 230.0}, "classifier": {"test/acc": 0.8}})]  # fmt: skip
+    exps = [
+        Experiment(
+            "a", "a" * 40, metrics={"vae": {"test/nelbo": 240.0}, "classifier": {"test/acc": 0.9}}
+        ),
+        Experiment(
+            "b", "b" * 40, metrics={"vae": {"test/nelbo": 230.0}, "classifier": {"test/acc": 0.8}}
+        ),
+    ]
     assert choose(exps, "vae")[0].name == "b" and choose(exps, "classifier")[0].name == "a"
     assert choose(exps, "vae", "a")[1] == 240.0 and choose(exps, "vae", "b" * 8)[0].name == "b"
     assert better("vae", 1.0, 2.0) and not better("classifier", 1.0, 2.0)
@@ -422,12 +553,20 @@ def test_the_bento_is_a_v2_image_with_the_wheel_and_tesseract(packaged, caplog, 
 
     tags = {name: str(bentoml.models.get(f"{name}:latest").tag) for name in NAMES}
     with caplog.at_level(logging.INFO):
-        bento = package.build_bento(load_serving_config("serving/params.yaml"), "0123456789abcdef", tags)  # fmt: skip
-    assert not [r for r in caplog.records if "v1" in r.getMessage() or "not supported by bento v2" in r.getMessage()]  # fmt: skip
+        bento = package.build_bento(
+            load_serving_config("serving/params.yaml"), "0123456789abcdef", tags
+        )
+    assert not [
+        r
+        for r in caplog.records
+        if "v1" in r.getMessage() or "not supported by bento v2" in r.getMessage()
+    ]
     root = Path(bento.path)
     requirements = (root / "env/python/requirements.txt").read_text()
     assert "./wheels/sightline-" in requirements
     wheels = list((root / "src/wheels").glob("sightline-*.whl"))
     assert len(wheels) == 1 and f"./wheels/{wheels[0].name}" in requirements
-    assert "tesseract-ocr" in (root / "env/docker/Dockerfile").read_text() or "tesseract-ocr" in json.dumps(bento.info.to_dict(), default=str)  # fmt: skip
+    assert "tesseract-ocr" in (
+        root / "env/docker/Dockerfile"
+    ).read_text() or "tesseract-ocr" in json.dumps(bento.info.to_dict(), default=str)
     assert json.loads((root / "src/serving/models.json").read_text()) == tags

@@ -25,7 +25,12 @@ def _guard(monkeypatch, app, token: str | None = None, public_metrics: bool = Fa
     if public_metrics:
         monkeypatch.setenv("SIGHTLINE_PUBLIC_METRICS", "1")
     config = CONFIG.model_copy(update=limits)
-    return Guard(app, config=config, file_fields={"/upload": {"file": "image/*"}}, fix_spec=lambda s: {**s, "fixed": True})  # fmt: skip
+    return Guard(
+        app,
+        config=config,
+        file_fields={"/upload": {"file": "image/*"}},
+        fix_spec=lambda s: {**s, "fixed": True},
+    )
 
 
 async def ok_app(scope, receive, send):
@@ -34,15 +39,35 @@ async def ok_app(scope, receive, send):
     if path == "/fail":
         body, status = b'[{"error": "index 9 out of range"}]', 400
     elif path == "/invalid":
-        body = json.dumps({"error": "1 validation error for Input", "detail": [{"loc": ["body", "n"], "msg": "Input should be less than or equal to 64", "type": "less_than_equal"}]}).encode()  # fmt: skip
+        body = json.dumps(
+            {
+                "error": "1 validation error for Input",
+                "detail": [
+                    {
+                        "loc": ["body", "n"],
+                        "msg": "Input should be less than or equal to 64",
+                        "type": "less_than_equal",
+                    }
+                ],
+            }
+        ).encode()
         status = 400
     elif path == "/busy":
-        body, status = b'{"error": "An unexpected error has occurred, please check the server log."}', 503  # fmt: skip
+        body, status = (
+            b'{"error": "An unexpected error has occurred, please check the server log."}',
+            503,
+        )
     elif path == "/docs.json":
         body, status = b'{"openapi": "3.0.2"}', 200
     else:
         body, status = json.dumps({"path": path}).encode(), 200
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -57,7 +82,9 @@ def test_the_bearer_token_guards_every_route_but_health(monkeypatch):
     for path in ("/classifier/predict", "/models", "/docs.json", "/metrics"):
         resp = client.post(path) if path != "/docs.json" else client.get(path)
         assert resp.status_code == 401, path
-        assert "bearer token" in resp.json()["error"] and resp.headers["www-authenticate"].startswith("Bearer")  # fmt: skip
+        assert "bearer token" in resp.json()["error"] and resp.headers[
+            "www-authenticate"
+        ].startswith("Bearer")
     wrong = client.post("/models", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
     assert client.post("/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
@@ -88,7 +115,12 @@ def test_over_the_concurrency_limit_is_503_with_retry_after_at_once(monkeypatch)
             async def receive():
                 return {"type": "http.request", "body": b"{}", "more_body": False}
 
-            scope = {"type": "http", "method": "POST", "path": "/models", "headers": [(b"content-length", b"2")]}  # fmt: skip
+            scope = {
+                "type": "http",
+                "method": "POST",
+                "path": "/models",
+                "headers": [(b"content-length", b"2")],
+            }
             await guard(scope, receive, send)
 
         tasks = [asyncio.create_task(one(i)) for i in range(2)]
@@ -125,7 +157,7 @@ def test_every_error_body_leaves_as_one_error_object(monkeypatch):
         (("file", "", b"https://example.com/a.png"), 400, "never fetched"),
         (("file", "a.png", b"\x89PNG not really"), 200, ""),
     ],
-)  # fmt: skip
+)
 def test_a_file_field_must_be_a_file(monkeypatch, field, status, words):
     client = TestClient(_guard(monkeypatch, ok_app))
     name, filename, data = field
@@ -134,7 +166,9 @@ def test_a_file_field_must_be_a_file(monkeypatch, field, status, words):
     elif filename:
         resp = client.post("/upload", files={name: (filename, data, "image/png")})
     else:  # multipart, the URL as a text part
-        resp = client.post("/upload", files={"other": ("x.png", b"x", "image/png")}, data={name: data.decode()})  # fmt: skip
+        resp = client.post(
+            "/upload", files={"other": ("x.png", b"x", "image/png")}, data={name: data.decode()}
+        )
     assert resp.status_code == status and words in resp.text
 
 
@@ -188,9 +222,13 @@ def test_the_openapi_document_is_valid_and_documents_errors_and_examples(client)
             assert "retry-after" in {h.lower() for h in op["responses"]["503"]["headers"]}
             body = op.get("requestBody", {}).get("content", {})
             assert all("example" in c for c in body.values()), (path, method)
-    predict = spec["paths"]["/classifier/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]  # fmt: skip
+    predict = spec["paths"]["/classifier/predict"]["post"]["requestBody"]["content"][
+        "multipart/form-data"
+    ]
     assert predict["encoding"]["images"]["contentType"] == "image/*"
-    email = spec["paths"]["/spam/predict_email"]["post"]["requestBody"]["content"]["multipart/form-data"]  # fmt: skip
+    email = spec["paths"]["/spam/predict_email"]["post"]["requestBody"]["content"][
+        "multipart/form-data"
+    ]
     assert email["encoding"]["email"]["contentType"] == "message/rfc822"
     assert '"pil"' not in json.dumps(spec) and '"file"' not in json.dumps(spec)
     assert client.get("/docs").status_code == 200
@@ -198,9 +236,19 @@ def test_the_openapi_document_is_valid_and_documents_errors_and_examples(client)
 
 @pytest.mark.parametrize(
     "template,ok",
-    [("a photo of a {}.", True), ("{{literal}} {}", True), ("{} and {}", False), ("{x} {}", False),
-     ("{0}", False), ("{:>10}", False), ("{!r}", False), ("{{}}{0:x>10000000}", False), ("no slot", False), ("{", False)],
-)  # fmt: skip
+    [
+        ("a photo of a {}.", True),
+        ("{{literal}} {}", True),
+        ("{} and {}", False),
+        ("{x} {}", False),
+        ("{0}", False),
+        ("{:>10}", False),
+        ("{!r}", False),
+        ("{{}}{0:x>10000000}", False),
+        ("no slot", False),
+        ("{", False),
+    ],
+)
 def test_zero_shot_templates_hold_exactly_one_bare_slot(template, ok):
     from serving.inputs import check_template
 

@@ -38,7 +38,9 @@ def post(url: str, body: bytes, ctype: str, timeout: float = 120) -> tuple[int, 
         return status, {"raw": data[:200]}
 
 
-def multipart(parts: list[tuple[str, str | None, str | None, bytes]], boundary: str = "sightlinetestboundary") -> tuple[bytes, str]:  # fmt: skip
+def multipart(
+    parts: list[tuple[str, str | None, str | None, bytes]], boundary: str = "sightlinetestboundary"
+) -> tuple[bytes, str]:
     """``(name, filename, content type, data)`` parts -> ``(body, content type)``."""
     out = io.BytesIO()
     for name, filename, ctype, data in parts:
@@ -62,7 +64,10 @@ def rss_mb(pid: int) -> float:
     import psutil
 
     proc = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)] if p.is_running()) / 2**20  # fmt: skip
+    return (
+        sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)] if p.is_running())
+        / 2**20
+    )
 
 
 # Multipart cannot tell an empty array from an absent field: schemathesis' negative case
@@ -79,21 +84,45 @@ OPTIONAL_MULTIPART_SCALARS = "^/(vae/interpolate|clip/zero_shot)$"
     ],
     ids=["all-other-operations", "optional-multipart-scalars"],
 )
-def test_schemathesis_finds_no_server_error_and_no_undocumented_response(live_server, tmp_path, filters, excluded):  # fmt: skip
+def test_schemathesis_finds_no_server_error_and_no_undocumented_response(
+    live_server, tmp_path, filters, excluded
+):
     """Every check but positive_data_acceptance (random bytes are rarely a decodable image, and a
     400 is the right answer), ignored_auth (no token is set) and missing_required_header (none is
     required); at least ``EXAMPLES`` generated requests per operation."""
     url, _ = live_server
     st = Path(sys.executable).parent / "st"
     report = tmp_path / "report"
-    skipped = ",".join(["positive_data_acceptance", "ignored_auth", "missing_required_header", *excluded])  # fmt: skip
+    skipped = ",".join(
+        ["positive_data_acceptance", "ignored_auth", "missing_required_header", *excluded]
+    )
     cmd = [
-        str(st), "--config-file", str(Path(__file__).with_name("schemathesis.toml")),
-        "run", f"{url}/docs.json", "--checks", "all", "--exclude-checks", skipped, *filters,
-        "--max-examples", str(EXAMPLES), "--phases", "examples,coverage,fuzzing",
-        "--workers", "2", "--request-timeout", "60", "--no-color",
-        "--report", "junit", "--report-dir", str(report), "--seed", "0",
-    ]  # fmt: skip
+        str(st),
+        "--config-file",
+        str(Path(__file__).with_name("schemathesis.toml")),
+        "run",
+        f"{url}/docs.json",
+        "--checks",
+        "all",
+        "--exclude-checks",
+        skipped,
+        *filters,
+        "--max-examples",
+        str(EXAMPLES),
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--workers",
+        "2",
+        "--request-timeout",
+        "60",
+        "--no-color",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(report),
+        "--seed",
+        "0",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     (tmp_path / "schemathesis.txt").write_text(done.stdout + done.stderr)
     tail = "\n".join(done.stdout.splitlines()[-60:])
@@ -103,7 +132,16 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_response(live_se
 
 # --- the malformed and oversized inputs, each with its status and reason ----------------------
 
-MULTIPART_ROUTES = ["/classifier/predict", "/clip/embed_images", "/clip/zero_shot", "/spam/predict_email", "/vae/interpolate", "/vae/reconstruct", "/models", "/gan/sample"]  # fmt: skip
+MULTIPART_ROUTES = [
+    "/classifier/predict",
+    "/clip/embed_images",
+    "/clip/zero_shot",
+    "/spam/predict_email",
+    "/vae/interpolate",
+    "/vae/reconstruct",
+    "/models",
+    "/gan/sample",
+]
 BIG = 4096  # side of the largest image one request may hold
 
 
@@ -112,7 +150,13 @@ def _raw_multipart(body: bytes, boundary: str = "X") -> tuple[bytes, str]:
 
 
 def _zero_shot(template: str) -> tuple[bytes, str]:
-    return multipart([("image", "a.png", "image/png", png(28)), ("labels", None, None, b'["cat", "dog"]'), ("templates", None, None, json.dumps([template]).encode())])  # fmt: skip
+    return multipart(
+        [
+            ("image", "a.png", "image/png", png(28)),
+            ("labels", None, None, b'["cat", "dog"]'),
+            ("templates", None, None, json.dumps([template]).encode()),
+        ]
+    )
 
 
 BAD = {
@@ -314,7 +358,9 @@ def test_an_email_with_20_big_attachments_is_read_within_the_budget(live_server)
     url, _ = live_server
     big = png(BIG, "RGB")
     raw = make_email("offer", "see the pictures", images=[big] * 20)
-    status, reply = post(url + "/spam/predict_email", *multipart([("email", "m.eml", "message/rfc822", raw)]))  # fmt: skip
+    status, reply = post(
+        url + "/spam/predict_email", *multipart([("email", "m.eml", "message/rfc822", raw)])
+    )
     assert status == 200, reply
     assert reply["modalities"]["images"] == 1  # one 4096x4096 image fills the pixel budget
     assert reply["parse_issues"]["images_over_budget"] == 19  # sized from headers, never decoded
@@ -323,11 +369,21 @@ def test_an_email_with_20_big_attachments_is_read_within_the_budget(live_server)
 def test_a_9_mb_html_email_is_cut_before_it_is_parsed(live_server):
     url, _ = live_server
     raw = b"Subject: hi\r\nContent-Type: text/html\r\n\r\n" + b"<p>word <b>x</b></p>" * 450_000
-    status, reply = post(url + "/spam/predict_email", *multipart([("email", "m.eml", "message/rfc822", raw)]))  # fmt: skip
+    status, reply = post(
+        url + "/spam/predict_email", *multipart([("email", "m.eml", "message/rfc822", raw)])
+    )
     assert status == 200 and reply["parse_issues"]["text_truncated"] == 1, reply
 
 
-AMPLIFIERS = ["16 PNGs of 4096x4096", "one image over the pixel budget", "spam JSON with 16 such images", "an email with a 9 MB header line", "an email with 150,000 MIME parts", "a 100,000-letter word", "zero-shot prompts over the request's characters"]  # fmt: skip
+AMPLIFIERS = [
+    "16 PNGs of 4096x4096",
+    "one image over the pixel budget",
+    "spam JSON with 16 such images",
+    "an email with a 9 MB header line",
+    "an email with 150,000 MIME parts",
+    "a 100,000-letter word",
+    "zero-shot prompts over the request's characters",
+]
 
 
 def test_no_request_raises_the_servers_memory_past_the_budget(live_server):
@@ -348,5 +404,7 @@ def test_no_request_raises_the_servers_memory_past_the_budget(live_server):
     for _ in range(3):
         assert post(url + "/classifier/predict", *at_budget)[0] == 200
         peak = max(peak, rss_mb(proc.pid))
-    print(f"server RSS after warm-up {start:.0f} MiB, peak over the amplification cases {peak:.0f} MiB (+{peak - start:.0f})")  # fmt: skip
+    print(
+        f"server RSS after warm-up {start:.0f} MiB, peak over the amplification cases {peak:.0f} MiB (+{peak - start:.0f})"
+    )
     assert peak - start <= RSS_BUDGET_MB, f"RSS {start:.0f} MB -> peak {peak:.0f} MB"

@@ -56,22 +56,33 @@ def test_packaged_bento_serves_every_model_over_http(tmp_path):
 
     from sightline.inference import load_module
 
-    if not all((REPO / f"models/{n}/model.safetensors").exists() for n in ("classifier", "spam", "vae", "gan", "clip")):  # fmt: skip
+    if not all(
+        (REPO / f"models/{n}/model.safetensors").exists()
+        for n in ("classifier", "spam", "vae", "gan", "clip")
+    ):
         pytest.skip("trained models missing: run `dvc repro` (or `dvc pull`) first")
-    result = run_cli(["python", "pipeline/package.py", "--out", str(tmp_path / "bento")], REPO, timeout=900)  # fmt: skip
+    result = run_cli(
+        ["python", "pipeline/package.py", "--out", str(tmp_path / "bento")], REPO, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     built = json.loads((tmp_path / "bento/bento.json").read_text())
     tag = built["bento"]
     assert bentoml.bentos.get(tag).info.labels["project"] == "sightline"
     # a newer `gan` in the store (as a later experiment's package run leaves) must not be served
-    from sightline.packaging import package_model
+    from package import package_model
 
     newer = package_model("gan", REPO / "models/gan", {"fid": 1.0}, {}, "0" * 40, "newer")
     assert str(newer) != built["models"]["gan"]
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_ready(url, proc)
         img = Image.new("L", (28, 28), 10)
@@ -89,7 +100,9 @@ def test_packaged_bento_serves_every_model_over_http(tmp_path):
             assert client.models() == built["models"]  # the versions the Bento was built with
             assert client.classifier_predict(images=[png]) == [expected]
             got = client.spam_predict_email(email=eml)
-            assert got["spam_probability"] == spam.predict_email(eml.read_bytes())["spam_probability"]  # fmt: skip
+            assert (
+                got["spam_probability"] == spam.predict_email(eml.read_bytes())["spam_probability"]
+            )
             batch = client.spam_predict(messages=[{"subject": "cheap pills", "body": "act now"}])
             assert batch[0]["label"] in ("ham", "spam")
             assert len(client.vae_sample(n=3, seed=1)["images"]) == 3
@@ -101,10 +114,14 @@ def test_packaged_bento_serves_every_model_over_http(tmp_path):
         status, body = _post(f"{url}/gan/sample", b'{"n": 100000}', "application/json")
         assert status == 400 and b"less than or equal" in body
         boundary = "sightlineboundary"
-        bad = f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="x.png"\r\nContent-Type: image/png\r\n\r\nnot a png\r\n--{boundary}--\r\n'.encode()  # fmt: skip
-        status, body = _post(f"{url}/classifier/predict", bad, f"multipart/form-data; boundary={boundary}")  # fmt: skip
+        bad = f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="x.png"\r\nContent-Type: image/png\r\n\r\nnot a png\r\n--{boundary}--\r\n'.encode()
+        status, body = _post(
+            f"{url}/classifier/predict", bad, f"multipart/form-data; boundary={boundary}"
+        )
         assert status == 400 and b"not a decodable image" in body
-        status, _ = _post(f"{url}/spam/predict_email", b"x" * (11 * 2**20), "multipart/form-data; boundary=x")  # fmt: skip
+        status, _ = _post(
+            f"{url}/spam/predict_email", b"x" * (11 * 2**20), "multipart/form-data; boundary=x"
+        )
         assert status == 413
         import urllib.request
 

@@ -70,7 +70,9 @@ def test_non_utf8_and_unknown_charsets_decode_without_error():
 
 
 def test_image_attachment_is_decoded_and_tracking_pixels_and_broken_images_are_counted():
-    raw = make_email("pics", "see attached", images=[png_bytes((50, 40)), png_bytes((1, 1)), b"\x89PNG broken"])  # fmt: skip
+    raw = make_email(
+        "pics", "see attached", images=[png_bytes((50, 40)), png_bytes((1, 1)), b"\x89PNG broken"]
+    )
     parsed = parse_email(raw)
     assert [im.size for im in parsed.images] == [(50, 40)] and parsed.images[0].mode == "RGB"
     assert parsed.issues["tracking_image"] == 1 and parsed.issues["corrupt_image"] == 1
@@ -88,7 +90,10 @@ def test_message_without_body_has_its_subject_only():
     assert parsed.subject == "hello there" and parsed.text == "" and not parsed.empty
 
 
-@pytest.mark.parametrize("raw", [b"", b"   \n", b"just some words, no headers at all", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"])  # fmt: skip
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"   \n", b"just some words, no headers at all", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"],
+)
 def test_bytes_that_are_not_an_email_are_rejected_with_a_reason(raw):
     with pytest.raises(NotAnEmail, match="email"):
         parse_email(raw)
@@ -117,13 +122,17 @@ def test_corpus_reads_folders_archives_and_mbox(spam_corpus, tmp_path):
     with tarfile.open(archive, "w:bz2") as tar:
         tar.add(spam_corpus, arcname="package/data")
     packed, _ = read_corpus(archive, False, tmp_path)
-    assert [(m.id, m.label, m.collection) for m in packed] == [(m.id, m.label, m.collection) for m in folder]  # fmt: skip
+    assert [(m.id, m.label, m.collection) for m in packed] == [
+        (m.id, m.label, m.collection) for m in folder
+    ]
     assert not any(m.id.endswith("/cmds") for m in folder)
     mbox_dir = tmp_path / "mboxes"
     mbox_dir.mkdir()
     for name, label in (("ham.mbox", "ham"), ("spam.mbox", "spam")):
         msgs = [make_email(f"{label} {i}", f"body {i}") for i in range(3)]
-        (mbox_dir / name).write_bytes(b"".join(b"From x@y Mon Jan  1 00:00:00 2024\n" + m + b"\n" for m in msgs))  # fmt: skip
+        (mbox_dir / name).write_bytes(
+            b"".join(b"From x@y Mon Jan  1 00:00:00 2024\n" + m + b"\n" for m in msgs)
+        )
     boxed, _ = read_corpus(mbox_dir, False, tmp_path)
     assert sorted(m.label for m in boxed) == [0, 0, 0, 1, 1, 1]
     assert parse_email(boxed[0].raw).subject == "ham 0"
@@ -166,9 +175,16 @@ def test_evasion_moves_text_out_of_the_body(spam_corpus, tmp_path):
 
     base = {"root": str(spam_corpus), "download": False, "val_fraction": 0.25}
     plain = tmp_path / "plain"
-    prepare_spam(SpamDatasetConfig.model_validate({**base, "evasion": {"fraction": 0.0}}), 0, plain, tmp_path)  # fmt: skip
+    prepare_spam(
+        SpamDatasetConfig.model_validate({**base, "evasion": {"fraction": 0.0}}), 0, plain, tmp_path
+    )
     hidden = tmp_path / "hidden"
-    prepare_spam(SpamDatasetConfig.model_validate({**base, "evasion": {"fraction": 1.0, "min_share": 0.9}}), 0, hidden, tmp_path)  # fmt: skip
+    prepare_spam(
+        SpamDatasetConfig.model_validate({**base, "evasion": {"fraction": 1.0, "min_share": 0.9}}),
+        0,
+        hidden,
+        tmp_path,
+    )
     before = {r["id"]: r for r in load_messages(plain, "train")}
     after = load_messages(hidden, "train")
     assert all(r["evasion"] == (len(before[r["id"]]["text"]) >= 40) for r in after)  # min_chars
@@ -177,7 +193,14 @@ def test_evasion_moves_text_out_of_the_body(spam_corpus, tmp_path):
         len(r["text"]) < 0.2 * len(before[r["id"]]["text"]) + 20 for r in after if r["evasion"]
     )
     with pytest.raises(ConfigError, match="min_share"):
-        prepare_spam(SpamDatasetConfig.model_validate({**base, "evasion": {"min_share": 0.9, "max_share": 0.5}}), 0, tmp_path / "x", tmp_path)  # fmt: skip
+        prepare_spam(
+            SpamDatasetConfig.model_validate(
+                {**base, "evasion": {"min_share": 0.9, "max_share": 0.5}}
+            ),
+            0,
+            tmp_path / "x",
+            tmp_path,
+        )
 
 
 # model
@@ -204,7 +227,8 @@ def test_tokenizer_is_fitted_on_train_only_and_deterministic(prepared_spam):
 
 
 def test_idf_is_fitted_on_train_and_saved_with_the_weights(prepared_spam):
-    from sightline.models.spam import SPECIALS, bag_of_words, fit_idf, fit_tokenizer
+    from sightline.models.spam import bag_of_words, fit_idf, fit_tokenizer
+    from sightline.models.spam.text import SPECIALS
 
     texts = ["free cash now", "free offer", "meeting notes", "free cash"]
     tok = fit_tokenizer(texts, 50, min_count=1)
@@ -227,7 +251,9 @@ def test_the_bag_of_words_reads_past_the_transformer_window(prepared_spam):
     module.eval()
     window = module.hparams.max_tokens
     filler = " ".join(["earliercollection"] * (window + 10))
-    one, two = sorted(w for w in module.tokenizer.get_vocab() if w.isalpha() and w != "earliercollection")[:2]  # fmt: skip
+    one, two = sorted(
+        w for w in module.tokenizer.get_vocab() if w.isalpha() and w != "earliercollection"
+    )[:2]
     a, b = module.encode("hi", f"{filler} {one}", []), module.encode("hi", f"{filler} {two}", [])
     assert a.ids == b.ids and len(a.ids) == window  # the Transformer sees the same tokens
     assert a.words != b.words
@@ -273,7 +299,9 @@ def test_loss_decreases_on_a_fixed_batch(prepared_spam):
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_train_export_reload_gives_the_same_tokenizer_and_predictions(prepared_spam, tmp_path, spam_corpus):  # fmt: skip
+def test_train_export_reload_gives_the_same_tokenizer_and_predictions(
+    prepared_spam, tmp_path, spam_corpus
+):
     from sightline.inference import load_module
     from sightline.training import train
 
@@ -390,7 +418,9 @@ def _render(text: str) -> Image.Image:
     from sightline.mail.render import font_paths
 
     im = Image.new("RGB", (640, 60), (250, 250, 240))
-    ImageDraw.Draw(im).text((10, 15), text, font=ImageFont.truetype(font_paths()[0], 20), fill=(20, 20, 90))  # fmt: skip
+    ImageDraw.Draw(im).text(
+        (10, 15), text, font=ImageFont.truetype(font_paths()[0], 20), fill=(20, 20, 90)
+    )
     return im
 
 
@@ -404,7 +434,9 @@ def test_ocr_reads_the_words_of_a_rendered_picture_and_none_in_noise():
     assert not _words(read_text(Image.new("RGB", (80, 80), "white")))
 
 
-def test_without_tesseract_prepare_refuses_and_serving_reads_no_words(prepared_spam, monkeypatch, tmp_path):  # fmt: skip
+def test_without_tesseract_prepare_refuses_and_serving_reads_no_words(
+    prepared_spam, monkeypatch, tmp_path
+):
     from sightline.config import SpamDatasetConfig
     from sightline.mail import ocr
     from sightline.mail.corpus import prepare_spam
@@ -533,7 +565,9 @@ def test_budgets_off_by_default_give_the_corpus_parse_unchanged():
     ]
     raw = make_email("pics", "see", images=images)
     plain = parse_email(raw)
-    budget = parse_email(raw, max_pixels=10**9, max_header_line=8192, max_part_chars=10**6, max_parts=100)  # fmt: skip
+    budget = parse_email(
+        raw, max_pixels=10**9, max_header_line=8192, max_part_chars=10**6, max_parts=100
+    )
     assert [im.tobytes() for im in plain.images] == [im.tobytes() for im in budget.images]
     assert plain.text == budget.text and plain.issues == budget.issues
 
@@ -552,7 +586,11 @@ def test_header_lines_and_mime_parts_are_counted_before_parsing():
 
     with pytest.raises(BudgetError, match="header line is 20009 bytes; the limit is 8192"):
         parse_email(b"Subject: " + b"a" * 20000 + b"\r\n\r\nhi", max_header_line=8192)
-    many = b'Subject: hi\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n' + b"--B\r\nContent-Type: text/plain\r\n\r\nx\r\n" * 300 + b"--B--\r\n"  # fmt: skip
+    many = (
+        b'Subject: hi\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        + b"--B\r\nContent-Type: text/plain\r\n\r\nx\r\n" * 300
+        + b"--B--\r\n"
+    )
     assert count_parts(many) == 301  # 300 parts and the closing delimiter
     with pytest.raises(BudgetError, match="MIME parts"):
         parse_email(many, max_parts=256)

@@ -1,7 +1,9 @@
-"""Typed params: ``params.yaml`` is parsed once into frozen pydantic objects.
+"""Schema building blocks of the params file: strict frozen pydantic bases, the trainer, dataset
+and data sections every model shares, and validation that names the bad key.
 
 An unknown or mistyped key is an error that names the key (``models.classifier.model.widht``),
-never a silent default.
+never a silent default. ``load_top`` reads a params file's top level (seed, datasets); parsing the model sections
+(which needs each model's schema) is ``sightline.params``.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ class Params(Strict):
 
     seed: int
     datasets: dict[str, DatasetConfig]
-    models: dict[str, Any]  # validated per model against the registry in ``load_params``
+    models: dict[str, Any]  # validated per model against its own schema (``sightline.params``)
 
 
 def _format_error(err: ValidationError, prefix: str) -> str:
@@ -153,45 +155,35 @@ def validate(cls: type[T], data: Any, prefix: str) -> T:
         raise ConfigError(_format_error(err, prefix)) from None
 
 
-def parse_params(raw: Any, source: str = "params.yaml") -> tuple[Params, dict[str, ModelParams]]:
-    """Parse a raw params mapping into the top-level params and one typed section per model.
-
-    Returns:
-        ``(params, sections)`` where ``sections[name]`` is that model's typed section.
-    """
-    from sightline.registry import get_model, list_models
-
+def parse_top(raw: Any, source: str = "params.yaml") -> Params:
+    """The top level of a raw params mapping (seed, datasets); model sections are left unread."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     try:
         if isinstance(raw.get("datasets"), dict):  # each dataset against its own schema
-            datasets = {name: validate(DATASET_CONFIGS.get(name, DatasetConfig), cfg, f"datasets.{name}") for name, cfg in raw["datasets"].items()}  # fmt: skip
+            datasets = {
+                name: validate(DATASET_CONFIGS.get(name, DatasetConfig), cfg, f"datasets.{name}")
+                for name, cfg in raw["datasets"].items()
+            }
             raw = {**raw, "datasets": datasets}
-        params = validate(Params, raw, "")
+        return validate(Params, raw, "")
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
-    sections: dict[str, ModelParams] = {}
-    for name, section in params.models.items():
-        if name not in list_models():
-            raise ConfigError(
-                f"{source}: models.{name}: unknown model (known: {', '.join(list_models())})"
-            )
-        try:
-            sections[name] = validate(get_model(name).params, section, f"models.{name}")
-        except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
-    return params, sections
 
 
-def load_params(path: str | Path) -> tuple[Params, dict[str, ModelParams]]:
-    """Read and validate a params YAML file (see ``parse_params``)."""
+def read_params(path: str | Path) -> Any:
+    """The raw YAML of a params file; a missing file or bad YAML is a one-line ``ConfigError``."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} not valid YAML") from None
-    return parse_params(raw, str(path))
+
+
+def load_top(path: str | Path) -> Params:
+    """Read a params YAML file; validate its top level only (``parse_top``)."""
+    return parse_top(read_params(path), str(path))

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import lightning as L
 
+from sightline.artifacts import TRAIN_INFO_FILE
 from sightline.config import ModelParams
 from sightline.errors import CheckpointError
 from sightline.inference import load_module, select_device
 from sightline.io import atomic_dir
-from sightline.registry import get_model
-from sightline.training import TRAIN_INFO_FILE
+from sightline.registry import get_evaluation, get_model
 
 VOLATILE_KEYS = ("train_time_s",)  # wall-clock facts: never part of a reproducibility check
 
@@ -37,7 +37,7 @@ def evaluate(
     L.seed_everything(seed, verbose=False)
     dm = spec.datamodule(section, data_dir, seed)
     with atomic_dir(report_dir) as tmp:
-        metrics = spec.evaluate(module, dm, tmp, section, seed, model_dir)
+        metrics = get_evaluation(name).evaluate(module, dm, tmp, section, seed, model_dir)
     return {
         "model": name,
         "dataset": section.data.dataset,

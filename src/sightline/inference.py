@@ -7,37 +7,14 @@ hyperparameters, so the preprocessing used in training travels with it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from sightline.artifacts import read_checkpoint, rebuild
 from sightline.errors import CheckpointError
 from sightline.registry import get_model
-from sightline.training import CONFIG_FILE, WEIGHTS_FILE
-
-
-def _read_checkpoint(path: Path) -> tuple[str | None, dict, dict]:
-    """``(name, hyperparameters, state_dict)`` from a model directory or a ``.ckpt`` file."""
-    if path.is_dir():
-        from safetensors.torch import load_file
-
-        try:
-            config = json.loads((path / CONFIG_FILE).read_text())
-            state = load_file(str(path / WEIGHTS_FILE))
-        except FileNotFoundError as err:
-            raise CheckpointError(
-                f"{err.filename}: missing; run `dvc repro train@<name>`"
-            ) from None
-        return config.get("name"), config["hyper_parameters"], state
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt file raises many types; the message names the file
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(err).__name__})") from None
-    return None, dict(ckpt.get("hyper_parameters", {})), ckpt["state_dict"]
 
 
 def load_module(path: str | Path, name: str | None = None, device: str | torch.device = "cpu"):
@@ -49,17 +26,11 @@ def load_module(path: str | Path, name: str | None = None, device: str | torch.d
         device: where to put the model.
     """
     path = Path(path)
-    saved_name, hparams, state = _read_checkpoint(path)
+    saved_name, hparams, state = read_checkpoint(path)
     name = name or saved_name
     if name is None:
         raise CheckpointError(f"{path}: model name unknown; pass name=")
-    module = get_model(name).module(**hparams)
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
-        raise CheckpointError(f"{path}: weights do not match model {name!r}: {first}") from None
-    return module.eval().to(device)
+    return rebuild(get_model(name).module, hparams, state, path, name).eval().to(device)
 
 
 def select_device() -> torch.device:

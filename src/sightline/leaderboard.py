@@ -1,7 +1,7 @@
 """Compare the models and their DVC experiments: a leaderboard in Markdown and HTML.
 
-Each model declares one selection metric (``SELECTION``): the number its experiments are ranked
-by and a promotion must beat. Experiments come from ``dvc exp show --json``; a failed
+Each model declares in its metrics module (``EVALUATION``) one selection metric, the number its
+experiments are ranked by and a promotion must beat, its headline metrics and its key pictures. Experiments come from ``dvc exp show --json`` (``pipeline/`` runs it); a failed
 experiment, or one without the metric, is listed last and never ranked above a scored one.
 """
 
@@ -13,27 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SELECTION: dict[str, tuple[str, str]] = {
-    "classifier": ("test/acc", "max"),
-    "vae": ("test/nelbo", "min"),
-    "gan": ("fid", "min"),
-    "clip": ("test/t2i_recall@5", "max"),
-    "spam": ("test/f1", "max"),
-}
-HEADLINE: dict[str, tuple[str, ...]] = {
-    "classifier": ("test/acc", "test/f1_macro"),
-    "vae": ("test/nelbo", "fid", "latent/active_units"),
-    "gan": ("fid", "kid", "inception_score"),
-    "clip": ("test/t2i_recall@5", "test/i2t_recall@5", "zero_shot/fashion_mnist_acc"),
-    "spam": ("test/f1", "test/roc_auc", "evasion/fused/recall"),
-}
-PICTURES: dict[str, tuple[str, ...]] = {
-    "classifier": ("confusion_matrix.png", "filters.png"),
-    "vae": ("reconstructions.png", "samples.png", "interpolation.png"),
-    "gan": ("samples.png", "progress.png"),
-    "clip": ("similarity_matrix.png", "retrieval.png"),
-    "spam": ("curves.png", "confusion_matrix.png"),
-}
+from sightline.errors import InputError
+from sightline.registry import get_evaluation, list_models
+
+
+def selection(model: str) -> tuple[str, str]:
+    """``(metric, "max" | "min")``: what the model's experiments are ranked by (its metrics
+    module declares it); an unknown model is a ``ConfigError``."""
+    return get_evaluation(model).selection
 
 
 @dataclass
@@ -77,11 +64,28 @@ def parse_exp_show(rows: list[dict]) -> list[Experiment]:
         if row.get("rev") == "workspace":
             continue
         data = row.get("data") or {}
-        out.append(Experiment(row.get("name") or row["rev"][:7], row["rev"], _params(data), _metrics_by_model(data), _error(row), baseline=True))  # fmt: skip
+        out.append(
+            Experiment(
+                row.get("name") or row["rev"][:7],
+                row["rev"],
+                _params(data),
+                _metrics_by_model(data),
+                _error(row),
+                baseline=True,
+            )
+        )
         for exp in row.get("experiments") or []:
             for rev in exp.get("revs") or []:
                 d = rev.get("data") or {}
-                out.append(Experiment(exp.get("name") or rev.get("name") or rev["rev"][:7], rev["rev"], _params(d), _metrics_by_model(d), _error(rev)))  # fmt: skip
+                out.append(
+                    Experiment(
+                        exp.get("name") or rev.get("name") or rev["rev"][:7],
+                        rev["rev"],
+                        _params(d),
+                        _metrics_by_model(d),
+                        _error(rev),
+                    )
+                )
     return out
 
 
@@ -89,7 +93,7 @@ def score(exp: Experiment, model: str) -> float | None:
     """The model's selection metric in ``exp``, or ``None`` (failed, missing, not a number)."""
     if exp.error:
         return None
-    value = exp.metrics.get(model, {}).get(SELECTION[model][0])
+    value = exp.metrics.get(model, {}).get(selection(model)[0])
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         return None
     return float(value)
@@ -97,54 +101,30 @@ def score(exp: Experiment, model: str) -> float | None:
 
 def rank(experiments: list[Experiment], model: str) -> list[tuple[Experiment, float | None]]:
     """Best first by the model's selection metric; unscored experiments last, in input order."""
-    if model not in SELECTION:
-        raise KeyError(model)
-    sign = -1.0 if SELECTION[model][1] == "max" else 1.0
+    sign = -1.0 if selection(model)[1] == "max" else 1.0
     scored = [(e, score(e, model)) for e in experiments]
     good = sorted((p for p in scored if p[1] is not None), key=lambda p: sign * p[1])
     return good + [p for p in scored if p[1] is None]
 
 
-def exp_show_rows(exp_json: str | Path | None = None, all_commits: bool = False) -> list[dict]:
-    """``dvc exp show --json`` rows: from ``exp_json`` when given, else by running dvc."""
-    import json
-    import subprocess
-
-    from sightline.errors import DataError
-
-    if exp_json is not None:
-        try:
-            return json.loads(Path(exp_json).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise DataError(
-                f"{exp_json}: not readable `dvc exp show --json` output ({err})"
-            ) from None
-    cmd = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        last = (
-            result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode
-        )
-        raise DataError(f"`{' '.join(cmd)}` failed: {last}")
-    return json.loads(result.stdout or "[]")
-
-
 def better(model: str, a: float, b: float) -> bool:
     """Whether ``a`` beats ``b`` on the model's selection metric (strictly)."""
-    return a > b if SELECTION[model][1] == "max" else a < b
+    return a > b if selection(model)[1] == "max" else a < b
 
 
-def choose(experiments: list[Experiment], model: str, name: str | None = None) -> tuple[Experiment, float]:  # fmt: skip
+def choose(
+    experiments: list[Experiment], model: str, name: str | None = None
+) -> tuple[Experiment, float]:
     """The experiment to promote for ``model``: the one called ``name`` (or whose rev starts with
     it), else the best-ranked one. ``InputError`` (one line) for an unknown model or experiment,
     or one without the selection metric."""
-    from sightline.errors import InputError
-
-    if model not in SELECTION:
-        raise InputError(f"unknown model {model!r} (known: {', '.join(SELECTION)})")
-    key = SELECTION[model][0]
+    if model not in list_models():
+        raise InputError(f"unknown model {model!r} (known: {', '.join(list_models())})")
+    key = selection(model)[0]
     if name is not None:
-        found = [e for e in experiments if e.name == name or (len(name) >= 7 and e.rev.startswith(name))]  # fmt: skip
+        found = [
+            e for e in experiments if e.name == name or (len(name) >= 7 and e.rev.startswith(name))
+        ]
         if not found:
             known = ", ".join(e.name for e in experiments if not e.baseline) or "none"
             raise InputError(f"unknown experiment {name!r} (experiments: {known})")
@@ -189,12 +169,23 @@ def model_rows(metrics: dict[str, dict], changed: dict[str, dict]) -> list[list[
     rows = []
     for model in sorted(metrics):
         m = metrics[model]
-        key, mode = SELECTION.get(model, ("", ""))
-        heads = ", ".join(f"{k} {_fmt(m.get(k))}" for k in HEADLINE.get(model, ()) if k != key)
+        key, mode = selection(model)
+        heads = ", ".join(
+            f"{k} {_fmt(m.get(k))}" for k in get_evaluation(model).headline if k != key
+        )
         diff = (
             ", ".join(f"{k}={v}" for k, v in sorted(changed.get(model, {}).items())) or "defaults"
         )
-        rows.append([model, f"{key} ({mode}) **{_fmt(m.get(key))}**", heads, _fmt(m.get("train_time_s")), _fmt(m.get("params")), diff])  # fmt: skip
+        rows.append(
+            [
+                model,
+                f"{key} ({mode}) **{_fmt(m.get(key))}**",
+                heads,
+                _fmt(m.get("train_time_s")),
+                _fmt(m.get("params")),
+                diff,
+            ]
+        )
     return rows
 
 
@@ -210,49 +201,108 @@ def experiment_rows(experiments: list[Experiment], model: str) -> list[list[str]
     for i, (exp, value) in enumerate(rank(experiments, model), 1):
         status = "failed" if exp.error else ("no metric" if value is None else "")
         section = flatten(exp.params.get("models", {}).get(model, {}))
-        diff = "" if exp.baseline else ", ".join(f"{k}={v}" for k, v in sorted(section.items()) if base_of[exp.rev].get(k) != v)  # fmt: skip
-        rows.append([str(i) if value is not None else "—", exp.name + (" (commit)" if exp.baseline else ""), exp.rev[:7], _fmt(value), status, diff or "—"])  # fmt: skip
+        diff = (
+            ""
+            if exp.baseline
+            else ", ".join(
+                f"{k}={v}" for k, v in sorted(section.items()) if base_of[exp.rev].get(k) != v
+            )
+        )
+        rows.append(
+            [
+                str(i) if value is not None else "—",
+                exp.name + (" (commit)" if exp.baseline else ""),
+                exp.rev[:7],
+                _fmt(value),
+                status,
+                diff or "—",
+            ]
+        )
     return rows if rows else [["—", "no experiments", "", "", "", ""]]
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(esc(c) for c in r) + " |" for r in rows)]  # fmt: skip
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(esc(c) for c in r) + " |" for r in rows),
+    ]
 
 
-MODEL_HEADER = ["model", "selection metric", "headline", "train s", "parameters", "params changed from defaults"]  # fmt: skip
+MODEL_HEADER = [
+    "model",
+    "selection metric",
+    "headline",
+    "train s",
+    "parameters",
+    "params changed from defaults",
+]
 EXP_HEADER = ["rank", "experiment", "rev", "score", "status", "params changed from its commit"]
 
 
-def markdown(metrics: dict[str, dict], changed: dict[str, dict], experiments: list[Experiment]) -> str:  # fmt: skip
-    lines = ["# Leaderboard", "", "Workspace models (`metrics/*.json`):", "", *_md_table(MODEL_HEADER, model_rows(metrics, changed)), ""]  # fmt: skip
+def markdown(
+    metrics: dict[str, dict], changed: dict[str, dict], experiments: list[Experiment]
+) -> str:
+    lines = [
+        "# Leaderboard",
+        "",
+        "Workspace models (`metrics/*.json`):",
+        "",
+        *_md_table(MODEL_HEADER, model_rows(metrics, changed)),
+        "",
+    ]
     for model in sorted(
-        set(metrics) | {m for e in experiments for m in e.metrics} & set(SELECTION)
+        set(metrics) | {m for e in experiments for m in e.metrics} & set(list_models())
     ):
-        key, mode = SELECTION[model]
-        lines += [f"## {model}: experiments by `{key}` ({mode})", "", *_md_table(EXP_HEADER, experiment_rows(experiments, model)), ""]  # fmt: skip
+        key, mode = selection(model)
+        lines += [
+            f"## {model}: experiments by `{key}` ({mode})",
+            "",
+            *_md_table(EXP_HEADER, experiment_rows(experiments, model)),
+            "",
+        ]
     return "\n".join(lines)
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c).replace('**', '')}</td>" for c in r) + "</tr>" for r in rows)  # fmt: skip
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c).replace('**', '')}</td>" for c in r) + "</tr>"
+        for r in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def html_page(metrics: dict[str, dict], changed: dict[str, dict], experiments: list[Experiment], reports: Path, page_dir: Path) -> str:  # fmt: skip
+def html_page(
+    metrics: dict[str, dict],
+    changed: dict[str, dict],
+    experiments: list[Experiment],
+    reports: Path,
+    page_dir: Path,
+) -> str:
     """The same tables plus each model's key pictures (linked relative to ``page_dir``)."""
     import os
 
-    parts = ["<!doctype html><meta charset='utf-8'><title>sightline leaderboard</title>", "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}img{max-height:320px;margin:4px;border:1px solid #eee}</style>", "<h1>Leaderboard</h1>", _html_table(MODEL_HEADER, model_rows(metrics, changed))]  # fmt: skip
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>sightline leaderboard</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}img{max-height:320px;margin:4px;border:1px solid #eee}</style>",
+        "<h1>Leaderboard</h1>",
+        _html_table(MODEL_HEADER, model_rows(metrics, changed)),
+    ]
     for model in sorted(
-        set(metrics) | {m for e in experiments for m in e.metrics} & set(SELECTION)
+        set(metrics) | {m for e in experiments for m in e.metrics} & set(list_models())
     ):
-        key, mode = SELECTION[model]
-        parts += [f"<h2>{html.escape(model)}: experiments by {html.escape(key)} ({mode})</h2>", _html_table(EXP_HEADER, experiment_rows(experiments, model))]  # fmt: skip
-        for pic in PICTURES.get(model, ()):
+        key, mode = selection(model)
+        parts += [
+            f"<h2>{html.escape(model)}: experiments by {html.escape(key)} ({mode})</h2>",
+            _html_table(EXP_HEADER, experiment_rows(experiments, model)),
+        ]
+        for pic in get_evaluation(model).pictures:
             path = reports / model / pic
             if path.is_file():
                 rel = os.path.relpath(path, page_dir)
-                parts.append(f"<a href='{html.escape(rel)}'><img src='{html.escape(rel)}' alt='{html.escape(model)} {html.escape(pic)}'></a>")  # fmt: skip
+                parts.append(
+                    f"<a href='{html.escape(rel)}'><img src='{html.escape(rel)}' alt='{html.escape(model)} {html.escape(pic)}'></a>"
+                )
     return "\n".join(parts) + "\n"

@@ -1,17 +1,16 @@
-"""BentoML packaging: trained artifacts -> BentoML models -> one Bento; the serving settings.
+"""What packaging and serving share: the serving settings (``serving/params.yaml``), the
+provenance a packaged model carries, and clip's held-out image index.
 
-A packaged model is a directory in the BentoML model store holding exactly what
-``models/<name>/`` holds (``model.safetensors`` + ``config.json``, no pickles) plus, for
-``clip``, the held-out image index its search endpoint answers from. Labels and metadata say
-where it came from: git commit, hash of the model's params section, headline metrics, dataset,
-class names and, when promoted from an experiment, the experiment's name.
+A packaged model holds exactly what ``models/<name>/`` holds (``model.safetensors`` +
+``config.json``, no pickles) plus, for ``clip``, the held-out image index its search endpoint
+answers from. ``pipeline/package.py`` writes them into the BentoML store; this module knows
+nothing of BentoML.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,10 +18,10 @@ import yaml
 from pydantic import Field, model_validator
 
 from sightline.config import Strict, validate
-from sightline.errors import CheckpointError, ConfigError
-from sightline.training import CONFIG_FILE, WEIGHTS_FILE
+from sightline.data.decode import MAX_PIXELS
+from sightline.errors import ConfigError
+from sightline.registry import get_evaluation, served_models
 
-MODELS = ("classifier", "spam", "vae", "gan", "clip")
 INDEX_WEIGHTS = "index.safetensors"
 INDEX_META = "index.json"
 
@@ -61,7 +60,7 @@ class ServingConfig(Strict):
     retry_after_s: int = Field(1, ge=1)  # the Retry-After of an overload 503
     max_request_bytes: int = Field(10 * 2**20, gt=0)
     max_images: int = Field(16, ge=1)  # images per request
-    max_pixels: int = Field(4096 * 4096, ge=1)  # decoded pixels per request, from image headers
+    max_pixels: int = Field(MAX_PIXELS, ge=1)  # decoded pixels per request, from image headers
     max_messages: int = Field(16, ge=1)  # messages per /spam/predict request
     max_samples: int = Field(64, ge=1)  # n for the generative endpoints
     max_labels: int = Field(64, ge=2)  # zero-shot labels per request
@@ -74,33 +73,51 @@ class ServingConfig(Strict):
     max_email_part_chars: int = Field(400_000, ge=1)  # an email's text part, cut before parsing
     max_email_parts: int = Field(256, ge=1)  # MIME parts of an email, counted before parsing
     top_k: int = Field(5, ge=1)
-    batching: dict[str, BatchingConfig] = {name: BatchingConfig() for name in MODELS}
+    batching: dict[str, BatchingConfig] = {}  # per model; the defaults above when not given
 
     @model_validator(mode="after")
     def _lists_fit_in_a_batch(self) -> ServingConfig:
         """A request longer than its route's batch would be refused (503) by BentoML's batching;
         refuse such a configuration instead, naming the keys."""
-        for key, model in (("max_images", "classifier"), ("max_images", "vae"), ("max_images", "clip"), ("max_texts", "clip"), ("max_messages", "spam")):  # fmt: skip
+        for key, model in (
+            ("max_images", "classifier"),
+            ("max_images", "vae"),
+            ("max_images", "clip"),
+            ("max_texts", "clip"),
+            ("max_messages", "spam"),
+        ):
             size = self.batch(model)["max_batch_size"]
             if getattr(self, key) > size:
-                raise ValueError(f"{key} ({getattr(self, key)}) is over batching.{model}.max_batch_size ({size}): such a request could never be batched")  # fmt: skip
+                raise ValueError(
+                    f"{key} ({getattr(self, key)}) is over batching.{model}.max_batch_size ({size}): such a request could never be batched"
+                )
         return self
 
     @model_validator(mode="after")
     def _known_services(self) -> ServingConfig:
-        unknown = sorted(set(self.services) - {*MODELS, "ocr"})
-        if unknown:
-            raise ValueError(f"services.{unknown[0]}: not a model service (models: {', '.join(MODELS)}, and ocr)")  # fmt: skip
+        served = served_models()
+        for key, names in (("services", self.services), ("batching", self.batching)):
+            unknown = sorted(set(names) - {*served, "ocr"})
+            if unknown:
+                raise ValueError(
+                    f"{key}.{unknown[0]}: not a served model (served: {', '.join(served)}, and ocr)"
+                )
         return self
 
     def service(self, name: str) -> ServiceConfig:
         """The resources of service ``name``: a model inherits the top-level ``gpu``; OCR runs
         on the CPU, one process per core unless set."""
-        default = ServiceConfig(workers="cpu_count", gpu=0) if name == "ocr" else ServiceConfig(gpu=self.gpu)  # fmt: skip
+        default = (
+            ServiceConfig(workers="cpu_count", gpu=0)
+            if name == "ocr"
+            else ServiceConfig(gpu=self.gpu)
+        )
         given = self.services.get(name)
         if given is None:
             return default
-        return ServiceConfig(workers=given.workers, gpu=default.gpu if given.gpu is None else given.gpu)  # fmt: skip
+        return ServiceConfig(
+            workers=given.workers, gpu=default.gpu if given.gpu is None else given.gpu
+        )
 
     def batch(self, name: str) -> dict[str, int]:
         """``bentoml.api`` keyword arguments for ``name``'s batchable endpoints."""
@@ -130,79 +147,12 @@ def params_hash(section: Any) -> str:
 
 def headline(name: str, metrics: dict) -> dict[str, float]:
     """The model's headline metrics (as the leaderboard shows them) from its metrics file."""
-    from sightline.leaderboard import HEADLINE, SELECTION, flatten
+    from sightline.leaderboard import flatten
 
+    evaluation = get_evaluation(name)
     flat = flatten(metrics)
-    keys = (SELECTION[name][0], *HEADLINE.get(name, ()), "train_time_s", "params")
+    keys = (evaluation.selection[0], *evaluation.headline, "train_time_s", "params")
     return {k: flat[k] for k in dict.fromkeys(keys) if isinstance(flat.get(k), int | float)}
-
-
-def read_artifact(model_dir: Path) -> dict:
-    """``config.json`` of ``models/<name>/``, checking the weights are beside it."""
-    config_path, weights = model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE
-    for path in (config_path, weights):
-        if not path.is_file():
-            raise CheckpointError(f"{path}: missing; run `dvc repro train@{model_dir.name}`")
-    return json.loads(config_path.read_text())
-
-
-def clip_index(model_dir: Path, prepared: Path, split: str = "test") -> tuple[dict, dict]:
-    """``(tensors, meta)`` of the held-out image index: unit-norm embeddings of the ``split``
-    images under the trained clip model, the images themselves (uint8) and their captions."""
-    import numpy as np
-    import torch
-
-    from sightline.data.captions import to_pil
-    from sightline.inference import load_module
-
-    try:
-        images = np.load(prepared / f"{split}_x.npy")
-        captions = json.loads((prepared / f"{split}_captions.json").read_text())["captions"]
-    except FileNotFoundError as err:
-        raise CheckpointError(f"{err.filename}: missing; run `dvc repro prepare@emoji`") from None
-    module = load_module(model_dir, "clip", "cpu")
-    embeddings = torch.cat([module.embed_images([to_pil(a) for a in images[i : i + 256]]) for i in range(0, len(images), 256)])  # fmt: skip
-    tensors = {"embeddings": embeddings.contiguous(), "images": torch.from_numpy(images).contiguous()}  # fmt: skip
-    return tensors, {"split": split, "dataset": prepared.name, "captions": captions}
-
-
-def package_model(
-    name: str, model_dir: Path, metrics: dict, section: dict, commit: str,
-    experiment: str | None = None, extra: tuple[dict, dict] | None = None,
-):  # fmt: skip
-    """Copy ``models/<name>/`` into a new version of BentoML model ``name``; return its tag.
-
-    Args:
-        name: the model name (= BentoML model name = service route prefix).
-        model_dir: ``models/<name>/`` (safetensors + config.json).
-        metrics: the model's ``metrics/<name>.json``.
-        section: the model's params section as trained (hashed into the labels).
-        commit: the git commit the artifact was produced at.
-        experiment: the DVC experiment it was promoted from, if any.
-        extra: ``(tensors, meta)`` of an index stored beside the weights (clip).
-    """
-    import bentoml
-    from safetensors.torch import save_file
-
-    config = read_artifact(model_dir)
-    hparams = config.get("hyper_parameters", {})
-    labels = {
-        "model": name, "git_commit": commit[:12], "params_hash": params_hash(section),
-        "dataset": str(metrics.get("dataset", "")), "experiment": experiment or "workspace",
-    }  # fmt: skip
-    metadata = {
-        "metrics": headline(name, metrics),
-        "class_names": hparams.get("class_names") or metrics.get("class_names") or [],
-        "git_commit": commit, "params": json.dumps(section, sort_keys=True),
-    }  # fmt: skip
-    with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
-        for file in (WEIGHTS_FILE, CONFIG_FILE):
-            shutil.copyfile(model_dir / file, model.path_of(file))
-        if extra is not None:
-            tensors, meta = extra
-            save_file(tensors, model.path_of(INDEX_WEIGHTS))
-            Path(model.path_of(INDEX_META)).write_text(json.dumps(meta))
-    return model.tag
 
 
 def load_index(path: str | Path) -> tuple[dict, dict]:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -13,24 +14,18 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
+from sightline.artifacts import (
+    ARTIFACTS,
+    CKPT_FILE,
+    CONFIG_FILE,
+    TRAIN_INFO_FILE,
+    WEIGHTS_FILE,
+    artifacts_dir,
+)
 from sightline.config import ModelParams
 from sightline.errors import CheckpointError
 from sightline.io import atomic_dir, write_json
 from sightline.registry import get_model
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-CKPT_FILE = "best.ckpt"
-TRAIN_INFO_FILE = "train.json"
-ARTIFACTS = "artifacts"  # files callbacks write during training; exported with the model
-
-
-def artifacts_dir(trainer: L.Trainer) -> Path:
-    """Where callbacks keep training-time files (e.g. per-epoch samples) that ship with the model.
-
-    It lives in the run directory, so a resumed run keeps the files of earlier epochs.
-    """
-    return Path(trainer.default_root_dir) / ARTIFACTS
 
 
 def fingerprint(name: str, section: ModelParams, seed: int, data_meta: dict) -> str:
@@ -40,6 +35,45 @@ def fingerprint(name: str, section: ModelParams, seed: int, data_meta: dict) -> 
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class ProgressLines(L.Callback):
+    """Where stderr is not a terminal (a log, CI), Lightning's progress bar would write a
+    carriage return per step: instead, one line at most every ``every_s`` seconds within an
+    epoch, and one per epoch with its logged metrics."""
+
+    def __init__(self, name: str, every_s: float = 30.0) -> None:
+        self.name, self.every_s = name, every_s
+        self.start = self.last = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.start = self.last = time.monotonic()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
+        now = time.monotonic()
+        if trainer.is_global_zero and now - self.last >= self.every_s:
+            self.last = now
+            total = trainer.num_training_batches
+            print(
+                f"{self.name}: epoch {trainer.current_epoch + 1}, batch {batch_idx + 1}/{total}, {(batch_idx + 1) / (now - self.start):.1f} batches/s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        shown = {
+            k: v
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith(("train/", "val/")) and v.numel() == 1
+        }
+        metrics = ", ".join(f"{k} {float(v):.4g}" for k, v in sorted(shown.items()))
+        print(
+            f"{self.name}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs} done in {time.monotonic() - self.start:.0f}s, step {trainer.global_step}; {metrics}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _is_launcher_process() -> bool:
@@ -64,9 +98,13 @@ def _resume_checkpoint(run_dir: Path, fp: str) -> Path | None:
 
 
 def export_model(
-    module: L.LightningModule, name: str, ckpt: Path, out_dir: Path, info: dict,
+    module: L.LightningModule,
+    name: str,
+    ckpt: Path,
+    out_dir: Path,
+    info: dict,
     artifacts: Path | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Write ``out_dir`` = best.ckpt + model.safetensors + config.json + train.json (+ the
     run's ``artifacts/``), atomically."""
     from safetensors.torch import save_file
@@ -82,9 +120,15 @@ def export_model(
 
 
 def train(
-    name: str, section: ModelParams, seed: int, data_dir: Path, out_dir: Path, run_dir: Path,
-    log_dir: Path | None, callbacks: list | None = None,
-) -> dict | None:  # fmt: skip
+    name: str,
+    section: ModelParams,
+    seed: int,
+    data_dir: Path,
+    out_dir: Path,
+    run_dir: Path,
+    log_dir: Path | None,
+    callbacks: list | None = None,
+) -> dict | None:
     """Fit model ``name`` and export its best checkpoint to ``out_dir``.
 
     Args:
@@ -118,12 +162,25 @@ def train(
             dir=str(log_dir), dvcyaml=False, save_dvc_exp=False, resume=resume is not None
         )
     ckpt_cb = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor=spec.monitor, mode=spec.mode, save_last=True,
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=spec.monitor,
+        mode=spec.mode,
+        save_last=True,
         enable_version_counter=False,
-    )  # fmt: skip
+    )
     callbacks = [ckpt_cb, *spec.callbacks(section, dm, seed), *(callbacks or [])]
     callbacks += [LearningRateMonitor("step")] if logger else []
-    trainer = L.Trainer(**section.trainer.model_dump(), logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))  # fmt: skip
+    options = section.trainer.model_dump()
+    if options["enable_progress_bar"] and not sys.stderr.isatty():  # a log file, CI: lines
+        options["enable_progress_bar"] = False
+        callbacks.append(ProgressLines(name))
+    trainer = L.Trainer(
+        **options,
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+    )
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
     fit_time = time.perf_counter() - start

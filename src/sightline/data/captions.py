@@ -15,31 +15,40 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from sightline.data.decode import to_pil
 from sightline.data.emoji import load_captions
-from sightline.data.prepare import load_meta, load_prepared
+from sightline.data.splits import load_meta, load_prepared
 
 FASHION_TEMPLATES = [
-    "a photo of a {}.", "a black and white picture of a {}.", "a picture of the {}.",
-    "a grey photo of a {}.", "a low resolution photo of a {}.", "a {}.",
-]  # fmt: skip
+    "a photo of a {}.",
+    "a black and white picture of a {}.",
+    "a picture of the {}.",
+    "a grey photo of a {}.",
+    "a low resolution photo of a {}.",
+    "a {}.",
+]
 FASHION_NAMES = {  # caption wording for the dataset's class names
-    "T-shirt/top": "t-shirt", "Trouser": "pair of trousers", "Pullover": "pullover",
-    "Dress": "dress", "Coat": "coat", "Sandal": "sandal", "Shirt": "shirt",
-    "Sneaker": "sneaker", "Bag": "bag", "Ankle boot": "ankle boot",
-}  # fmt: skip
+    "T-shirt/top": "t-shirt",
+    "Trouser": "pair of trousers",
+    "Pullover": "pullover",
+    "Dress": "dress",
+    "Coat": "coat",
+    "Sandal": "sandal",
+    "Shirt": "shirt",
+    "Sneaker": "sneaker",
+    "Bag": "bag",
+    "Ankle boot": "ankle boot",
+}
 CATEGORY_TEMPLATES = ["an emoji of {}.", "{}", "a {} emoji.", "an icon from the {} category."]
-
-
-def to_pil(array: np.ndarray) -> Image.Image:
-    """uint8 ``(C, H, W)`` -> a PIL image (grey or RGB)."""
-    return Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
 
 
 class PairDataset(Dataset):
     """Emoji pairs, then ``fashion_pairs`` Fashion-MNIST pairs drawn at random on each access
     (image and template from the global RNG, which the seed fixes)."""
 
-    def __init__(self, images: np.ndarray, captions: list[str], fashion: tuple | None, fashion_pairs: int) -> None:  # fmt: skip
+    def __init__(
+        self, images: np.ndarray, captions: list[str], fashion: tuple | None, fashion_pairs: int
+    ) -> None:
         self.images, self.captions = images, captions
         self.fashion, self.fashion_pairs = fashion, fashion_pairs if fashion is not None else 0
 
@@ -66,12 +75,22 @@ class CaptionDataModule(L.LightningDataModule):
     """
 
     def __init__(
-        self, data_dir: str | Path, fashion_dir: str | Path, batch_size: int = 128,
-        eval_batch_size: int = 512, num_workers: int = 0, fashion_pairs: int = 2000, seed: int = 0,
-    ) -> None:  # fmt: skip
+        self,
+        data_dir: str | Path,
+        fashion_dir: str | Path,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        num_workers: int = 0,
+        fashion_pairs: int = 2000,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.data_dir, self.fashion_dir = Path(data_dir), Path(fashion_dir)
-        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers  # fmt: skip
+        self.batch_size, self.eval_batch_size, self.num_workers = (
+            batch_size,
+            eval_batch_size,
+            num_workers,
+        )
         self.fashion_pairs, self.seed = fashion_pairs, seed
         self.meta = load_meta(self.data_dir)
         self.fashion_meta = load_meta(self.fashion_dir)
@@ -104,7 +123,9 @@ class CaptionDataModule(L.LightningDataModule):
         """Fashion-MNIST class names as captions word them."""
         return [FASHION_NAMES.get(c, c.lower()) for c in self.fashion_meta["classes"]]
 
-    def fashion_val(self, n: int = 2000) -> tuple[list[Image.Image], np.ndarray, list[str], list[str]]:  # fmt: skip
+    def fashion_val(
+        self, n: int = 2000
+    ) -> tuple[list[Image.Image], np.ndarray, list[str], list[str]]:
         """The first ``n`` Fashion-MNIST validation images (PIL), their labels, the class names and
         the prompt templates: the per-epoch zero-shot check."""
         if self._fashion_val is None:
@@ -118,9 +139,14 @@ class CaptionDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate,
-            num_workers=self.num_workers, drop_last=shuffle, persistent_workers=self.num_workers > 0,
-        )  # fmt: skip
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            drop_last=shuffle,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         x, _, captions = self.split("train")
@@ -128,7 +154,9 @@ class CaptionDataModule(L.LightningDataModule):
         if self.fashion_pairs:
             fx, fy = self.fashion_split("train")
             fashion = (fx, fy, self.fashion_meta["classes"])
-        return self._loader(PairDataset(x, captions, fashion, self.fashion_pairs), True, self.batch_size)  # fmt: skip
+        return self._loader(
+            PairDataset(x, captions, fashion, self.fashion_pairs), True, self.batch_size
+        )
 
     def val_dataloader(self) -> DataLoader:
         x, _, captions = self.split("val")

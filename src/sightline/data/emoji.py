@@ -18,18 +18,23 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from sightline.config import DatasetConfig
+from sightline.data.decode import on_white
 from sightline.data.sources import npm_pack
 from sightline.errors import DataError
 from sightline.io import atomic_dir, write_json
+from sightline.progress import progress
 
 PACKAGE = "emoji-datasource-google"
 IMAGE_DIR = "img/google/64"
 SIZE = 64
 SKIP_CATEGORIES = {"Component"}  # skin-tone swatches and hair parts, not emoji of their own
 TONES = {
-    "1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F3FD": "medium skin tone",
-    "1F3FE": "medium-dark skin tone", "1F3FF": "dark skin tone",
-}  # fmt: skip
+    "1F3FB": "light skin tone",
+    "1F3FC": "medium-light skin tone",
+    "1F3FD": "medium skin tone",
+    "1F3FE": "medium-dark skin tone",
+    "1F3FF": "dark skin tone",
+}
 
 
 @dataclass
@@ -56,8 +61,11 @@ class _Package:
                 with tarfile.open(root, "r:gz") as tar:  # sequential: gzip cannot seek back cheaply
                     self.files = {
                         m.name.split("/", 1)[1]: tar.extractfile(m).read()
-                        for m in tar if m.isfile() and "/" in m.name and (m.name.endswith("emoji.json") or f"/{IMAGE_DIR}/" in m.name)
-                    }  # fmt: skip
+                        for m in tar
+                        if m.isfile()
+                        and "/" in m.name
+                        and (m.name.endswith("emoji.json") or f"/{IMAGE_DIR}/" in m.name)
+                    }
             except (tarfile.TarError, OSError, EOFError) as err:
                 raise DataError(f"{root}: not a readable .tgz ({err})") from None
 
@@ -68,13 +76,13 @@ class _Package:
         return path.read_bytes() if path.is_file() else None
 
 
-def _decode_on_white(data: bytes) -> np.ndarray:
+def decode_on_white(data: bytes) -> np.ndarray:
+    """Emoji PNG bytes -> uint8 ``(3, SIZE, SIZE)``, resized and alpha-composited onto white."""
     with Image.open(io.BytesIO(data)) as img:
         img = img.convert("RGBA")
         if img.size != (SIZE, SIZE):
             img = img.resize((SIZE, SIZE), Image.BICUBIC)
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        rgb = Image.alpha_composite(white, img).convert("RGB")
+        rgb = on_white(img)
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
@@ -88,7 +96,9 @@ def load_emoji(root: Path | None, download: bool, cache_dir: Path) -> EmojiRaw:
     """Read every emoji with a Google image, and its skin-tone variants."""
     if root is None:
         if not download:
-            raise DataError("datasets.emoji: root is null and download is false; set root to the package .tgz or folder")  # fmt: skip
+            raise DataError(
+                "datasets.emoji: root is null and download is false; set root to the package .tgz or folder"
+            )
         root = npm_pack(PACKAGE, cache_dir, "datasets.emoji")
     if not root.exists():
         raise DataError(f"{root}: emoji package not found (a {PACKAGE} .tgz or unpacked folder)")
@@ -97,9 +107,13 @@ def load_emoji(root: Path | None, download: bool, cache_dir: Path) -> EmojiRaw:
     if raw_json is None:
         raise DataError(f"{root}: no emoji.json inside; is this the {PACKAGE} package?")
     entries = sorted(json.loads(raw_json), key=lambda e: e.get("sort_order", 0))
-    categories = list(dict.fromkeys(e["category"] for e in entries if e["category"] not in SKIP_CATEGORIES))  # fmt: skip
+    categories = list(
+        dict.fromkeys(e["category"] for e in entries if e["category"] not in SKIP_CATEGORIES)
+    )
     images, captions, groups, labels, skipped = [], [], [], [], []
-    for group, entry in enumerate(entries):  # one group per base emoji
+    for group, entry in enumerate(
+        progress(entries, "emoji: reading", unit="emoji")
+    ):  # a group each
         if entry["category"] in SKIP_CATEGORIES or not entry.get("has_img_google", True):
             continue
         name = (entry.get("name") or entry["short_name"]).lower()
@@ -113,7 +127,7 @@ def load_emoji(root: Path | None, download: bool, cache_dir: Path) -> EmojiRaw:
             try:
                 if data is None:
                     raise FileNotFoundError("missing")
-                images.append(_decode_on_white(data))
+                images.append(decode_on_white(data))
             except (FileNotFoundError, UnidentifiedImageError, OSError, ValueError) as err:
                 skipped.append(f"{IMAGE_DIR}/{image}: {err}")
                 continue
@@ -123,9 +137,14 @@ def load_emoji(root: Path | None, download: bool, cache_dir: Path) -> EmojiRaw:
     if not images:
         raise DataError(f"{root}: no readable emoji images in {IMAGE_DIR}/")
     return EmojiRaw(
-        np.stack(images), captions, np.asarray(groups), np.asarray(labels, dtype=np.int64),
-        categories, source=f"{PACKAGE} ({root.name})", skipped=skipped,
-    )  # fmt: skip
+        np.stack(images),
+        captions,
+        np.asarray(groups),
+        np.asarray(labels, dtype=np.int64),
+        categories,
+        source=f"{PACKAGE} ({root.name})",
+        skipped=skipped,
+    )
 
 
 def split_groups(groups: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
@@ -147,21 +166,36 @@ def prepare_emoji(cfg: DatasetConfig, seed: int, out_dir: Path, cache_dir: Path)
         parts = [p[: cfg.max_per_class] for p in parts]
     train_x = raw.images[parts[0]].astype(np.float64) / 255.0
     meta = {
-        "dataset": "emoji", "kind": "captions", "classes": raw.categories,
+        "dataset": "emoji",
+        "kind": "captions",
+        "classes": raw.categories,
         "shape": list(raw.images.shape[1:]),
         "mean": [round(float(v), 6) for v in train_x.mean(axis=(0, 2, 3))],
         "std": [round(float(v), 6) for v in train_x.std(axis=(0, 2, 3))],
-        "counts": {s: {"total": len(p), "groups": len(np.unique(raw.groups[p]))} for s, p in zip(("train", "val", "test"), parts, strict=True)},
-        "source": raw.source, "skipped": len(raw.skipped), "seed": seed,
-    }  # fmt: skip
+        "counts": {
+            s: {"total": len(p), "groups": len(np.unique(raw.groups[p]))}
+            for s, p in zip(("train", "val", "test"), parts, strict=True)
+        },
+        "source": raw.source,
+        "skipped": len(raw.skipped),
+        "seed": seed,
+    }
     with atomic_dir(out_dir) as tmp:
         for split, idx in zip(("train", "val", "test"), parts, strict=True):
             np.save(tmp / f"{split}_x.npy", np.ascontiguousarray(raw.images[idx]))
             np.save(tmp / f"{split}_y.npy", raw.labels[idx])
             np.save(tmp / f"{split}_group.npy", raw.groups[idx])
-            write_json(tmp / f"{split}_captions.json", {"captions": [raw.captions[i] for i in idx]})  # fmt: skip
+            write_json(tmp / f"{split}_captions.json", {"captions": [raw.captions[i] for i in idx]})
         write_json(tmp / "meta.json", meta)
-        write_json(tmp / "report.json", {"dataset": "emoji", "source": raw.source, "skipped": len(raw.skipped), "skipped_files": raw.skipped})  # fmt: skip
+        write_json(
+            tmp / "report.json",
+            {
+                "dataset": "emoji",
+                "source": raw.source,
+                "skipped": len(raw.skipped),
+                "skipped_files": raw.skipped,
+            },
+        )
     return meta
 
 

@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from sightline.data.augment import augment_batch
-from sightline.data.prepare import load_meta, load_prepared
 from sightline.data.preprocess import ImagePreprocess
+from sightline.data.splits import load_meta, load_prepared
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -72,9 +72,12 @@ class ImageDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool, batch_size: int) -> DataLoader:
         return DataLoader(
-            self.split(name), batch_size=batch_size, shuffle=shuffle,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-        )  # fmt: skip
+            self.split(name),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.batch_size)

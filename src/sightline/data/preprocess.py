@@ -34,7 +34,12 @@ class ImagePreprocess:
         return cls(int(d["channels"]), tuple(d["size"]), tuple(d["mean"]), tuple(d["std"]))
 
     def to_dict(self) -> dict:
-        return {"channels": self.channels, "size": list(self.size), "mean": list(self.mean), "std": list(self.std)}  # fmt: skip
+        return {
+            "channels": self.channels,
+            "size": list(self.size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, C, H, W)`` -> float32 normalised ``(B, C, H, W)`` on ``x``'s device."""

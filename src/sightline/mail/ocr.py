@@ -24,6 +24,7 @@ from functools import cache
 from PIL import Image
 
 from sightline.errors import DataError
+from sightline.progress import Progress
 
 COMMAND = "tesseract"
 ARGS = ("stdin", "stdout", "--psm", "6", "-l", "eng")
@@ -62,18 +63,26 @@ def read_text(image: Image.Image, timeout: float = TIMEOUT_S) -> str:
     """
     exe = tesseract()
     if exe is None:
-        raise OcrUnavailable("reading text in images needs the tesseract command: apt install tesseract-ocr (or brew install tesseract)")  # fmt: skip
+        raise OcrUnavailable(
+            "reading text in images needs the tesseract command: apt install tesseract-ocr (or brew install tesseract)"
+        )
     im = image.convert("L")
     if max(im.size) > MAX_SIDE:
         scale = MAX_SIDE / max(im.size)
-        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)  # fmt: skip
+        im = im.resize(
+            (max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR
+        )
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     try:
         done = subprocess.run(
-            [exe, *ARGS], input=buf.getvalue(), capture_output=True, timeout=timeout,
-            env={**os.environ, "OMP_THREAD_LIMIT": "1"}, check=False,
-        )  # fmt: skip
+            [exe, *ARGS],
+            input=buf.getvalue(),
+            capture_output=True,
+            timeout=timeout,
+            env={**os.environ, "OMP_THREAD_LIMIT": "1"},
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return ""
     if done.returncode != 0:
@@ -81,15 +90,25 @@ def read_text(image: Image.Image, timeout: float = TIMEOUT_S) -> str:
     return " ".join(done.stdout.decode("utf-8", errors="replace").split())
 
 
-def read_texts(images: list[Image.Image], workers: int | None = None, deadline: float | None = None) -> list[str]:  # fmt: skip
+def read_texts(
+    images: list[Image.Image],
+    workers: int | None = None,
+    deadline: float | None = None,
+    progress: Progress | None = None,
+) -> list[str]:
     """``read_text`` of each image, ``workers`` Tesseract processes at a time (default: the
     CPUs this process may use). ``deadline`` (a ``time.monotonic()`` value) bounds the whole
     call: a Tesseract process still running then is killed, and images not started read ``""``.
+    ``progress`` is told of each image read.
     """
     if not images:
         return []
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # fmt: skip
+        workers = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
 
     def one(im: Image.Image) -> str:
         if deadline is None:
@@ -97,7 +116,38 @@ def read_texts(images: list[Image.Image], workers: int | None = None, deadline: 
         left = deadline - time.monotonic()
         return read_text(im, timeout=left) if left > 0 else ""
 
+    texts = []
     if workers <= 1 or len(images) == 1:
-        return [one(im) for im in images]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(one, images))
+        results = map(one, images)
+    else:
+        pool = ThreadPoolExecutor(workers)
+        results = pool.map(one, images)
+    try:
+        for text in results:
+            texts.append(text)
+            if progress is not None:
+                progress.update()
+    finally:
+        if workers > 1 and len(images) > 1:
+            pool.shutdown()
+    return texts
+
+
+def read_texts_or_none(images: list[Image.Image]) -> list[str]:
+    """``read_texts``; without the tesseract command, no words (warned once): a model that reads
+    the words in images still runs, reading none."""
+    if not available():
+        _warn_no_ocr()
+        return ["" for _ in images]
+    return read_texts(images)
+
+
+@cache
+def _warn_no_ocr() -> None:
+    import warnings
+
+    warnings.warn(
+        "spam: the tesseract command is missing, so the words in images are not read (apt install tesseract-ocr)",
+        RuntimeWarning,
+        stacklevel=3,
+    )

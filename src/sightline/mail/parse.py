@@ -21,7 +21,6 @@ import email
 import email.policy
 import io
 import re
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from html import unescape
@@ -29,10 +28,10 @@ from html.parser import HTMLParser
 
 from PIL import Image
 
+from sightline.data.decode import MAX_PIXELS, load_image, open_image
 from sightline.errors import BudgetError, InputError
 
 MAX_IMAGE_BYTES = 2 * 1024 * 1024  # per attached image; larger ones are dropped
-MAX_IMAGE_PIXELS = 4096 * 4096  # decompression-bomb guard
 MAX_IMAGES = 8  # per message; further images are dropped
 MAX_TEXT_CHARS = 100_000  # body text kept per message
 TRACKING_SIDE = 2  # images whose shorter side is at most this many pixels are web bugs
@@ -42,7 +41,24 @@ ADDRESS = re.compile(r"\b[\w.+-]+@([\w-]+(?:\.[\w-]+)+)\b")
 BLANKS = re.compile(r"[ \t\r\f\v]+")
 LINES = re.compile(r"\n\s*\n\s*(?:\n\s*)+")
 HTML_MARK = "[html]"  # starts the text of an HTML part: the format is something a filter sees
-BLOCK_TAGS = {"p", "br", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "hr", "blockquote", "pre", "title"}  # fmt: skip
+BLOCK_TAGS = {
+    "p",
+    "br",
+    "div",
+    "tr",
+    "li",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "table",
+    "hr",
+    "blockquote",
+    "pre",
+    "title",
+}
 HIDDEN_TAGS = {"script", "style", "head"}
 
 
@@ -76,21 +92,20 @@ def tidy(text: str) -> str:
     return LINES.sub("\n\n", "\n".join(lines)).strip()
 
 
-def decode_image(data: bytes, issues: Counter, max_bytes: int = MAX_IMAGE_BYTES) -> Image.Image | None:  # fmt: skip
+def decode_image(
+    data: bytes, issues: Counter, max_bytes: int = MAX_IMAGE_BYTES
+) -> Image.Image | None:
     """Bytes -> an RGB image, or ``None`` (counted in ``issues``) when it is too large, does not
     decode, or is a tracking pixel."""
     if len(data) > max_bytes:
         issues["image_too_large"] += 1
         return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            if im.width * im.height > MAX_IMAGE_PIXELS:
-                issues["image_too_large"] += 1
-                return None
-            im.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError):  # fmt: skip
+        im = load_image(open_image(data, MAX_PIXELS))
+    except BudgetError:
+        issues["image_too_large"] += 1
+        return None
+    except InputError:
         issues["corrupt_image"] += 1
         return None
     if min(im.size) <= TRACKING_SIDE:
@@ -177,7 +192,9 @@ def _part_text(part, issues: Counter) -> str:
     return payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else str(payload)
 
 
-def _collect(part, texts: list[str], images: list[bytes], issues: Counter, max_chars: int | None = None) -> None:  # fmt: skip
+def _collect(
+    part, texts: list[str], images: list[bytes], issues: Counter, max_chars: int | None = None
+) -> None:
     """Depth-first over the MIME tree; of a ``multipart/alternative`` only the plain text is
     read when it has one (the HTML twin says the same)."""
     if part.is_multipart():
@@ -185,7 +202,9 @@ def _collect(part, texts: list[str], images: list[bytes], issues: Counter, max_c
         if part.get_content_subtype() == "alternative":
             plain = [c for c in children if c.get_content_type() == "text/plain"]
             if plain:
-                children = plain + [c for c in children if c.get_content_maintype() not in ("text", "multipart")]  # fmt: skip
+                children = plain + [
+                    c for c in children if c.get_content_maintype() not in ("text", "multipart")
+                ]
         for child in children:
             _collect(child, texts, images, issues, max_chars)
         return
@@ -234,7 +253,9 @@ def count_parts(raw: bytes) -> int:
     return sum(raw.count(b"\n--" + b.strip()) for b in boundaries)
 
 
-def _decode_within(payloads: list[bytes], issues: Counter, max_image_bytes: int, max_images: int, max_pixels: int) -> list[Image.Image]:  # fmt: skip
+def _decode_within(
+    payloads: list[bytes], issues: Counter, max_image_bytes: int, max_images: int, max_pixels: int
+) -> list[Image.Image]:
     """Decode the first ``max_images`` usable images whose headers fit, together, in
     ``max_pixels``; the rest are counted and never decoded."""
     images: list[Image.Image] = []
@@ -259,10 +280,14 @@ def _decode_within(payloads: list[bytes], issues: Counter, max_image_bytes: int,
 
 
 def parse_email(
-    raw: bytes, max_image_bytes: int = MAX_IMAGE_BYTES, max_images: int = MAX_IMAGES,
-    max_pixels: int | None = None, max_header_line: int | None = None, max_part_chars: int | None = None,
+    raw: bytes,
+    max_image_bytes: int = MAX_IMAGE_BYTES,
+    max_images: int = MAX_IMAGES,
+    max_pixels: int | None = None,
+    max_header_line: int | None = None,
+    max_part_chars: int | None = None,
     max_parts: int | None = None,
-) -> ParsedEmail:  # fmt: skip
+) -> ParsedEmail:
     """Parse raw message bytes.
 
     Args:
@@ -306,7 +331,11 @@ def parse_email(
     if max_pixels is not None:
         images = _decode_within(payloads, issues, max_image_bytes, max_images, max_pixels)
     else:
-        images = [im for data in payloads if (im := decode_image(data, issues, max_image_bytes)) is not None]  # fmt: skip
+        images = [
+            im
+            for data in payloads
+            if (im := decode_image(data, issues, max_image_bytes)) is not None
+        ]
         if len(images) > max_images:
             issues["images_dropped"] += len(images) - max_images
             images = images[:max_images]

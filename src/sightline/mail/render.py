@@ -15,9 +15,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 FONT_FILES = (
-    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSerif.ttf",
-    "DejaVuSerif-Bold.ttf", "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf",
-)  # fmt: skip
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+)
 MAX_HEIGHT = 1024
 
 
@@ -57,12 +62,16 @@ def render_text(text: str, rng: np.random.Generator) -> Image.Image:
     bg = rng.integers(0, 60, 3) if dark else rng.integers(190, 256, 3)
     fg = rng.integers(190, 256, 3) if dark else rng.integers(0, 110, 3)
     if rng.random() < 0.3:  # a loud colour for the text
-        fg = np.array([rng.integers(150, 256), rng.integers(0, 80), rng.integers(0, 80)])[rng.permutation(3)]  # fmt: skip
+        fg = np.array([rng.integers(150, 256), rng.integers(0, 80), rng.integers(0, 80)])[
+            rng.permutation(3)
+        ]
     im = Image.new("RGB", (width, height), tuple(int(v) for v in bg))
     draw = ImageDraw.Draw(im)
     for _ in range(int(rng.integers(0, 4))):  # stray lines
         xy = [int(v) for v in rng.integers(0, [width, height, width, height])]
-        draw.line(xy, fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=int(rng.integers(1, 3)))  # fmt: skip
+        draw.line(
+            xy, fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=int(rng.integers(1, 3))
+        )
     x0 = int(rng.integers(6, 14))
     for i, line in enumerate(lines):
         draw.text((x0, 10 + i * line_h), line, font=font, fill=tuple(int(v) for v in fg))
@@ -82,7 +91,9 @@ def snap_span(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def hide_in_image(text: str, rng: np.random.Generator, min_share: float, max_share: float, max_chars: int) -> tuple[str, str]:  # fmt: skip
+def hide_in_image(
+    text: str, rng: np.random.Generator, min_share: float, max_share: float, max_chars: int
+) -> tuple[str, str]:
     """Pick a span of whole words, ``min_share..max_share`` of the text and at most
     ``max_chars`` long; return ``(text without it, the span)``."""
     n = len(text)

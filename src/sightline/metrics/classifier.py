@@ -15,6 +15,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from sightline.spec import EvaluationSpec
 from sightline.viz.figures import confusion_matrix_figure, image_grid
 from sightline.viz.filters import feature_maps_figure, filters_figure
 
@@ -79,7 +80,12 @@ def evaluate_classifier(module, dm, report_dir: Path, section, seed: int, model_
     probs, labels = predict_split(module, dm, "test")
     m = classification_metrics(probs, labels, classes)
     cm = m.pop("confusion")
-    confusion_matrix_figure(cm, classes, report_dir / "confusion_matrix.png", f"classifier, test split (n={len(labels)}), accuracy {m['test/acc']:.4f}")  # fmt: skip
+    confusion_matrix_figure(
+        cm,
+        classes,
+        report_dir / "confusion_matrix.png",
+        f"classifier, test split (n={len(labels)}), accuracy {m['test/acc']:.4f}",
+    )
 
     matches = filters_figure(module.net.first_conv.weight, report_dir / "filters.png")
     counts: dict[str, int] = {}
@@ -88,17 +94,33 @@ def evaluate_classifier(module, dm, report_dir: Path, section, seed: int, model_
 
     x_all, _ = dm.split("test").tensors
     device = next(module.parameters()).device
-    picks = [int(np.flatnonzero(labels.numpy() == c)[0]) for c in (0, len(classes) // 2, len(classes) - 1)]  # fmt: skip
+    picks = [
+        int(np.flatnonzero(labels.numpy() == c)[0])
+        for c in (0, len(classes) // 2, len(classes) - 1)
+    ]
     xs = x_all[picks]
     maps = _stage_outputs(module, dm.preprocess.normalize(xs.to(device)))
-    feature_maps_figure(xs.float().numpy() / 255.0, maps, [f"stage {i + 1}" for i in range(len(maps))], report_dir / "feature_maps.png")  # fmt: skip
+    feature_maps_figure(
+        xs.float().numpy() / 255.0,
+        maps,
+        [f"stage {i + 1}" for i in range(len(maps))],
+        report_dir / "feature_maps.png",
+    )
 
     pred = probs.argmax(-1)
     wrong = torch.nonzero(pred != labels).flatten()
     wrong = wrong[probs[wrong, pred[wrong]].argsort(descending=True)][:32]
     if len(wrong):
-        titles = [f"{classes[labels[i]]}\n-> {classes[pred[i]]} {probs[i, pred[i]]:.2f}" for i in wrong.tolist()]  # fmt: skip
-        image_grid(x_all[wrong].float().numpy() / 255.0, report_dir / "mistakes.png", titles, title="most confident mistakes: true -> predicted (probability)")  # fmt: skip
+        titles = [
+            f"{classes[labels[i]]}\n-> {classes[pred[i]]} {probs[i, pred[i]]:.2f}"
+            for i in wrong.tolist()
+        ]
+        image_grid(
+            x_all[wrong].float().numpy() / 255.0,
+            report_dir / "mistakes.png",
+            titles,
+            title="most confident mistakes: true -> predicted (probability)",
+        )
 
     return {
         **m,
@@ -106,3 +128,11 @@ def evaluate_classifier(module, dm, report_dir: Path, section, seed: int, model_
         "test/errors": int((pred != labels).sum()),
         "filters/closest_kernel_counts": dict(sorted(counts.items())),
     }
+
+
+EVALUATION = EvaluationSpec(
+    evaluate=evaluate_classifier,
+    selection=("test/acc", "max"),
+    headline=("test/acc", "test/f1_macro"),
+    pictures=("confusion_matrix.png", "filters.png"),
+)

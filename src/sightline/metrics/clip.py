@@ -7,39 +7,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sightline.data.captions import CATEGORY_TEMPLATES, FASHION_TEMPLATES, to_pil
+from sightline.data.captions import CATEGORY_TEMPLATES, FASHION_TEMPLATES
+from sightline.data.decode import to_pil
+from sightline.models.clip import recall_at_k, zero_shot
+from sightline.spec import EvaluationSpec
 from sightline.viz.figures import image_rows, similarity_figure
 
 KS = (1, 5, 10)
 QUERIES = ["a red heart", "a dog", "a flag", "a smiling face", "food", "a car"]
 
 
-def recall_at_k(sim: torch.Tensor, ks=KS) -> dict[int, float]:
-    """Row ``i``'s match is column ``i``: the fraction of rows whose match ranks in the top k.
-
-    Args:
-        sim: ``(N, N)`` similarities, queries as rows.
-    """
-    target = sim.diagonal().unsqueeze(1)
-    rank = (sim > target).sum(1)  # how many candidates beat the true match (ties favour it)
-    return {k: float((rank < k).float().mean()) for k in ks}
-
-
 @torch.no_grad()
 def _embed_arrays(module, images: np.ndarray, batch: int = 512) -> torch.Tensor:
-    return torch.cat([module.embed_images([to_pil(a) for a in images[i : i + batch]]) for i in range(0, len(images), batch)])  # fmt: skip
+    return torch.cat(
+        [
+            module.embed_images([to_pil(a) for a in images[i : i + batch]])
+            for i in range(0, len(images), batch)
+        ]
+    )
 
 
 @torch.no_grad()
 def _embed_texts(module, texts: list[str], batch: int = 256) -> torch.Tensor:
-    return torch.cat([module.embed_texts(texts[i : i + batch]) for i in range(0, len(texts), batch)])  # fmt: skip
-
-
-def zero_shot(module, image_feats: torch.Tensor, labels: np.ndarray, names: list[str], templates: list[str]) -> float:  # fmt: skip
-    """Accuracy of ``argmax_label cos(image, mean prompt embedding of label)``."""
-    classes = module.class_embeddings(names, templates)
-    pred = (image_feats @ classes.T).argmax(-1).numpy()
-    return float((pred == labels).mean())
+    return torch.cat(
+        [module.embed_texts(texts[i : i + batch]) for i in range(0, len(texts), batch)]
+    )
 
 
 @torch.no_grad()
@@ -63,14 +55,23 @@ def evaluate_clip(module, dm, report_dir: Path, section, seed: int, model_dir: P
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(n, size=min(12, n), replace=False))
     similarity_figure(
-        sim[pick][:, pick].numpy(), x[pick], [captions[i] for i in pick], report_dir / "similarity_matrix.png",
+        sim[pick][:, pick].numpy(),
+        x[pick],
+        [captions[i] for i in pick],
+        report_dir / "similarity_matrix.png",
         f"clip: cosine similarity of {len(pick)} held-out emoji and their captions (matches on the diagonal)",
-    )  # fmt: skip
+    )
     q = _embed_texts(module, QUERIES)
     k = min(5, n)
     top = (q @ img.T).topk(k, dim=-1).indices
     rows = [x[t.numpy()].astype(np.float32) / 255 for t in top]
-    image_rows(rows, report_dir / "retrieval.png", QUERIES, f"clip: top-{k} of {n} held-out emoji for each text query", [f"#{i + 1}" for i in range(k)])  # fmt: skip
+    image_rows(
+        rows,
+        report_dir / "retrieval.png",
+        QUERIES,
+        f"clip: top-{k} of {n} held-out emoji for each text query",
+        [f"#{i + 1}" for i in range(k)],
+    )
 
     majority = float(np.bincount(cats).max() / len(cats))
     r = lambda v: round(v, 6)  # noqa: E731
@@ -88,3 +89,11 @@ def evaluate_clip(module, dm, report_dir: Path, section, seed: int, model_dir: P
         "logit_scale": r(float(module.model.logit_scale.exp())),
         "trained_from": section.model.pretrained or "scratch",
     }
+
+
+EVALUATION = EvaluationSpec(
+    evaluate=evaluate_clip,
+    selection=("test/t2i_recall@5", "max"),
+    headline=("test/t2i_recall@5", "test/i2t_recall@5", "zero_shot/fashion_mnist_acc"),
+    pictures=("similarity_matrix.png", "retrieval.png"),
+)

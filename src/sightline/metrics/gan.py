@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sightline.generative import score_generator
+from sightline.models.generative import score_generator
+from sightline.spec import EvaluationSpec
 from sightline.viz.figures import class_counts_figure, image_rows, sample_grid
 
 PROGRESS_COLUMNS = 12
@@ -23,12 +24,17 @@ def load_progress(model_dir: Path) -> list[tuple[int, np.ndarray]]:
 
 def _progress_figure(progress, best_epoch: int | None, path: Path) -> None:
     """First -> last epoch as rows (at most ``PROGRESS_ROWS``, evenly spaced, best included)."""
-    keep = np.unique(np.linspace(0, len(progress) - 1, min(PROGRESS_ROWS, len(progress))).round().astype(int))  # fmt: skip
+    keep = np.unique(
+        np.linspace(0, len(progress) - 1, min(PROGRESS_ROWS, len(progress))).round().astype(int)
+    )
     epochs = [e for e, _ in progress]
     if best_epoch in epochs:
         keep = np.unique(np.append(keep, epochs.index(best_epoch)))
     rows = [progress[i][1][:PROGRESS_COLUMNS].astype(np.float32) / 255 for i in keep]
-    labels = [f"epoch {progress[i][0] + 1}" + (" (best)" if progress[i][0] == best_epoch else "") for i in keep]  # fmt: skip
+    labels = [
+        f"epoch {progress[i][0] + 1}" + (" (best)" if progress[i][0] == best_epoch else "")
+        for i in keep
+    ]
     image_rows(rows, path, labels, "gan: the same fixed noise after each epoch (first -> last)")
 
 
@@ -39,28 +45,55 @@ def evaluate_gan(module, dm, report_dir: Path, section, seed: int, model_dir: Pa
     report_dir = Path(report_dir)
     classes = dm.class_names
     scores, fake = score_generator(module, dm, section.upstream, section.score, seed)
-    sample_grid(fake[:64], report_dir / "samples.png", f"gan: samples (FID {scores['fid']:.2f} on classifier features)")  # fmt: skip
+    sample_grid(
+        fake[:64],
+        report_dir / "samples.png",
+        f"gan: samples (FID {scores['fid']:.2f} on classifier features)",
+    )
 
     model_dir = Path(model_dir)
     best_epoch = None
     if (model_dir / "best.ckpt").is_file():  # the epoch the validation FID chose
-        best_epoch = int(torch.load(model_dir / "best.ckpt", map_location="cpu", weights_only=True)["epoch"])  # fmt: skip
+        best_epoch = int(
+            torch.load(model_dir / "best.ckpt", map_location="cpu", weights_only=True)["epoch"]
+        )
     progress = load_progress(model_dir)
     if progress:
         _progress_figure(progress, best_epoch, report_dir / "progress.png")
 
     g = torch.Generator().manual_seed(seed)
     rows = [module.interpolate_noise(10, g).cpu().numpy() for _ in range(4)]
-    image_rows(rows, report_dir / "interpolation.png", [f"z{2 * i} -> z{2 * i + 1}" for i in range(4)], "gan: images along straight lines between two noise vectors")  # fmt: skip
+    image_rows(
+        rows,
+        report_dir / "interpolation.png",
+        [f"z{2 * i} -> z{2 * i + 1}" for i in range(4)],
+        "gan: images along straight lines between two noise vectors",
+    )
     class_counts_figure(
-        {"gan samples": list(scores["class_counts"].values()), "real (validation)": list(scores["real_floor"]["class_counts"].values())},
-        classes, report_dir / "class_coverage.png",
+        {
+            "gan samples": list(scores["class_counts"].values()),
+            "real (validation)": list(scores["real_floor"]["class_counts"].values()),
+        },
+        classes,
+        report_dir / "class_coverage.png",
         f"gan: classifier's labels for {scores['samples']} samples ({scores['classes_covered']}/{len(classes)} classes covered)",
-    )  # fmt: skip
-    train_info = json.loads((model_dir / "train.json").read_text()) if (model_dir / "train.json").is_file() else {}  # fmt: skip
+    )
+    train_info = (
+        json.loads((model_dir / "train.json").read_text())
+        if (model_dir / "train.json").is_file()
+        else {}
+    )
     return {
         **scores,
         "best_epoch": None if best_epoch is None else best_epoch + 1,
         "val/fid_at_best": train_info.get("best_val/fid"),
         "progress_epochs": len(progress),
     }
+
+
+EVALUATION = EvaluationSpec(
+    evaluate=evaluate_gan,
+    selection=("fid", "min"),
+    headline=("fid", "kid", "inception_score"),
+    pictures=("samples.png", "progress.png"),
+)

@@ -21,6 +21,7 @@ from torchmetrics.functional.classification import (
 )
 
 from sightline.models.spam import best_threshold, fit_temperature, to_device
+from sightline.spec import EvaluationSpec
 from sightline.viz.figures import confusion_matrix_figure, image_grid, save_figure
 
 MODES = {"fused": (True, True), "text_only": (True, False), "image_only": (False, True)}
@@ -28,7 +29,9 @@ CURVE_POINTS = 200
 
 
 @torch.no_grad()
-def split_logits(module, dm, split: str, use_text: bool, use_image: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def split_logits(
+    module, dm, split: str, use_text: bool, use_image: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits, labels)`` of a split, one branch optionally read as absent."""
     module.eval()
     out, labels = [], []
@@ -50,8 +53,9 @@ def scores(probs: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[
         "recall": float(binary_recall(probs, labels, threshold)),
         "f1": 2 * tp / max(1, 2 * tp + fp + fn),
         "accuracy": float(binary_accuracy(probs, labels, threshold)),
-        "n": len(labels), "n_spam": int(labels.sum()),
-    }  # fmt: skip
+        "n": len(labels),
+        "n_spam": int(labels.sum()),
+    }
     if 0 < int(labels.sum()) < len(labels):
         out |= {
             "roc_auc": float(binary_auroc(probs, labels)),
@@ -84,13 +88,24 @@ def _curves_figure(results: dict, path: Path) -> None:
         p, y = probs.numpy(), labels.numpy()
         which = np.clip(np.digitize(p, bins) - 1, 0, 9)
         filled = [b for b in range(10) if (which == b).any()]
-        rel_ax.plot([p[which == b].mean() for b in filled], [y[which == b].mean() for b in filled], marker="o", label=f"{mode} (ECE {m['ece']:.3f})")  # fmt: skip
+        rel_ax.plot(
+            [p[which == b].mean() for b in filled],
+            [y[which == b].mean() for b in filled],
+            marker="o",
+            label=f"{mode} (ECE {m['ece']:.3f})",
+        )
     rel_ax.plot([0, 1], [0, 1], ls=":", c="grey")
-    rel_ax.set(xlabel="predicted spam probability (10 bins)", ylabel="fraction that is spam", title="reliability, later collection")  # fmt: skip
+    rel_ax.set(
+        xlabel="predicted spam probability (10 bins)",
+        ylabel="fraction that is spam",
+        title="reliability, later collection",
+    )
     rel_ax.legend(fontsize=8, loc="upper left")
     rel_ax.grid(alpha=0.3)
     roc_ax.plot([0, 1], [0, 1], ls=":", c="grey")
-    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, later collection")  # fmt: skip
+    roc_ax.set(
+        xlabel="false positive rate", ylabel="true positive rate", title="ROC, later collection"
+    )
     pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall, later collection")
     for ax in (roc_ax, pr_ax):
         ax.legend(fontsize=8, loc="lower right" if ax is roc_ax else "lower left")
@@ -98,14 +113,29 @@ def _curves_figure(results: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def _mistakes(rows: list[dict], probs: torch.Tensor, labels: torch.Tensor, threshold: float, k: int = 10) -> str:  # fmt: skip
+def _mistakes(
+    rows: list[dict], probs: torch.Tensor, labels: torch.Tensor, threshold: float, k: int = 10
+) -> str:
     """Markdown: the most confident false positives and false negatives (subject, score)."""
     p, y = probs.numpy(), labels.numpy()
-    lines = ["# spam: most confident mistakes on the later collection", "", f"Fused model, threshold {threshold:.3f} (chosen on validation). Subjects only, no headers.", ""]  # fmt: skip
-    for title, mask, order in (("False positives (ham called spam)", (p >= threshold) & (y == 0), -1), ("False negatives (spam let through)", (p < threshold) & (y == 1), 1)):  # fmt: skip
+    lines = [
+        "# spam: most confident mistakes on the later collection",
+        "",
+        f"Fused model, threshold {threshold:.3f} (chosen on validation). Subjects only, no headers.",
+        "",
+    ]
+    for title, mask, order in (
+        ("False positives (ham called spam)", (p >= threshold) & (y == 0), -1),
+        ("False negatives (spam let through)", (p < threshold) & (y == 1), 1),
+    ):
         idx = np.flatnonzero(mask)
         idx = idx[np.argsort(order * p[idx], kind="stable")][:k]
-        lines += [f"## {title}: {int(mask.sum())}", "", "| p(spam) | evasion | subject |", "|---:|:---:|:---|"]  # fmt: skip
+        lines += [
+            f"## {title}: {int(mask.sum())}",
+            "",
+            "| p(spam) | evasion | subject |",
+            "|---:|:---:|:---|",
+        ]
         for i in idx:
             subject = (
                 " ".join(rows[i]["subject"].split())[:90].replace("|", "\\|") or "(no subject)"
@@ -125,8 +155,17 @@ def _evasion_examples(module, dm, rows, probs_by_mode, path: Path, n: int = 8) -
     ds = dm.dataset("test")
     images = np.stack([ds[i].images[0].numpy() * 0.5 + 0.5 for i in picks])
     fused, text, image = (probs_by_mode[m] for m in ("fused", "text_only", "image_only"))
-    titles = [f"{dm.class_names[rows[i]['label']]}: fused {fused[i]:.2f}\ntext {text[i]:.2f}, image {image[i]:.2f}" for i in picks]  # fmt: skip
-    image_grid(images, path, titles, ncols=4, title="spam: synthetic image-evasion test messages (what the image branch sees)")  # fmt: skip
+    titles = [
+        f"{dm.class_names[rows[i]['label']]}: fused {fused[i]:.2f}\ntext {text[i]:.2f}, image {image[i]:.2f}"
+        for i in picks
+    ]
+    image_grid(
+        images,
+        path,
+        titles,
+        ncols=4,
+        title="spam: synthetic image-evasion test messages (what the image branch sees)",
+    )
 
 
 def evaluate_spam(module, dm, report_dir: Path, section, seed: int, model_dir: Path) -> dict:
@@ -137,9 +176,11 @@ def evaluate_spam(module, dm, report_dir: Path, section, seed: int, model_dir: P
     rows = dm.rows("test")
     evasion = torch.tensor([r["evasion"] for r in rows], dtype=torch.bool)
     metrics: dict = {
-        "test/n": len(rows), "test/n_spam": sum(r["label"] for r in rows),
-        "test/n_evasion": int(evasion.sum()), "test/n_evasion_spam": sum(r["label"] for r in rows if r["evasion"]),
-    }  # fmt: skip
+        "test/n": len(rows),
+        "test/n_spam": sum(r["label"] for r in rows),
+        "test/n_evasion": int(evasion.sum()),
+        "test/n_evasion_spam": sum(r["label"] for r in rows if r["evasion"]),
+    }
     results, probs_by_mode = {}, {}
     for mode, (use_text, use_image) in MODES.items():
         if mode == "fused":
@@ -147,30 +188,55 @@ def evaluate_spam(module, dm, report_dir: Path, section, seed: int, model_dir: P
         else:
             val_logits, val_labels = split_logits(module, dm, "val", use_text, use_image)
             temperature = fit_temperature(val_logits, val_labels)
-            threshold = best_threshold(torch.sigmoid(val_logits / temperature), val_labels, module.max_ham_fpr)  # fmt: skip
+            threshold = best_threshold(
+                torch.sigmoid(val_logits / temperature), val_labels, module.max_ham_fpr
+            )
         logits, labels = split_logits(module, dm, "test", use_text, use_image)
         probs = torch.sigmoid(logits / temperature)
         m = scores(probs, labels, threshold)
         prefix = "test" if mode == "fused" else mode
         metrics |= {f"{prefix}/{k}": v for k, v in m.items() if k not in ("n", "n_spam")}
-        metrics |= {f"{prefix}/threshold": round(threshold, 6), f"{prefix}/temperature": round(temperature, 6)}  # fmt: skip
+        metrics |= {
+            f"{prefix}/threshold": round(threshold, 6),
+            f"{prefix}/temperature": round(temperature, 6),
+        }
         if evasion.any():
             ev = scores(probs[evasion], labels[evasion], threshold)
-            metrics |= {f"evasion/{mode}/{k}": v for k, v in ev.items() if k in ("recall", "precision", "f1", "roc_auc")}  # fmt: skip
+            metrics |= {
+                f"evasion/{mode}/{k}": v
+                for k, v in ev.items()
+                if k in ("recall", "precision", "f1", "roc_auc")
+            }
         results[mode], probs_by_mode[mode] = (probs, labels, m), probs.numpy()
         fpr, tpr, _ = binary_roc(probs, labels)
         precision, recall, _ = binary_precision_recall_curve(probs, labels)
         _write_json(
             report_dir / "curves" / f"roc_{mode}.json", _curve_rows(fpr, tpr, ("fpr", "tpr"))
         )
-        _write_json(report_dir / "curves" / f"pr_{mode}.json", _curve_rows(recall, precision, ("recall", "precision")))  # fmt: skip
+        _write_json(
+            report_dir / "curves" / f"pr_{mode}.json",
+            _curve_rows(recall, precision, ("recall", "precision")),
+        )
 
     probs, labels, _ = results["fused"]
     threshold = metrics["test/threshold"]
     cm = binary_confusion_matrix(probs, labels, threshold).numpy()
     metrics["test/confusion"] = cm.tolist()
-    confusion_matrix_figure(cm, dm.class_names, report_dir / "confusion_matrix.png", "spam: fused model, later collection")  # fmt: skip
+    confusion_matrix_figure(
+        cm,
+        dm.class_names,
+        report_dir / "confusion_matrix.png",
+        "spam: fused model, later collection",
+    )
     _curves_figure(results, report_dir / "curves.png")
     (report_dir / "mistakes.md").write_text(_mistakes(rows, probs, labels, threshold))
     _evasion_examples(module, dm, rows, probs_by_mode, report_dir / "evasion_examples.png")
     return metrics
+
+
+EVALUATION = EvaluationSpec(
+    evaluate=evaluate_spam,
+    selection=("test/f1", "max"),
+    headline=("test/f1", "test/roc_auc", "evasion/fused/recall"),
+    pictures=("curves.png", "confusion_matrix.png"),
+)

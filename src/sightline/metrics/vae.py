@@ -8,18 +8,21 @@ import lightning as L
 import numpy as np
 import torch
 
-from sightline.generative import score_generator
+from sightline.models.generative import score_generator
+from sightline.spec import EvaluationSpec
 from sightline.viz.figures import class_counts_figure, image_rows, sample_grid, scatter_figure
 
 ACTIVE_THRESHOLD = 0.01  # a latent unit is active when Var_x(E_q[z_u | x]) > 0.01 (Burda et al.)
 LIKELIHOODS = {
-    "continuous_bernoulli": "continuous Bernoulli density on [0, 1] per pixel (nats; a density, so the NELBO can be negative)",  # fmt: skip
+    "continuous_bernoulli": "continuous Bernoulli density on [0, 1] per pixel (nats; a density, so the NELBO can be negative)",
     "bernoulli": "Bernoulli per pixel with grey values as soft targets (nats)",
 }
 
 
 @torch.no_grad()
-def test_terms(module, dm, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def test_terms(
+    module, dm, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(recon, kl, mu, labels)`` over the test split; one seeded posterior sample per image."""
     L.seed_everything(seed, verbose=False)
     recon, kl, mus, labels = [], [], [], []
@@ -67,20 +70,42 @@ def evaluate_vae(module, dm, report_dir: Path, section, seed: int, model_dir: Pa
     picks = torch.cat([torch.nonzero(labels == c)[:2, 0] for c in range(len(classes))])
     x = dm.preprocess.normalize(x_test[picks].to(module.device))
     image_rows(
-        [x.cpu().numpy(), module.reconstruct(x).cpu().numpy()], report_dir / "reconstructions.png",
-        ["input", "recon"], f"vae: test images and their reconstructions (test NELBO {nelbo:.1f} nats)",
-    )  # fmt: skip
-    sample_grid(fake[:64], report_dir / "samples.png", f"vae: samples from the prior N(0, I) (FID {scores['fid']:.2f} on classifier features)")  # fmt: skip
+        [x.cpu().numpy(), module.reconstruct(x).cpu().numpy()],
+        report_dir / "reconstructions.png",
+        ["input", "recon"],
+        f"vae: test images and their reconstructions (test NELBO {nelbo:.1f} nats)",
+    )
+    sample_grid(
+        fake[:64],
+        report_dir / "samples.png",
+        f"vae: samples from the prior N(0, I) (FID {scores['fid']:.2f} on classifier features)",
+    )
     pairs = [(0, len(classes) - 1), (1, len(classes) // 2), (2, 5)]
     rows, names = _interpolation_rows(module, dm, labels, pairs, steps=10)
-    image_rows(rows, report_dir / "interpolation.png", names, "vae: decoding the line between two test images' latent means")  # fmt: skip
+    image_rows(
+        rows,
+        report_dir / "interpolation.png",
+        names,
+        "vae: decoding the line between two test images' latent means",
+    )
     points, var = _pca_2d(mu)
-    scatter_figure(points, labels.numpy(), classes, report_dir / "latent_space.png", f"vae: test-set latent means (z = {mu.shape[1]}-D), first two principal components", (f"PC1 ({var[0]:.0%} of variance)", f"PC2 ({var[1]:.0%})"))  # fmt: skip
+    scatter_figure(
+        points,
+        labels.numpy(),
+        classes,
+        report_dir / "latent_space.png",
+        f"vae: test-set latent means (z = {mu.shape[1]}-D), first two principal components",
+        (f"PC1 ({var[0]:.0%} of variance)", f"PC2 ({var[1]:.0%})"),
+    )
     class_counts_figure(
-        {"vae samples": list(scores["class_counts"].values()), "real (validation)": list(scores["real_floor"]["class_counts"].values())},
-        classes, report_dir / "class_coverage.png",
+        {
+            "vae samples": list(scores["class_counts"].values()),
+            "real (validation)": list(scores["real_floor"]["class_counts"].values()),
+        },
+        classes,
+        report_dir / "class_coverage.png",
         f"vae: classifier's labels for {scores['samples']} samples ({scores['classes_covered']}/{len(classes)} classes covered)",
-    )  # fmt: skip
+    )
     return {
         "likelihood": section.model.likelihood,
         "likelihood_note": LIKELIHOODS[section.model.likelihood],
@@ -92,3 +117,11 @@ def evaluate_vae(module, dm, report_dir: Path, section, seed: int, model_dir: Pa
         "latent/active_units": active,
         **scores,
     }
+
+
+EVALUATION = EvaluationSpec(
+    evaluate=evaluate_vae,
+    selection=("test/nelbo", "min"),
+    headline=("test/nelbo", "fid", "latent/active_units"),
+    pictures=("reconstructions.png", "samples.png", "interpolation.png"),
+)

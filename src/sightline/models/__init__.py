@@ -1,3 +1,2 @@
-"""One file per model; importing a model file registers it."""
-
-from sightline.models import classifier, clip, gan, spam, vae  # noqa: F401
+"""One package per model (``sightline.models.<name>``, its ``SPEC``), and what several share
+(``generative``). The registry finds them without importing them."""

@@ -30,9 +30,13 @@ def to_display(img: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 
 def image_grid(
-    images: np.ndarray, path: Path, titles: list[str] | None = None, ncols: int = 8,
-    title: str | None = None, title_colors: list[str] | None = None,
-) -> None:  # fmt: skip
+    images: np.ndarray,
+    path: Path,
+    titles: list[str] | None = None,
+    ncols: int = 8,
+    title: str | None = None,
+    title_colors: list[str] | None = None,
+) -> None:
     """Save ``images`` ``(N, C, H, W)`` in [0, 1] as a captioned grid."""
     n = len(images)
     nrows = max(1, int(np.ceil(n / ncols)))
@@ -73,9 +77,12 @@ def confusion_matrix_figure(cm: np.ndarray, classes: list[str], path: Path, titl
 
 
 def image_rows(
-    rows: list[np.ndarray], path: Path, row_labels: list[str], title: str | None = None,
+    rows: list[np.ndarray],
+    path: Path,
+    row_labels: list[str],
+    title: str | None = None,
     col_labels: list[str] | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Save rows of images (each ``(N, C, H, W)`` in [0, 1]) as one labelled picture."""
     ncols = max(len(r) for r in rows)
     height = 1.15 * len(rows) + 0.6
@@ -102,10 +109,14 @@ def image_rows(
 def sample_grid(images: np.ndarray, path: Path, title: str, ncols: int = 8) -> None:
     """uint8 images ``(N, C, H, W)`` as a tight grid of ``ncols`` columns."""
     x = np.asarray(images, dtype=np.float32) / 255
-    image_rows([x[i : i + ncols] for i in range(0, len(x), ncols)], path, [""] * -(-len(x) // ncols), title)  # fmt: skip
+    image_rows(
+        [x[i : i + ncols] for i in range(0, len(x), ncols)], path, [""] * -(-len(x) // ncols), title
+    )
 
 
-def class_counts_figure(counts: dict[str, list[int]], classes: list[str], path: Path, title: str) -> None:  # fmt: skip
+def class_counts_figure(
+    counts: dict[str, list[int]], classes: list[str], path: Path, title: str
+) -> None:
     """Grouped bars: how many images of each set the classifier assigns to each class."""
     k, n = len(classes), len(counts)
     fig, ax = plt.subplots(figsize=(0.7 * k + 2, 3.6))
@@ -119,13 +130,22 @@ def class_counts_figure(counts: dict[str, list[int]], classes: list[str], path: 
     save_figure(fig, path)
 
 
-def scatter_figure(points: np.ndarray, labels: np.ndarray, classes: list[str], path: Path, title: str, axis_labels: tuple[str, str]) -> None:  # fmt: skip
+def scatter_figure(
+    points: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    path: Path,
+    title: str,
+    axis_labels: tuple[str, str],
+) -> None:
     """2-D points ``(N, 2)`` coloured by class, with a legend."""
     fig, ax = plt.subplots(figsize=(7, 6))
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     for c, name in enumerate(classes):
         sel = labels == c
-        ax.scatter(points[sel, 0], points[sel, 1], s=3, alpha=0.5, color=cmap(c % cmap.N), label=name)  # fmt: skip
+        ax.scatter(
+            points[sel, 0], points[sel, 1], s=3, alpha=0.5, color=cmap(c % cmap.N), label=name
+        )
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     ax.legend(markerscale=4, fontsize=8, loc="best")
@@ -133,7 +153,9 @@ def scatter_figure(points: np.ndarray, labels: np.ndarray, classes: list[str], p
     save_figure(fig, path)
 
 
-def similarity_figure(sim: np.ndarray, images: np.ndarray, captions: list[str], path: Path, title: str) -> None:  # fmt: skip
+def similarity_figure(
+    sim: np.ndarray, images: np.ndarray, captions: list[str], path: Path, title: str
+) -> None:
     """Image-caption similarity matrix ``(N, N)``: rows = images (thumbnails at the left),
     columns = captions; the true pairs lie on the diagonal."""
     n = len(captions)
@@ -144,10 +166,21 @@ def similarity_figure(sim: np.ndarray, images: np.ndarray, captions: list[str], 
     ax.set_yticks(range(n), [""] * n)
     for i in range(n):
         thumb = ax.inset_axes([-1.0 / n - 0.01, 1 - (i + 1) / n, 1.0 / n, 1.0 / n])
-        thumb.imshow(images[i].transpose(1, 2, 0) if images[i].shape[0] == 3 else images[i][0], cmap=None if images[i].shape[0] == 3 else "gray")  # fmt: skip
+        thumb.imshow(
+            images[i].transpose(1, 2, 0) if images[i].shape[0] == 3 else images[i][0],
+            cmap=None if images[i].shape[0] == 3 else "gray",
+        )
         thumb.axis("off")
         for j in range(n):
-            ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=5.5, color="white" if sim[i, j] < sim.max() * 0.7 else "black")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                f"{sim[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=5.5,
+                color="white" if sim[i, j] < sim.max() * 0.7 else "black",
+            )
     ax.set_xlabel("captions")
     ax.set_ylabel("images", labelpad=0.62 * n + 6)
     fig.colorbar(im, ax=ax, fraction=0.046, label="cosine similarity")

@@ -67,15 +67,21 @@ def filters_figure(
         ax.imshow(k, cmap="RdBu_r", vmin=-m, vmax=m)
         label = ("-" if cos < 0 else "") + name
         ax.set_title(f"{label}\n|cos| {abs(cos):.2f}", fontsize=7)
-    fig.suptitle("top: classic kernels; below: learned first-layer filters (summed over input channels), labelled with the closest classic kernel", fontsize=9)  # fmt: skip
+    fig.suptitle(
+        "top: classic kernels; below: learned first-layer filters (summed over input channels), labelled with the closest classic kernel",
+        fontsize=9,
+    )
     save_figure(fig, path)
     return matches
 
 
 def feature_maps_figure(
-    images: np.ndarray, maps: list[torch.Tensor], stage_names: list[str], path: Path,
+    images: np.ndarray,
+    maps: list[torch.Tensor],
+    stage_names: list[str],
+    path: Path,
     channels: int = 6,
-) -> None:  # fmt: skip
+) -> None:
     """For each input image: the image, then ``channels`` activations after each stage.
 
     Args:

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from sightline.artifacts import artifacts_dir
 from sightline.config import ImageDataConfig, ModelParams, ScoreConfig, Strict, TrainerConfig
 from sightline.data.images import ImageDataModule
 from sightline.data.preprocess import ImagePreprocess
-from sightline.generative import (
+from sightline.models.generative import (
     SampleScorer,
     check_count,
     check_downsampling,
@@ -21,11 +22,10 @@ from sightline.generative import (
     image_datamodule,
     load_classifier,
     quantize,
+    samples_to_pil,
     subset,
-    to_pil,
-)  # fmt: skip
-from sightline.registry import ModelSpec, register_model
-from sightline.training import artifacts_dir
+)
+from sightline.spec import ModelSpec
 
 PROGRESS = "progress"  # artifacts/progress/epoch_XXX.npy: the fixed noise's samples per epoch
 
@@ -34,8 +34,12 @@ class GANConfig(Strict):
     """``models.gan.model``: every key is a ``GANModule`` argument."""
 
     latent_dim: int = Field(64, ge=1, le=1024)
-    generator_channels: list[int] = Field(default_factory=lambda: [128, 64], min_length=1, max_length=5)  # fmt: skip
-    discriminator_channels: list[int] = Field(default_factory=lambda: [64, 128], min_length=1, max_length=5)  # fmt: skip
+    generator_channels: list[int] = Field(
+        default_factory=lambda: [128, 64], min_length=1, max_length=5
+    )
+    discriminator_channels: list[int] = Field(
+        default_factory=lambda: [64, 128], min_length=1, max_length=5
+    )
     negative_slope: float = Field(0.2, ge=0.0)  # discriminator LeakyReLU
     lr_generator: float = Field(2e-4, gt=0.0)
     lr_discriminator: float = Field(2e-4, gt=0.0)
@@ -56,7 +60,9 @@ class GANParams(ModelParams):
 class Generator(nn.Module):
     """z ``(B, D)`` -> dense -> reshape -> ConvTranspose-BN-ReLU stages -> tanh ``(B, C, H, W)``."""
 
-    def __init__(self, latent_dim: int, out_channels: int, size: tuple[int, int], channels: list[int]) -> None:  # fmt: skip
+    def __init__(
+        self, latent_dim: int, out_channels: int, size: tuple[int, int], channels: list[int]
+    ) -> None:
         super().__init__()
         n = len(channels)
         self.grid = (channels[0], size[0] // 2**n, size[1] // 2**n)
@@ -68,8 +74,14 @@ class Generator(nn.Module):
         )
         blocks = []
         for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):  # each doubles H, W
-            blocks += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]  # fmt: skip
-        self.blocks = nn.Sequential(*blocks, nn.ConvTranspose2d(channels[-1], out_channels, 4, 2, 1), nn.Tanh())  # fmt: skip
+            blocks += [
+                nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+        self.blocks = nn.Sequential(
+            *blocks, nn.ConvTranspose2d(channels[-1], out_channels, 4, 2, 1), nn.Tanh()
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.project(z))
@@ -79,7 +91,9 @@ class Discriminator(nn.Module):
     """``(B, C, H, W)`` in [-1, 1] -> stride-2 Conv-(BN)-LeakyReLU stages (no BN on the first,
     no pooling) -> flatten -> dense -> one logit ``(B,)``."""
 
-    def __init__(self, in_channels: int, size: tuple[int, int], channels: list[int], slope: float) -> None:  # fmt: skip
+    def __init__(
+        self, in_channels: int, size: tuple[int, int], channels: list[int], slope: float
+    ) -> None:
         super().__init__()
         layers, c = [], in_channels
         for i, c_out in enumerate(channels):
@@ -107,11 +121,20 @@ class GANModule(L.LightningModule):
     """
 
     def __init__(
-        self, class_names: list[str], preprocess: dict, latent_dim: int = 64,
-        generator_channels: list[int] = (128, 64), discriminator_channels: list[int] = (64, 128),
-        negative_slope: float = 0.2, lr_generator: float = 2e-4, lr_discriminator: float = 2e-4,
-        beta1: float = 0.5, beta2: float = 0.999, fixed_samples: int = 64, max_samples: int = 256,
-    ) -> None:  # fmt: skip
+        self,
+        class_names: list[str],
+        preprocess: dict,
+        latent_dim: int = 64,
+        generator_channels: list[int] = (128, 64),
+        discriminator_channels: list[int] = (64, 128),
+        negative_slope: float = 0.2,
+        lr_generator: float = 2e-4,
+        lr_discriminator: float = 2e-4,
+        beta1: float = 0.5,
+        beta2: float = 0.999,
+        fixed_samples: int = 64,
+        max_samples: int = 256,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -125,7 +148,9 @@ class GANModule(L.LightningModule):
         return self.generator(z)
 
     def _bce(self, logits: torch.Tensor, target: float) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits.float(), target))  # fmt: skip
+        return F.binary_cross_entropy_with_logits(
+            logits.float(), torch.full_like(logits.float(), target)
+        )
 
     def training_step(self, batch, batch_idx: int) -> None:
         real, _ = batch
@@ -151,10 +176,17 @@ class GANModule(L.LightningModule):
         self.untoggle_optimizer(opt_g)
 
         self.log_dict(
-            {"train/d_loss": d_loss, "train/g_loss": g_loss,
-             "train/d_real": d_real.float().sigmoid().mean(), "train/d_fake": d_fake.float().sigmoid().mean()},
-            on_step=True, on_epoch=True, prog_bar=True, sync_dist=True,
-        )  # fmt: skip
+            {
+                "train/d_loss": d_loss,
+                "train/g_loss": g_loss,
+                "train/d_real": d_real.float().sigmoid().mean(),
+                "train/d_fake": d_fake.float().sigmoid().mean(),
+            },
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+        )
 
     def validation_step(self, batch, batch_idx: int) -> None:
         real, _ = batch  # how sure D is about held-out real images (FID is the selection metric)
@@ -164,7 +196,9 @@ class GANModule(L.LightningModule):
         hp = self.hparams
         betas = (hp.beta1, hp.beta2)
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=hp.lr_generator, betas=betas)
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr_discriminator, betas=betas)  # fmt: skip
+        opt_d = torch.optim.Adam(
+            self.discriminator.parameters(), lr=hp.lr_discriminator, betas=betas
+        )
         return [opt_g, opt_d]
 
     @torch.no_grad()
@@ -181,7 +215,9 @@ class GANModule(L.LightningModule):
         return (self.generator(z).float() + 1) / 2
 
     @torch.no_grad()
-    def interpolate_noise(self, steps: int, generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+    def interpolate_noise(
+        self, steps: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Images along the straight line between two random noise vectors ``(steps, C, H, W)``."""
         check_count(steps, self.hparams.max_samples, "interpolation steps")
         a, b = torch.randn(2, self.hparams.latent_dim, generator=generator).to(self.device)
@@ -191,7 +227,7 @@ class GANModule(L.LightningModule):
     @torch.no_grad()
     def postprocess(self, images: torch.Tensor) -> list:
         """Images in [0, 1] ``(B, C, H, W)`` -> PIL images."""
-        return to_pil(images)
+        return samples_to_pil(images)
 
 
 class ValidationFID(L.Callback):
@@ -199,7 +235,12 @@ class ValidationFID(L.Callback):
     against as many validation images, on the project classifier's features."""
 
     def __init__(self, classifier_dir: str, samples: int, batch_size: int, seed: int) -> None:
-        self.classifier_dir, self.samples, self.batch_size, self.seed = classifier_dir, samples, batch_size, seed  # fmt: skip
+        self.classifier_dir, self.samples, self.batch_size, self.seed = (
+            classifier_dir,
+            samples,
+            batch_size,
+            seed,
+        )
         self.scorer: SampleScorer | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: GANModule) -> None:
@@ -231,7 +272,9 @@ class FixedNoiseProgress(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: GANModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        images = quantize(pl_module.sample(self.n, torch.Generator().manual_seed(self.seed), check=False))  # fmt: skip
+        images = quantize(
+            pl_module.sample(self.n, torch.Generator().manual_seed(self.seed), check=False)
+        )
         out = artifacts_dir(trainer) / PROGRESS
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / f"epoch_{trainer.current_epoch:03d}.npy", images.cpu().numpy())
@@ -243,8 +286,12 @@ def _datamodule(section: GANParams, data_dir, seed: int) -> ImageDataModule:
 
 def _module_kwargs(section: GANParams, dm: ImageDataModule) -> dict:
     m, size, dataset = section.model, dm.preprocess.size, section.data.dataset
-    check_downsampling(size, len(m.generator_channels), "models.gan.model.generator_channels", dataset)  # fmt: skip
-    check_downsampling(size, len(m.discriminator_channels), "models.gan.model.discriminator_channels", dataset)  # fmt: skip
+    check_downsampling(
+        size, len(m.generator_channels), "models.gan.model.generator_channels", dataset
+    )
+    check_downsampling(
+        size, len(m.discriminator_channels), "models.gan.model.discriminator_channels", dataset
+    )
     return {**m.model_dump(), "class_names": dm.class_names, "preprocess": dm.preprocess.to_dict()}
 
 
@@ -256,22 +303,13 @@ def _callbacks(section: GANParams, dm: ImageDataModule, seed: int) -> list:
     ]
 
 
-def _evaluate(*args, **kwargs) -> dict:
-    from sightline.metrics.gan import evaluate_gan
-
-    return evaluate_gan(*args, **kwargs)
-
-
-register_model(
-    ModelSpec(
-        name="gan",
-        module=GANModule,
-        params=GANParams,
-        datamodule=_datamodule,
-        module_kwargs=_module_kwargs,
-        evaluate=_evaluate,
-        monitor="val/fid",
-        mode="min",
-        callbacks=_callbacks,
-    )
+SPEC = ModelSpec(
+    name="gan",
+    module=GANModule,
+    params=GANParams,
+    datamodule=_datamodule,
+    module_kwargs=_module_kwargs,
+    monitor="val/fid",
+    mode="min",
+    callbacks=_callbacks,
 )

@@ -1,7 +1,7 @@
 """``clip``: CLIP-style image-text alignment built with open_clip, trained from scratch or
 fine-tuned from a local open_clip checkpoint.
 
-The architecture is an open_clip model config (``clip_configs/*.json``, registered with
+The architecture is an open_clip model config (``configs/*.json``, registered with
 ``open_clip.add_model_config``); the tokenizer is open_clip's built-in BPE (its vocabulary
 ships inside the package, nothing is fetched); the loss is open_clip's ``ClipLoss``.
 """
@@ -13,14 +13,17 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 from pydantic import Field
 
 from sightline.config import ModelParams, Strict, TrainerConfig
-from sightline.errors import ConfigError, InputError
-from sightline.registry import ModelSpec, register_model
+from sightline.data.decode import on_white
+from sightline.errors import CheckpointError, ConfigError, InputError
+from sightline.schedules import warmup_cosine
+from sightline.spec import ModelSpec
 
-CONFIG_DIR = Path(__file__).parent / "clip_configs"
+CONFIG_DIR = Path(__file__).parent / "configs"
 MAX_LOGIT_SCALE = math.log(100)  # open_clip clamps the learned temperature here
 
 
@@ -80,6 +83,26 @@ class ClipParams(ModelParams):
     trainer: TrainerConfig = TrainerConfig()
 
 
+def recall_at_k(sim: torch.Tensor, ks=(1, 5, 10)) -> dict[int, float]:
+    """Row ``i``'s match is column ``i``: the fraction of rows whose match ranks in the top k.
+
+    Args:
+        sim: ``(N, N)`` similarities, queries as rows.
+    """
+    target = sim.diagonal().unsqueeze(1)
+    rank = (sim > target).sum(1)  # how many candidates beat the true match (ties favour it)
+    return {k: float((rank < k).float().mean()) for k in ks}
+
+
+def zero_shot(
+    module, image_feats: torch.Tensor, labels: np.ndarray, names: list[str], templates: list[str]
+) -> float:
+    """Accuracy of ``argmax_label cos(image, mean prompt embedding of label)``."""
+    classes = module.class_embeddings(names, templates)
+    pred = (image_feats @ classes.T).argmax(-1).numpy()
+    return float((pred == labels).mean())
+
+
 class ClipModule(L.LightningModule):
     """An open_clip ``CLIP`` trained with ``ClipLoss``; rebuilt from its hyperparameters alone.
 
@@ -94,10 +117,15 @@ class ClipModule(L.LightningModule):
     """
 
     def __init__(
-        self, arch: str = "sightline-ViT-T-4-32", context_length: int = 24,
-        pretrained: str | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
-        warmup_steps: int = 30, max_texts: int = 256,
-    ) -> None:  # fmt: skip
+        self,
+        arch: str = "sightline-ViT-T-4-32",
+        context_length: int = 24,
+        pretrained: str | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        warmup_steps: int = 30,
+        max_texts: int = 256,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         oc = open_clip_module()
@@ -110,26 +138,33 @@ class ClipModule(L.LightningModule):
         self.loss = oc.ClipLoss()
 
     def preprocess(self, images) -> torch.Tensor:
-        """PIL images (any mode or size) -> the normalised batch ``(B, 3, S, S)`` (open_clip's
-        eval transform: resize, centre crop, RGB, normalise); training uses the same."""
+        """PIL images (any mode or size) -> the normalised batch ``(B, 3, S, S)``: transparency
+        onto white (as ``prepare@emoji`` does for training), then open_clip's eval transform
+        (resize, centre crop, RGB, normalise); training uses the same."""
         if not images:
             raise InputError("no images given")
-        return torch.stack([self.preprocess_one(im) for im in images])
+        return torch.stack([self.preprocess_one(on_white(im)) for im in images])
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Captions -> token ids ``(B, context_length)``; over-long captions are truncated."""
         if isinstance(texts, str) or not texts:
             raise InputError("expected a non-empty list of captions")
         if len(texts) > self.hparams.max_texts:
-            raise InputError(f"at most {self.hparams.max_texts} captions per request, got {len(texts)}")  # fmt: skip
+            raise InputError(
+                f"at most {self.hparams.max_texts} captions per request, got {len(texts)}"
+            )
         return self.tokenizer([str(t) for t in texts])
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.hparams.pretrained:
-            open_clip_module().load_checkpoint(self.model, self.hparams.pretrained, weights_only=True)  # fmt: skip
+            open_clip_module().load_checkpoint(
+                self.model, self.hparams.pretrained, weights_only=True
+            )
         world = self.trainer.world_size
         if world > 1:  # gather features across processes: every pair sees every negative
-            self.loss = open_clip_module().ClipLoss(gather_with_grad=True, rank=self.global_rank, world_size=world)  # fmt: skip
+            self.loss = open_clip_module().ClipLoss(
+                gather_with_grad=True, rank=self.global_rank, world_size=world
+            )
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor):
         """``(image_features (B, D), text_features (B, D), logit_scale.exp())``, unit norm."""
@@ -143,7 +178,9 @@ class ClipModule(L.LightningModule):
         img, txt = img.float(), txt.float()
         loss = self.loss(img, txt, scale.float())
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True)  # fmt: skip
+        self.log(
+            f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True
+        )
         if on_step:
             self.log("train/logit_scale", scale, on_step=True, on_epoch=False)
         return loss, img, txt
@@ -163,8 +200,6 @@ class ClipModule(L.LightningModule):
         over the whole validation split, Fashion-MNIST zero-shot accuracy on validation images,
         and ``val/score``, their mean, which selects the checkpoint. (The contrastive loss keeps
         rising on emoji while retrieval and zero-shot still improve: it punishes confidence.)"""
-        from sightline.metrics.clip import recall_at_k, zero_shot
-
         features, self._val_features = self._val_features, []
         if self.trainer.sanity_checking or not features:
             return
@@ -178,7 +213,9 @@ class ClipModule(L.LightningModule):
             x, y, names, templates = dm.fashion_val()
             feats = torch.cat([self.embed_images(x[i : i + 512]) for i in range(0, len(x), 512)])
             scores["val/fashion_zero_shot"] = zero_shot(self, feats, y, names, templates)
-        scores["val/score"] = sum(v for k, v in scores.items() if k != "val/i2t_recall@5") / (len(scores) - 1)  # fmt: skip
+        scores["val/score"] = sum(v for k, v in scores.items() if k != "val/i2t_recall@5") / (
+            len(scores) - 1
+        )
         self.log_dict(scores, prog_bar=False)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -188,22 +225,27 @@ class ClipModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         named = list(self.model.named_parameters())
-        no_decay = [p for n, p in named if p.ndim < 2 or "logit_scale" in n or "positional_embedding" in n or n.endswith(".bias")]  # fmt: skip
+        no_decay = [
+            p
+            for n, p in named
+            if p.ndim < 2
+            or "logit_scale" in n
+            or "positional_embedding" in n
+            or n.endswith(".bias")
+        ]
         ids = {id(p) for p in no_decay}
         decay = [p for _, p in named if id(p) not in ids]
         opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr, betas=(0.9, 0.98), eps=1e-6,
-        )  # fmt: skip
-        total, warm = max(1, int(self.trainer.estimated_stepping_batches)), hp.warmup_steps
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            [
+                {"params": decay, "weight_decay": hp.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=hp.lr,
+            betas=(0.9, 0.98),
+            eps=1e-6,
+        )
+        steps = self.trainer.estimated_stepping_batches
+        return {"optimizer": opt, "lr_scheduler": warmup_cosine(opt, hp.warmup_steps, steps)}
 
     @torch.no_grad()
     def embed_images(self, images) -> torch.Tensor:
@@ -214,7 +256,11 @@ class ClipModule(L.LightningModule):
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         """Captions -> unit-norm embeddings ``(B, D)`` (float32, on the CPU)."""
-        return self.model.encode_text(self.tokenize(texts).to(self.device), normalize=True).float().cpu()  # fmt: skip
+        return (
+            self.model.encode_text(self.tokenize(texts).to(self.device), normalize=True)
+            .float()
+            .cpu()
+        )
 
     @torch.no_grad()
     def class_embeddings(self, labels: list[str], templates: list[str]) -> torch.Tensor:
@@ -225,44 +271,80 @@ class ClipModule(L.LightningModule):
         return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
 
     @torch.no_grad()
-    def postprocess(self, logits: torch.Tensor, labels: list[str], top_k: int = 5) -> list[list[dict]]:  # fmt: skip
+    def postprocess(
+        self, logits: torch.Tensor, labels: list[str], top_k: int = 5
+    ) -> list[list[dict]]:
         """Image-label logits ``(B, K)`` -> per image the ``top_k`` ``{"label", "probability"}``."""
         probs = (logits.float() * self.model.logit_scale.exp().float().cpu()).softmax(-1)
         values, idx = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-        return [[{"label": labels[i], "probability": round(float(p), 6)} for p, i in zip(v, ix, strict=True)] for v, ix in zip(values.tolist(), idx.tolist(), strict=True)]  # fmt: skip
+        return [
+            [
+                {"label": labels[i], "probability": round(float(p), 6)}
+                for p, i in zip(v, ix, strict=True)
+            ]
+            for v, ix in zip(values.tolist(), idx.tolist(), strict=True)
+        ]
 
 
 def _datamodule(section: ClipParams, data_dir, seed: int):
     from sightline.data.captions import CaptionDataModule
 
     d = section.data
-    return CaptionDataModule(data_dir, section.upstream, d.batch_size, d.eval_batch_size, d.num_workers, d.fashion_pairs, seed)  # fmt: skip
+    return CaptionDataModule(
+        data_dir,
+        section.upstream,
+        d.batch_size,
+        d.eval_batch_size,
+        d.num_workers,
+        d.fashion_pairs,
+        seed,
+    )
 
 
 def _module_kwargs(section: ClipParams, dm) -> dict:
     m = section.model
     if m.arch not in open_clip_module().list_models():
-        raise ConfigError(f"models.clip.model.arch: {m.arch!r} is not an open_clip model config (ours: {', '.join(p.stem for p in sorted(CONFIG_DIR.glob('*.json')))})")  # fmt: skip
+        raise ConfigError(
+            f"models.clip.model.arch: {m.arch!r} is not an open_clip model config (ours: {', '.join(p.stem for p in sorted(CONFIG_DIR.glob('*.json')))})"
+        )
     if m.pretrained is not None and not Path(m.pretrained).expanduser().is_file():
         raise ConfigError(f"models.clip.model.pretrained: {m.pretrained}: file not found")
     return m.model_dump()
 
 
-def _evaluate(*args, **kwargs) -> dict:
-    from sightline.metrics.clip import evaluate_clip
+def search_index(module: ClipModule, prepared: Path, split: str = "test") -> tuple[dict, dict]:
+    """``(tensors, meta)`` of the held-out image index the packaged model answers searches from:
+    unit-norm embeddings of the ``split`` images under ``module``, the images themselves (uint8)
+    and their captions."""
+    import json
 
-    return evaluate_clip(*args, **kwargs)
+    from sightline.data.decode import to_pil
 
-
-register_model(
-    ModelSpec(
-        name="clip",
-        module=ClipModule,
-        params=ClipParams,
-        datamodule=_datamodule,
-        module_kwargs=_module_kwargs,
-        evaluate=_evaluate,
-        monitor="val/score",
-        mode="max",
+    try:
+        images = np.load(prepared / f"{split}_x.npy")
+        captions = json.loads((prepared / f"{split}_captions.json").read_text())["captions"]
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{err.filename}: missing; run `dvc repro prepare@emoji`") from None
+    embeddings = torch.cat(
+        [
+            module.embed_images([to_pil(a) for a in images[i : i + 256]])
+            for i in range(0, len(images), 256)
+        ]
     )
+    tensors = {
+        "embeddings": embeddings.contiguous(),
+        "images": torch.from_numpy(images).contiguous(),
+    }
+    return tensors, {"split": split, "dataset": prepared.name, "captions": captions}
+
+
+SPEC = ModelSpec(
+    name="clip",
+    module=ClipModule,
+    params=ClipParams,
+    datamodule=_datamodule,
+    module_kwargs=_module_kwargs,
+    monitor="val/score",
+    mode="max",
+    index=search_index,
 )

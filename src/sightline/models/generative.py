@@ -22,6 +22,7 @@ from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from sightline.errors import CheckpointError, ConfigError, InputError
+from sightline.progress import progress
 
 COVERAGE_SHARE = 0.1  # a class is covered when it gets >= 10% of its share under uniform
 
@@ -59,21 +60,27 @@ def image_datamodule(data, data_dir, seed: int, pixel_range: tuple[float, float]
     from sightline.data.preprocess import ImagePreprocess
 
     dm = ImageDataModule(
-        data_dir, data.batch_size, data.eval_batch_size, data.num_workers,
-        data.augment.model_dump(), data.train_subset, seed,
-    )  # fmt: skip
+        data_dir,
+        data.batch_size,
+        data.eval_batch_size,
+        data.num_workers,
+        data.augment.model_dump(),
+        data.train_subset,
+        seed,
+    )
     lo, hi = pixel_range
     p = dm.preprocess  # normalize() computes (x / 255 - mean) / std
-    dm.preprocess = ImagePreprocess(p.channels, p.size, (-lo / (hi - lo),) * p.channels, (1 / (hi - lo),) * p.channels)  # fmt: skip
+    dm.preprocess = ImagePreprocess(
+        p.channels, p.size, (-lo / (hi - lo),) * p.channels, (1 / (hi - lo),) * p.channels
+    )
     return dm
 
 
-def to_pil(images: torch.Tensor) -> list:
-    """Images in [0, 1] ``(B, C, H, W)`` -> PIL images (grey or RGB)."""
-    from PIL import Image
+def samples_to_pil(images: torch.Tensor) -> list:
+    """Images in [0, 1] ``(B, C, H, W)`` -> PIL images (grey or RGB), quantised as a PNG."""
+    from sightline.data.decode import to_pil
 
-    arrays = quantize(images).cpu().numpy()
-    return [Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)) for a in arrays]
+    return [to_pil(a) for a in quantize(images).cpu().numpy()]
 
 
 def draw_latents(module, n: int, generator: torch.Generator | None, check: bool) -> torch.Tensor:
@@ -127,14 +134,23 @@ def load_classifier(path: str | Path, class_names: list[str], preprocess, device
         preprocess: the generative model's ``ImagePreprocess`` (channels and size must match).
         device: where to run it.
     """
-    from sightline.inference import load_module
+    from sightline.artifacts import read_checkpoint, rebuild
+    from sightline.models.classifier import ClassifierModule
 
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"{path}: no trained classifier to score samples with; run `dvc repro train@classifier`")  # fmt: skip
-    clf = load_module(path, "classifier", device)
+        raise CheckpointError(
+            f"{path}: no trained classifier to score samples with; run `dvc repro train@classifier`"
+        )
+    name, hparams, state = read_checkpoint(path)
+    if name != "classifier":
+        raise CheckpointError(f"{path}: holds model {name!r}, not the classifier")
+    clf = rebuild(ClassifierModule, hparams, state, path, "classifier").eval().to(device)
     theirs = clf.preprocess
-    if list(clf.hparams.class_names) != list(class_names) or (theirs.channels, tuple(theirs.size)) != (preprocess.channels, tuple(preprocess.size)):  # fmt: skip
+    if list(clf.hparams.class_names) != list(class_names) or (
+        theirs.channels,
+        tuple(theirs.size),
+    ) != (preprocess.channels, tuple(preprocess.size)):
         raise CheckpointError(
             f"{path}: classifier was trained on other images ({theirs.channels}x{theirs.size[0]}x"
             f"{theirs.size[1]}, classes {clf.hparams.class_names[:3]}...); train it on the same "
@@ -155,20 +171,28 @@ class SampleScorer:
     """
 
     def __init__(
-        self, classifier: nn.Module, kid_subsets: int = 100, kid_subset_size: int = 1000,
+        self,
+        classifier: nn.Module,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
         full: bool = True,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.device = next(classifier.parameters()).device
         features = ClassifierFeatures(classifier, "features")
         self.logits = ClassifierFeatures(classifier, "logits")
         self.fid = FrechetInceptionDistance(features, reset_real_features=False).to(self.device)
         self.kid = self.inception = None
         if full:
-            warnings.filterwarnings("ignore", message="Metric `(Kernel Inception Distance|InceptionScore)` will save all extracted features")  # fmt: skip
+            warnings.filterwarnings(
+                "ignore",
+                message="Metric `(Kernel Inception Distance|InceptionScore)` will save all extracted features",
+            )
             self.kid = KernelInceptionDistance(
-                features, subsets=kid_subsets, subset_size=kid_subset_size,
+                features,
+                subsets=kid_subsets,
+                subset_size=kid_subset_size,
                 reset_real_features=False,
-            ).to(self.device)  # fmt: skip
+            ).to(self.device)
             self.inception = InceptionScore(self.logits, splits=10).to(self.device)
         self.fake_counts = torch.zeros(self.logits.num_features, dtype=torch.long)
 
@@ -200,18 +224,29 @@ class SampleScorer:
             L.seed_everything(seed, verbose=False)  # KID and IS draw random subsets
             kid_mean, kid_std = self.kid.compute()
             is_mean, is_std = self.inception.compute()
-            out.update({
-                "kid": float(kid_mean), "kid_std": float(kid_std),
-                "inception_score": float(is_mean), "inception_score_std": float(is_std),
-            })  # fmt: skip
+            out.update(
+                {
+                    "kid": float(kid_mean),
+                    "kid_std": float(kid_std),
+                    "inception_score": float(is_mean),
+                    "inception_score_std": float(is_std),
+                }
+            )
         counts = self.fake_counts.tolist()
         floor = COVERAGE_SHARE * sum(counts) / len(counts)
         out.update({"class_counts": counts, "classes_covered": sum(c >= floor for c in counts)})
         return out
 
 
-def real_floor(classifier: nn.Module, first: torch.Tensor, second: torch.Tensor, kid_subsets: int,
-               kid_subset_size: int, batch_size: int, seed: int) -> dict:  # fmt: skip
+def real_floor(
+    classifier: nn.Module,
+    first: torch.Tensor,
+    second: torch.Tensor,
+    kid_subsets: int,
+    kid_subset_size: int,
+    batch_size: int,
+    seed: int,
+) -> dict:
     """FID/KID between two sets of real uint8 images (e.g. validation vs test): the floor a
     perfect generator would reach with this many samples."""
     scorer = SampleScorer(classifier, kid_subsets, kid_subset_size)
@@ -226,7 +261,7 @@ def generate_uint8(module, n: int, batch_size: int, seed: int) -> torch.Tensor:
     """``n`` images ``(n, C, H, W)`` uint8 from ``module.sample`` in seeded batches (CPU)."""
     g = torch.Generator().manual_seed(seed)
     out = []
-    for start in range(0, n, batch_size):
+    for start in progress(range(0, n, batch_size), f"generating {n} images", unit="batches"):
         k = min(batch_size, n - start)
         out.append(quantize(module.sample(k, generator=g, check=False)).cpu())
     return torch.cat(out)
@@ -254,26 +289,37 @@ def score_generator(module, dm, upstream: str, score, seed: int) -> tuple[dict, 
     real_test, real_val = subset(test, n, seed), subset(val, n, seed)
     fake = generate_uint8(module, n, score.batch_size, seed)
     scorer = SampleScorer(clf, score.kid_subsets, size)
-    for batch in real_test.split(score.batch_size):
-        scorer.update(batch, real=True)
-    for batch in fake.split(score.batch_size):
-        scorer.update(batch, real=False)
+    batches = [(b, True) for b in real_test.split(score.batch_size)]
+    batches += [(b, False) for b in fake.split(score.batch_size)]
+    for batch, real in progress(batches, "scoring real and generated images", unit="batches"):
+        scorer.update(batch, real=real)
     gen = scorer.compute(seed)
     floor = real_floor(clf, real_test, real_val, score.kid_subsets, size, score.batch_size, seed)
     names = dm.class_names
     metrics = {
-        "fid": gen["fid"], "kid": gen["kid"], "kid_std": gen["kid_std"],
-        "inception_score": gen["inception_score"], "inception_score_std": gen["inception_score_std"],
-        "classes_covered": gen["classes_covered"], "num_classes": len(names),
+        "fid": gen["fid"],
+        "kid": gen["kid"],
+        "kid_std": gen["kid_std"],
+        "inception_score": gen["inception_score"],
+        "inception_score_std": gen["inception_score_std"],
+        "classes_covered": gen["classes_covered"],
+        "num_classes": len(names),
         "class_counts": dict(zip(names, gen["class_counts"], strict=True)),
-        "samples": n, "kid_subset_size": size, "feature_extractor": "classifier (penultimate layer)",
+        "samples": n,
+        "kid_subset_size": size,
+        "feature_extractor": "classifier (penultimate layer)",
         "real_floor": {
-            "fid": floor["fid"], "kid": floor["kid"], "inception_score": floor["inception_score"],
+            "fid": floor["fid"],
+            "kid": floor["kid"],
+            "inception_score": floor["inception_score"],
             "class_counts": dict(zip(names, floor["class_counts"], strict=True)),
         },
-    }  # fmt: skip
+    }
     return _rounded(metrics), fake
 
 
 def _rounded(d: dict) -> dict:
-    return {k: _rounded(v) if isinstance(v, dict) else round(v, 6) if isinstance(v, float) else v for k, v in d.items()}  # fmt: skip
+    return {
+        k: _rounded(v) if isinstance(v, dict) else round(v, 6) if isinstance(v, float) else v
+        for k, v in d.items()
+    }

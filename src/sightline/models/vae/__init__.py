@@ -14,14 +14,14 @@ from torch.distributions import ContinuousBernoulli
 from sightline.config import ImageDataConfig, ModelParams, ScoreConfig, Strict, TrainerConfig
 from sightline.data.images import ImageDataModule
 from sightline.data.preprocess import ImagePreprocess
-from sightline.generative import (
+from sightline.models.generative import (
     check_count,
     check_downsampling,
     draw_latents,
     image_datamodule,
-    to_pil,
+    samples_to_pil,
 )
-from sightline.registry import ModelSpec, register_model
+from sightline.spec import ModelSpec
 
 
 class VAEConfig(Strict):
@@ -64,9 +64,14 @@ class VAENet(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, size: tuple[int, int], latent_dim: int, channels: list[int],
-        hidden: int, negative_slope: float,
-    ) -> None:  # fmt: skip
+        self,
+        in_channels: int,
+        size: tuple[int, int],
+        latent_dim: int,
+        channels: list[int],
+        hidden: int,
+        negative_slope: float,
+    ) -> None:
         super().__init__()
         h, w = size[0] // 2 ** len(channels), size[1] // 2 ** len(channels)
         self.grid = (channels[-1], h, w)
@@ -109,18 +114,30 @@ class VAEModule(L.LightningModule):
     """
 
     def __init__(
-        self, class_names: list[str], preprocess: dict, latent_dim: int = 16, beta: float = 1.0,
-        likelihood: str = "bernoulli", channels: list[int] = (32, 64),
-        hidden: int = 256, negative_slope: float = 0.2, lr: float = 2e-3,
-        weight_decay: float = 0.0, max_samples: int = 256,
-    ) -> None:  # fmt: skip
+        self,
+        class_names: list[str],
+        preprocess: dict,
+        latent_dim: int = 16,
+        beta: float = 1.0,
+        likelihood: str = "bernoulli",
+        channels: list[int] = (32, 64),
+        hidden: int = 256,
+        negative_slope: float = 0.2,
+        lr: float = 2e-3,
+        weight_decay: float = 0.0,
+        max_samples: int = 256,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.preprocess = ImagePreprocess.from_dict(preprocess)
         self.net = VAENet(
-            self.preprocess.channels, self.preprocess.size, latent_dim, list(channels), hidden,
+            self.preprocess.channels,
+            self.preprocess.size,
+            latent_dim,
+            list(channels),
+            hidden,
             negative_slope,
-        )  # fmt: skip
+        )
 
     def reconstruction_nll(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """-log p(x | z) summed over pixels, per image ``(B,)``, in nats."""
@@ -148,8 +165,20 @@ class VAEModule(L.LightningModule):
         recon, kl, _ = self.terms(x)
         loss = (recon + self.hparams.beta * kl).mean()
         on_step = stage == "train"
-        for key, value in (("loss", loss), ("nelbo", (recon + kl).mean()), ("recon", recon.mean()), ("kl", kl.mean())):  # fmt: skip
-            self.log(f"{stage}/{key}", value, on_step=on_step, on_epoch=True, sync_dist=True, prog_bar=key == "nelbo")  # fmt: skip
+        for key, value in (
+            ("loss", loss),
+            ("nelbo", (recon + kl).mean()),
+            ("recon", recon.mean()),
+            ("kl", kl.mean()),
+        ):
+            self.log(
+                f"{stage}/{key}",
+                value,
+                on_step=on_step,
+                on_epoch=True,
+                sync_dist=True,
+                prog_bar=key == "nelbo",
+            )
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -201,7 +230,7 @@ class VAEModule(L.LightningModule):
     @torch.no_grad()
     def postprocess(self, images: torch.Tensor) -> list:
         """Images in [0, 1] ``(B, C, H, W)`` -> PIL images."""
-        return to_pil(images)
+        return samples_to_pil(images)
 
 
 def _datamodule(section: VAEParams, data_dir, seed: int) -> ImageDataModule:
@@ -210,25 +239,18 @@ def _datamodule(section: VAEParams, data_dir, seed: int) -> ImageDataModule:
 
 def _module_kwargs(section: VAEParams, dm: ImageDataModule) -> dict:
     m = section.model
-    check_downsampling(dm.preprocess.size, len(m.channels), "models.vae.model.channels", section.data.dataset)  # fmt: skip
+    check_downsampling(
+        dm.preprocess.size, len(m.channels), "models.vae.model.channels", section.data.dataset
+    )
     return {**m.model_dump(), "class_names": dm.class_names, "preprocess": dm.preprocess.to_dict()}
 
 
-def _evaluate(*args, **kwargs) -> dict:
-    from sightline.metrics.vae import evaluate_vae
-
-    return evaluate_vae(*args, **kwargs)
-
-
-register_model(
-    ModelSpec(
-        name="vae",
-        module=VAEModule,
-        params=VAEParams,
-        datamodule=_datamodule,
-        module_kwargs=_module_kwargs,
-        evaluate=_evaluate,
-        monitor="val/nelbo",
-        mode="min",
-    )
+SPEC = ModelSpec(
+    name="vae",
+    module=VAEModule,
+    params=VAEParams,
+    datamodule=_datamodule,
+    module_kwargs=_module_kwargs,
+    monitor="val/nelbo",
+    mode="min",
 )

@@ -14,14 +14,20 @@ from torchmetrics.classification import MulticlassAccuracy
 from sightline.config import ImageDataConfig, ModelParams, Strict, TrainerConfig
 from sightline.data.images import ImageDataModule
 from sightline.data.preprocess import ImagePreprocess
-from sightline.registry import ModelSpec, register_model
+from sightline.spec import ModelSpec
 
 
 def stage_block_counts(blocks_per_stage: int | list[int], channels: list[int]) -> list[int]:
     """One block count per stage; ``ValueError`` when they do not fit ``channels``."""
-    counts = blocks_per_stage if isinstance(blocks_per_stage, list) else [blocks_per_stage] * len(channels)  # fmt: skip
+    counts = (
+        blocks_per_stage
+        if isinstance(blocks_per_stage, list)
+        else [blocks_per_stage] * len(channels)
+    )
     if len(counts) != len(channels) or min(counts) < 1:
-        raise ValueError(f"blocks_per_stage {blocks_per_stage!r} needs one count >= 1 per entry of channels {channels!r}")  # fmt: skip
+        raise ValueError(
+            f"blocks_per_stage {blocks_per_stage!r} needs one count >= 1 per entry of channels {channels!r}"
+        )
     return counts
 
 
@@ -69,10 +75,17 @@ class ClassifierNet(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, size: tuple[int, int], num_classes: int, channels: list[int],
-        blocks_per_stage: int | list[int], pool: str, hidden: int, dropout: float,
+        self,
+        in_channels: int,
+        size: tuple[int, int],
+        num_classes: int,
+        channels: list[int],
+        blocks_per_stage: int | list[int],
+        pool: str,
+        hidden: int,
+        dropout: float,
         negative_slope: float,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         counts = stage_block_counts(blocks_per_stage, channels)
         stages, c, h, w = [], in_channels, *size
@@ -137,9 +150,16 @@ class ClassifierModule(L.LightningModule):
         self.save_hyperparameters()
         self.preprocess = ImagePreprocess.from_dict(preprocess)
         self.net = ClassifierNet(
-            self.preprocess.channels, self.preprocess.size, len(class_names), list(channels),
-            blocks_per_stage, pool, hidden, dropout, negative_slope,
-        )  # fmt: skip
+            self.preprocess.channels,
+            self.preprocess.size,
+            len(class_names),
+            list(channels),
+            blocks_per_stage,
+            pool,
+            hidden,
+            dropout,
+            negative_slope,
+        )
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.train_acc = MulticlassAccuracy(len(class_names), average="micro")
@@ -205,9 +225,14 @@ class ClassifierModule(L.LightningModule):
 def _datamodule(section: ClassifierParams, data_dir, seed: int) -> ImageDataModule:
     d = section.data
     return ImageDataModule(
-        data_dir, d.batch_size, d.eval_batch_size, d.num_workers, d.augment.model_dump(),
-        d.train_subset, seed,
-    )  # fmt: skip
+        data_dir,
+        d.batch_size,
+        d.eval_batch_size,
+        d.num_workers,
+        d.augment.model_dump(),
+        d.train_subset,
+        seed,
+    )
 
 
 def _module_kwargs(section: ClassifierParams, dm: ImageDataModule) -> dict:
@@ -218,21 +243,12 @@ def _module_kwargs(section: ClassifierParams, dm: ImageDataModule) -> dict:
     }
 
 
-def _evaluate(*args, **kwargs) -> dict:
-    from sightline.metrics.classifier import evaluate_classifier
-
-    return evaluate_classifier(*args, **kwargs)
-
-
-register_model(
-    ModelSpec(
-        name="classifier",
-        module=ClassifierModule,
-        params=ClassifierParams,
-        datamodule=_datamodule,
-        module_kwargs=_module_kwargs,
-        evaluate=_evaluate,
-        monitor="val/acc",
-        mode="max",
-    )
+SPEC = ModelSpec(
+    name="classifier",
+    module=ClassifierModule,
+    params=ClassifierParams,
+    datamodule=_datamodule,
+    module_kwargs=_module_kwargs,
+    monitor="val/acc",
+    mode="max",
 )
