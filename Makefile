@@ -8,7 +8,7 @@ PORT   ?= 3000
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup system data run test test-slow lint format bench bench-serve bench-spam gpu-check reproduce-check compare package serve promote clean
+.PHONY: help setup system data run test test-slow lint format bench bench-serve bench-spam gpu-check reproduce-check compare package serve promote push pull clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -86,6 +86,14 @@ reproduce-check: setup system data ## retrain MODEL (default classifier) from sc
 
 compare: setup ## leaderboard of the models and their DVC experiments -> reports/leaderboard.{md,html}
 	$(BIN)/python pipeline/compare.py
+
+push: setup ## send what dvc.lock names (prepared data, models, the Bento) to the DVC remote; EXP=<name> also pushes that experiment (GIT_REMOTE=origin)
+	$(BIN)/dvc push
+	$(if $(EXP),$(BIN)/dvc exp push $(or $(GIT_REMOTE),origin) $(EXP))
+
+pull: setup ## fetch what dvc.lock names from the DVC remote and put the Bento into the BentoML store: make serve then needs no training
+	$(BIN)/dvc pull
+	$(BIN)/python pipeline/restore.py
 
 clean: ## remove run scratch and caches (keeps data, models and metrics)
 	rm -rf runs .pytest_cache .ruff_cache

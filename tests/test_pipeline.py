@@ -261,6 +261,8 @@ def test_a_sixth_model_is_three_files_and_a_params_section(reproduced, tmp_path)
     repo = tmp_path / "repo"
     shutil.copytree(reproduced, repo, symlinks=True)
     git = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
+    run_cli(["dvc", "commit", "-f"], repo)  # earlier tests wrote into the copy's outputs
+    assert json.loads(run_cli(["dvc", "status", "--json"], repo).stdout or "{}") == {}
     run_cli([*git, "add", "-A"], repo)
     run_cli([*git, "commit", "-qm", "reproduced"], repo)  # what `dvc repro` left, committed
     (repo / "src/sightline/models/toy").mkdir()
@@ -380,3 +382,93 @@ def test_stages_find_the_project_interpreter(tmp_path):
     )
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "lacks" in done.stderr and "make setup" in done.stderr
+
+
+def test_a_clone_pulls_and_serves_without_training(reproduced, tmp_path):
+    """Repository A pushes its data, models, Bento and an experiment to a DVC remote (a local
+    folder); a fresh clone B pulls them and serves a prediction: no stage re-runs in B, and the
+    experiment is in B's `dvc exp show`. Runs after the experiments test, whose runs it shares."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from conftest import free_port, png_bytes, wait_ready
+
+    a, store, origin = tmp_path / "a", tmp_path / "store", tmp_path / "origin.git"
+    shutil.copytree(reproduced, a, symlinks=True)
+    git = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
+    run_cli(["dvc", "commit", "-f"], a)  # earlier tests wrote into the copy's outputs
+    run_cli([*git, "add", "-A"], a)
+    run_cli([*git, "commit", "-qm", "trained"], a)
+    assert (
+        run_cli(["dvc", "remote", "modify", "--local", "store", "url", str(store)], a).returncode
+        == 0
+    )
+    pushed = run_cli(["dvc", "push"], a)
+    assert pushed.returncode == 0, pushed.stderr[-2000:]
+    run_cli(["git", "init", "-q", "--bare", str(origin)], tmp_path)
+    run_cli(["git", "remote", "add", "origin", str(origin)], a)
+    assert run_cli(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], a).returncode == 0
+    shared = run_cli(["dvc", "exp", "push", "origin", "drop-a"], a)
+    assert shared.returncode == 0, shared.stderr[-2000:]
+
+    b = tmp_path / "b"
+    assert (
+        run_cli(["git", "clone", "-q", "-b", "main", str(origin), str(b)], tmp_path).returncode == 0
+    )
+    run_cli(["dvc", "remote", "modify", "--local", "store", "url", str(store)], b)
+    pulled = run_cli(["dvc", "pull"], b)
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    status = run_cli(["dvc", "status", "--json"], b)
+    assert json.loads(status.stdout or "{}") == {}, status.stdout  # nothing to re-run
+    assert (b / "models/classifier/model.safetensors").is_file()
+    got = run_cli(["dvc", "exp", "pull", "origin", "drop-a"], b)
+    assert got.returncode == 0, got.stderr[-2000:]
+    shown = json.loads(run_cli(["dvc", "exp", "show", "--json"], b).stdout)
+    names = {e.get("name") for row in shown for e in row.get("experiments") or []}
+    assert "drop-a" in names, names
+
+    home = tmp_path / "bentoml"  # a store that has never seen these models
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(home),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    restored = subprocess.run(
+        [sys.executable, "pipeline/restore.py"], cwd=b, env=env, capture_output=True, text=True
+    )
+    assert restored.returncode == 0 and "imported" in restored.stdout, restored.stderr[-2000:]
+    tag = json.loads((b / "bento/bento.json").read_text())["bento"]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_ready(url, proc)
+        boundary = "sightlineboundary"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'
+            ).encode()
+            + png_bytes((28, 28), (128, 128, 128))
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        request = urllib.request.Request(
+            f"{url}/classifier/predict",
+            data=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            answer = json.loads(resp.read())
+        assert resp.status == 200 and answer[0][0]["label"], answer
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
