@@ -84,8 +84,8 @@ bench-spam: setup system ## the served spam filter on image spam: latency, error
 reproduce-check: setup system data ## retrain MODEL (default classifier) from scratch, compare with metrics/$(MODEL).json
 	$(BIN)/python pipeline/check_reproducible.py $(MODEL)
 
-compare: setup ## leaderboard of the models and their DVC experiments -> reports/leaderboard.{md,html}
-	$(BIN)/python pipeline/compare.py
+compare: setup ## leaderboard of the models and their DVC experiments -> reports/leaderboard.{md,html}; ALL=1: experiments of every commit
+	$(BIN)/python pipeline/compare.py $(if $(ALL),--all-commits)
 
 push: setup ## send what dvc.lock names (prepared data, models, the Bento) to the DVC remote; EXP=<name> also pushes that experiment (GIT_REMOTE=origin)
 	$(BIN)/dvc push

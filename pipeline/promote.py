@@ -107,7 +107,7 @@ def main() -> None:
         bentoml.bentos.get(bento["bento"])
     except NotFound:  # built elsewhere (a queued or remote run): import the exported archive
         bentoml.bentos.import_bento(
-            str(BENTO_JSON.parent / f"{bento['bento'].split(':')[0]}.bento")
+            str((BENTO_JSON.parent / f"{bento['bento'].split(':')[0]}.bento").resolve())
         )
     print(
         f"promoted {bento['models'][args.model]} (experiment {bento.get('experiment')}) in Bento {bento['bento']}"

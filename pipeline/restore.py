@@ -32,7 +32,12 @@ def main() -> None:
     except NotFound:
         if not archive.is_file():
             raise CheckpointError(f"{archive}: missing; run `dvc pull`") from None
-        bentoml.bentos.import_bento(str(archive))
+        try:
+            bentoml.bentos.import_bento(str(archive.resolve()))
+        except Exception as err:  # a truncated or foreign archive: one line, naming it
+            raise CheckpointError(
+                f"{archive}: not importable ({type(err).__name__}: {err})"
+            ) from None
         print(
             f"{bento['bento']}: imported from {archive}, with models {', '.join(bento['models'].values())}"
         )

@@ -426,7 +426,7 @@ def test_a_clone_pulls_and_serves_without_training(reproduced, tmp_path):
     assert (b / "models/classifier/model.safetensors").is_file()
     got = run_cli(["dvc", "exp", "pull", "origin", "drop-a"], b)
     assert got.returncode == 0, got.stderr[-2000:]
-    shown = json.loads(run_cli(["dvc", "exp", "show", "--json"], b).stdout)
+    shown = json.loads(run_cli(["dvc", "exp", "show", "--all-commits", "--json"], b).stdout)
     names = {e.get("name") for row in shown for e in row.get("experiments") or []}
     assert "drop-a" in names, names
 
