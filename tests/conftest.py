@@ -167,6 +167,26 @@ TINY_MODEL["spam"] = {
     "warmup_steps": 0,
     "char_grams": 512,
 }
+
+
+def fit_steps(module, dm, steps: int):
+    """``steps`` optimiser steps of ``module`` on ``dm`` on the CPU (no validation, logger,
+    checkpoint or progress bar); returns the trainer."""
+    import lightning as L
+
+    trainer = L.Trainer(
+        max_steps=steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(module, datamodule=dm)
+    return trainer
+
+
 TINY_DATA = {"clip": {"fashion_pairs": 32}}
 TINY_SCORE = {
     "samples": 60,

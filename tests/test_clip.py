@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_section
+from conftest import fit_steps, tiny_section
 from PIL import Image
 
 from sightline.data.emoji import load_emoji, split_groups
@@ -80,16 +80,7 @@ def test_logit_scale_starts_at_1_over_007_and_stays_clamped(prepared_emoji, prep
     assert math.isclose(clip.model.logit_scale.item(), math.log(1 / 0.07), rel_tol=1e-6)
     with torch.no_grad():
         clip.model.logit_scale.fill_(MAX_LOGIT_SCALE - 1e-3)
-    trainer = L.Trainer(
-        max_steps=3,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    trainer.fit(clip, datamodule=dm)
+    fit_steps(clip, dm, 3)
     assert clip.model.logit_scale.item() <= MAX_LOGIT_SCALE + 1e-6
 
 

@@ -7,7 +7,7 @@ import json
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_section
+from conftest import fit_steps, tiny_section
 
 from sightline.errors import CheckpointError, ConfigError, InputError
 from sightline.evaluation import evaluate
@@ -112,16 +112,7 @@ def test_one_gan_step_changes_generator_and_discriminator(prepared_fashion):
     L.seed_everything(0, verbose=False)
     module, dm = build("gan", prepared_fashion)
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    trainer = L.Trainer(
-        max_steps=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    trainer.fit(module, datamodule=dm)
+    trainer = fit_steps(module, dm, 2)
     after = module.state_dict()
     for part in ("generator.", "discriminator."):
         weights = [k for k in before if k.startswith(part) and k.endswith("weight")]
