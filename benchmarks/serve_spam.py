@@ -1,6 +1,6 @@
 """The served spam filter on image spam: latency, errors and what OCR read, per concurrency level.
 
-Starts the packaged Bento (``models/bento/bento.json``, after ``dvc repro package``) on a free
+Starts the packaged Bento (``bento/bento.json``, after ``dvc repro package``) on a free
 loopback port, waits for ``/readyz``, then sends ``/spam/predict`` requests, each one
 synthetic image-evasion message of the test split (subject, what is left of the body, its
 rendered picture as base64): ``--requests`` one at a time, then twice as many with
@@ -77,7 +77,7 @@ def main() -> None:
         sys.exit(
             f"{DATA}: fewer than {3 * args.requests} evasion messages; run dvc repro prepare@spam"
         )
-    bento = json.loads((ROOT / "models/bento/bento.json").read_text())["bento"]
+    bento = json.loads((ROOT / "bento/bento.json").read_text())["bento"]
     url = f"http://127.0.0.1:{free_port()}"
     bentoml = Path(sys.executable).with_name("bentoml")
     proc = subprocess.Popen(
