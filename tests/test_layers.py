@@ -4,6 +4,7 @@ cover every file a stage runs."""
 from __future__ import annotations
 
 import ast
+import functools
 import shlex
 import subprocess
 import sys
@@ -91,14 +92,15 @@ def closure(script: Path, model: str | None) -> set[Path]:
     return seen
 
 
-def _stages():
+@functools.cache
+def _stages() -> tuple:
     from dvc.repo import Repo
 
     with Repo(str(REPO)) as repo:
-        return [
+        return tuple(
             (s.addressing, s.cmd, [d.def_path for d in s.deps], [o.def_path for o in s.outs])
             for s in repo.index.stages
-        ]
+        )
 
 
 def _covered(path: Path, deps: list[str]) -> bool:
