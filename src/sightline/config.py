@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sightline.errors import ConfigError
 
@@ -120,12 +120,55 @@ class ModelParams(Strict):
     trainer: TrainerConfig = TrainerConfig()
 
 
+class SearchRange(Strict):
+    """A number drawn from ``[low, high]``: an integer when both bounds are, log-uniform with
+    ``log: true``, on a grid of ``step`` when given."""
+
+    low: int | float
+    high: int | float
+    log: bool = False
+    step: int | float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchRange:
+        if not self.low < self.high:
+            raise ValueError(f"low {self.low} must be below high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError("log: true needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("log and step exclude each other")
+        return self
+
+
+class SearchChoice(Strict):
+    """One of ``choices`` (numbers, strings, booleans or lists)."""
+
+    choices: list[Any] = Field(min_length=2)
+
+
+class SweepConfig(Strict):
+    """``sweeps.<model>``: what ``make sweep`` (Optuna) searches over in ``models.<model>``.
+
+    ``space`` and ``fixed`` are keyed by dotted paths inside the model's section
+    (``model.lr``); ``sightline.params`` checks that every path exists and every bound and
+    choice is a valid value of that key.
+    """
+
+    space: dict[str, SearchRange | SearchChoice] = Field(min_length=1)
+    fixed: dict[str, Any] = {}  # set in every trial (the default's value is trial 0's)
+    metric: str | None = None  # a logged validation metric; None: the model's checkpoint monitor
+    direction: Literal["maximize", "minimize"] | None = None  # None: the monitor's mode
+    startup_trials: int = Field(3, ge=0)  # random trials before TPE, and before any pruning
+    warmup_epochs: int = Field(1, ge=0)  # epochs of a trial before it may be pruned
+
+
 class Params(Strict):
     """The whole ``params.yaml``."""
 
     seed: int
     datasets: dict[str, DatasetConfig]
     models: dict[str, Any]  # validated per model against its own schema (``sightline.params``)
+    sweeps: dict[str, SweepConfig] = {}  # no stage reads it: ``make sweep`` does
 
 
 def _format_error(err: ValidationError, prefix: str) -> str:

@@ -63,10 +63,10 @@ class ProgressLines(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        shown = {
-            k: v
+        shown = {  # epoch values only: a metric logged per step and epoch shows once
+            k.removesuffix("_epoch"): v
             for k, v in trainer.callback_metrics.items()
-            if k.startswith(("train/", "val/")) and v.numel() == 1
+            if k.startswith(("train/", "val/")) and not k.endswith("_step") and v.numel() == 1
         }
         metrics = ", ".join(f"{k} {float(v):.4g}" for k, v in sorted(shown.items()))
         print(
@@ -77,9 +77,14 @@ class ProgressLines(L.Callback):
 
 
 def _is_launcher_process() -> bool:
-    # Lightning's DDP launcher re-runs the script with LOCAL_RANK/NODE_RANK set for the
-    # other ranks; only the first process may clean or reuse the run directory.
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    """Whether this process is global rank 0, before the process group exists: only it may
+    clean or reuse the run directory and the logs. torchrun sets ``RANK``, SLURM's srun
+    ``SLURM_PROCID``; Lightning's own launcher re-runs the script with ``LOCAL_RANK`` and
+    ``NODE_RANK`` set for the other processes."""
+    for key in ("RANK", "SLURM_PROCID"):
+        if key in os.environ:
+            return os.environ[key] == "0"
+    return all(os.environ.get(key, "0") == "0" for key in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK"))
 
 
 def _resume_checkpoint(run_dir: Path, fp: str) -> Path | None:
