@@ -109,3 +109,58 @@ def test_blocks_per_stage_must_fit_channels():
     raw["models"]["classifier"]["model"].update(channels=[8, 16], blocks_per_stage=[1, 2, 3])
     with pytest.raises(ConfigError, match=r"models\.classifier\.model.*blocks_per_stage"):
         parse_params(raw)
+
+
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (
+            lambda s: s["space"].update({"model.lrr": {"low": 0.1, "high": 0.2}}),
+            r"sweeps\.classifier\.space\.model\.lrr: models\.classifier has no key model\.lrr",
+        ),
+        (
+            lambda s: s["space"].update({"model.dropout": {"low": 0.5, "high": 1.5}}),
+            r"sweeps\.classifier\.space\.model\.dropout: 1\.5 is not a valid value",
+        ),
+        (
+            lambda s: s["space"].update({"data.batch_size": {"choices": [128, "big"]}}),
+            r"sweeps\.classifier\.space\.data\.batch_size: 'big' is not a valid value",
+        ),
+        (
+            lambda s: s["fixed"].update({"trainer.max_epochs": 0.5}),
+            r"sweeps\.classifier\.fixed\.trainer\.max_epochs: 0\.5 is not a valid value",
+        ),
+        (
+            lambda s: s["space"].update({"model.lr": {"low": 0.1, "high": 0.01}}),
+            r"sweeps\.classifier\.space\.model\.lr.*low 0\.1 must be below high 0\.01",
+        ),
+        (
+            lambda s: s["space"].update({"model.lr": {"low": 0.0, "high": 0.1, "log": True}}),
+            r"log: true needs low > 0",
+        ),
+        (lambda s: s.update(pruner="median"), r"sweeps\.classifier\.pruner: unknown key"),
+    ],
+)
+def test_bad_sweep_space_is_named(edit, needle):
+    raw = raw_params()
+    edit(raw["sweeps"]["classifier"])
+    with pytest.raises(ConfigError, match=needle):
+        parse_params(raw)
+
+
+def test_sweep_of_a_missing_model_is_named():
+    raw = raw_params()
+    raw["sweeps"]["nosuch"] = raw["sweeps"]["classifier"]
+    with pytest.raises(ConfigError, match=r"sweeps\.nosuch: no models\.nosuch section"):
+        parse_params(raw)
+
+
+def test_a_stage_does_not_read_the_sweeps():
+    """A model's stages parse their own section only: a sweep space they cannot satisfy is
+    ``make sweep``'s error, not theirs."""
+    raw = raw_params()
+    raw["sweeps"]["classifier"]["space"]["model.lrr"] = {"low": 0.1, "high": 0.2}
+    from sightline.params import parse_section
+
+    _, section = parse_section(raw, "classifier")
+    assert section.model.lr == raw["models"]["classifier"]["model"]["lr"]

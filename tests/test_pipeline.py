@@ -168,6 +168,200 @@ def test_rerun_reproduces_committed_metrics_and_catches_tampering(reproduced, tm
     assert result.returncode == 1 and "test/acc" in result.stderr
 
 
+def _committed_copy(reproduced: Path, dst: Path, edit=None) -> Path:
+    """A copy of the reproduced tiny repository, its params changed by ``edit`` (a function of
+    the params mapping), committed with what `dvc repro` left."""
+    shutil.copytree(reproduced, dst, symlinks=True)
+    run_cli(["dvc", "commit", "-f"], dst)  # earlier tests wrote into the copy's outputs
+    if edit is not None:
+        params = yaml.safe_load((dst / "params.yaml").read_text())
+        edit(params)
+        (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
+    run_cli([*git, "add", "-A"], dst)
+    run_cli([*git, "commit", "-qm", "reproduced"], dst)
+    return dst
+
+
+def test_two_nodes_train_with_rank_zero_writing_and_resume_after_a_lost_rank(reproduced, tmp_path):
+    """`trainer.num_nodes: 2`: node 0 runs `dvc repro train@classifier`, node 1 the stage's
+    command in its own folder (sharing only the code, the data and the run's scratch), both on
+    the loopback with gloo. A rank killed mid-run fails both nodes with one line; running both
+    again resumes from last.ckpt; only node 0 holds models/ and dvclive/; `evaluate` then reads
+    the result like any other."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    from conftest import free_port
+
+    node0 = _committed_copy(
+        reproduced,
+        tmp_path / "node0",
+        lambda p: p["models"]["classifier"]["trainer"].update(
+            strategy="ddp", devices=1, num_nodes=2, accelerator="cpu", max_epochs=40
+        ),
+    )
+    (node0 / "runs").mkdir(exist_ok=True)
+    node1 = tmp_path / "node1"
+    node1.mkdir()
+    for shared in ("pipeline", "src", "params.yaml", "data", "runs"):
+        (node1 / shared).symlink_to(node0 / shared)
+
+    def start(port: int) -> tuple[subprocess.Popen, subprocess.Popen]:
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        opts = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        first = subprocess.Popen(
+            ["dvc", "repro", "train@classifier"], cwd=node0, env={**env, "NODE_RANK": "0"}, **opts
+        )
+        second = subprocess.Popen(
+            [sys.executable, "pipeline/train.py", "classifier"],
+            cwd=node1,
+            env={**env, "NODE_RANK": "1"},
+            **opts,
+        )
+        return first, second
+
+    first, second = start(free_port())
+    last = node0 / "runs/classifier/checkpoints/last.ckpt"
+    deadline = time.monotonic() + 180
+    while not last.is_file() and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.1)
+    assert last.is_file(), "no last.ckpt before the run ended"
+    rank1 = [
+        proc
+        for proc in psutil.Process(second.pid).children(recursive=True)
+        if proc.environ().get("RANK") == "1"
+    ]
+    assert len(rank1) == 1
+    rank1[0].send_signal(signal.SIGKILL)
+    out0, err0 = first.communicate(timeout=180)
+    out1, err1 = second.communicate(timeout=180)
+    assert first.returncode != 0 and second.returncode == 2
+    ours = [line for line in err0.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and "rank 0 lost another process" in ours[0], err0[-2000:]
+    assert "resume from runs/classifier/checkpoints/last.ckpt" in ours[0]
+    assert "Traceback" not in err0 + err1
+    ours = [line for line in err1.splitlines() if line.startswith("error:")]
+    assert ours == [
+        "error: train@classifier: rank 1 (node 1) was killed by SIGKILL; run the stage again on "
+        "every node to resume from runs/classifier/checkpoints/last.ckpt"
+    ], err1[-2000:]
+
+    first, second = start(free_port())
+    out0, err0 = first.communicate(timeout=300)
+    out1, err1 = second.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, err0[-2000:] + err1[-2000:]
+    info = json.loads((node0 / "models/classifier/train.json").read_text())
+    assert info["world_size"] == 2 and info["epochs"] == 40
+    assert info["resumed_from"] == "runs/classifier/checkpoints/last.ckpt"
+    assert info["global_steps"] == 40 * 10  # 320 images, 16 a step on each of the 2 ranks
+    assert (node0 / "dvclive/classifier/plots/metrics/val/acc.tsv").is_file()
+    assert sorted(p.name for p in node1.iterdir()) == [
+        "data",
+        "params.yaml",
+        "pipeline",
+        "runs",
+        "src",
+    ]
+    result = run_cli(["dvc", "repro", "evaluate@classifier"], node0)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ran = [line for line in result.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'evaluate@classifier':"], result.stdout[-2000:]
+    assert json.loads((node0 / "metrics/classifier.json").read_text())["test/n"] == 100
+
+
+def test_a_sweep_runs_trials_as_experiments_and_resumes_after_an_interrupt(reproduced, tmp_path):
+    """`make sweep` on the tiny classifier: 3 trials wanted, the second interrupted (Ctrl-C);
+    the re-run resumes the study to 3 finished trials. Trial 0 is today's params; every finished
+    trial is a DVC experiment holding its values; `make compare` ranks them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import optuna
+
+    sweep = {
+        "fixed": {"trainer.max_epochs": 2},
+        "space": {
+            "model.lr": {"low": 0.001, "high": 0.05, "log": True},
+            "model.dropout": {"low": 0.0, "high": 0.3},
+        },
+        "startup_trials": 1,
+    }
+    repo = _committed_copy(
+        reproduced, tmp_path / "repo", lambda p: p.update(sweeps={"classifier": sweep})
+    )
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [sys.executable, "pipeline/sweep.py", "classifier", "--trials", "3"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if (
+            line.startswith("  ")
+            and "Running stage 'train@classifier'" in line
+            and any(s.startswith("trial 1 (") for s in seen)
+        ):
+            break
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the middle of trial 1
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, "".join(seen) + out + err
+    assert "make sweep MODEL=classifier` resumes" in err and "Traceback" not in err
+
+    result = run_cli(cmd, repo)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    study = optuna.load_study(
+        study_name="sweep-classifier", storage=f"sqlite:///{repo / 'sweeps/classifier.db'}"
+    )
+    states = [t.state.name for t in sorted(study.trials, key=lambda t: t.number)]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"], states
+    baseline = study.trials[0].params
+    assert baseline == {"model.lr": 0.01, "model.dropout": 0.0}  # the tiny params of today
+    assert (
+        "best: trial" in result.stdout
+        and "make promote MODEL=classifier EXP=sweep-classifier-" in result.stdout
+    )
+
+    rows = json.loads(run_cli(["dvc", "exp", "show", "--json"], repo).stdout)
+    found = {
+        rev["name"]: rev["data"]["params"]["params.yaml"]["data"]["models"]["classifier"]
+        for row in rows
+        for exp in row.get("experiments") or []
+        for rev in exp["revs"]
+    }
+    for trial in study.trials:
+        name = f"sweep-classifier-{trial.number}"
+        if trial.state.name != "COMPLETE":
+            assert name not in found
+            continue
+        section = found[name]
+        assert section["trainer"]["max_epochs"] == 2
+        assert section["model"]["lr"] == pytest.approx(trial.params["model.lr"], rel=1e-5)
+        assert section["model"]["dropout"] == pytest.approx(trial.params["model.dropout"], abs=1e-6)
+    result = run_cli(["python", "pipeline/compare.py"], repo)
+    assert result.returncode == 0, result.stderr[-2000:]
+    board = (repo / "reports/leaderboard.md").read_text()
+    assert all(f"sweep-classifier-{n}" in board for n in (0, 2, 3)), board
+
+
 TOY_MODEL = '''"""toy: a logistic regression on the pixels, the sixth model a test adds."""
 
 from __future__ import annotations
