@@ -67,11 +67,9 @@ def reason_of(status: int, body: bytes) -> dict:
         }
     if isinstance(data, dict):
         data = data.get("error") or data.get("detail") or ""
-    text = (
-        {404: "no such route", 405: "method not allowed"}.get(status)
-        or str(data)
-        or f"HTTP {status}"
-    )
+    generic = {404: "no such route", 405: "method not allowed"}  # the router's own refusals
+    text = str(data) if str(data) not in ("", "Not Found", "Method Not Allowed") else ""
+    text = text or generic.get(status) or f"HTTP {status}"
     if status == 503:
         text = f"overloaded, retry later: {text}"
     return {"error": text}
@@ -124,6 +122,9 @@ class Guard:
 
     def __init__(self, app, config, file_fields: dict[str, dict[str, str]], fix_spec) -> None:
         self.app, self.config, self.file_fields, self.fix_spec = app, config, file_fields, fix_spec
+        # a task's submit route stores the request and answers before it is read: its upload is
+        # checked here, so a request the task could not run is refused at once
+        self.tasks = {path for path in file_fields if path.endswith("/submit")}
         self.token = os.environ.get("SIGHTLINE_API_TOKEN") or None
         public = HEALTH | (
             {"/metrics"} if os.environ.get("SIGHTLINE_PUBLIC_METRICS") == "1" else set()
@@ -196,6 +197,9 @@ class Guard:
         headers = dict(scope["headers"])
         ctype = headers.get(b"content-type", b"")
         form = ctype.lower().startswith((b"multipart/", b"application/x-www-form-urlencoded"))
+        if scope["path"] in self.tasks and not ctype.lower().startswith(b"multipart/"):
+            fields = ", ".join(self.file_fields[scope["path"]])
+            raise ClientError(400, f"expected a multipart/form-data upload of: {fields}")
         length = headers.get(b"content-length")
         limit = self.config.max_request_bytes
         if length is not None and (not length.isdigit() or int(length) > limit):
@@ -259,6 +263,10 @@ class Guard:
                         400,
                         f"{field}: expected a file upload, got a text field (URLs are never fetched; upload the file itself)",
                     )
+        if path in self.tasks:
+            for field in self.file_fields[path]:
+                if not any(p.name == field and p.filename is not None for p in parts):
+                    raise ClientError(400, f"{field}: missing (a file upload)")
         pixels = image_pixels(parts)
         if pixels > self.config.max_pixels:
             raise ClientError(

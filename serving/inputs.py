@@ -13,6 +13,7 @@ import base64
 import binascii
 import io
 import os
+import re
 import string
 from contextlib import contextmanager
 from http import HTTPStatus
@@ -203,6 +204,32 @@ class SpamResult(BaseModel):
     threshold: float = Field(description="chosen on the validation split")
     modalities: Modalities
     parse_issues: dict[str, int] = Field(default_factory=dict)
+
+
+def read_mailbox(path: Path) -> list[bytes]:
+    """The raw emails of an mbox file, in order, ``From`` lines unquoted; ``InputError`` when it
+    holds none, ``BudgetError`` over ``max_mailbox_messages``."""
+    import mailbox
+
+    box = mailbox.mbox(path, create=False)
+    keys = list(box.keys())
+    if not keys:
+        raise InputError(
+            "no emails in the mailbox: an mbox file starts each one with a 'From ' line"
+        )
+    if len(keys) > CONFIG.max_mailbox_messages:
+        raise BudgetError(
+            f"{len(keys)} emails in the mailbox: at most {CONFIG.max_mailbox_messages} per task"
+        )
+    # mboxrd: a body line ">From " (">>From ", ...) was "From " (">From ") before it was stored
+    return [re.sub(rb"(?m)^>(>*From )", rb"\1", box.get_bytes(key)) for key in keys]
+
+
+class MailboxResult(BaseModel):
+    index: int = Field(description="the email's position in the mailbox, from 0")
+    subject: str = Field(description="its subject, cut to 200 characters")
+    result: SpamResult | None = Field(None, description="as /spam/predict_email; null on error")
+    error: str | None = Field(None, description="why this email could not be classified")
 
 
 # --- clip -------------------------------------------------------------------------------------

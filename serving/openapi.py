@@ -41,6 +41,33 @@ ERRORS = {
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
 DROP = ("pil", "$schema", "format_", "content_type")
 
+# A task's routes (``@bentoml.task``): BentoML documents a status enum and required timestamps
+# its server does not send (``submit`` answers only ``task_id`` and ``status``), and no 404.
+TASK_STATUS = {
+    "type": "object",
+    "title": "TaskStatusResponse",
+    "required": ["task_id", "status"],
+    "properties": {
+        "task_id": {"type": "string"},
+        "status": {
+            "type": "string",
+            "enum": ["pending", "in_progress", "completed", "failed", "canceled"],
+        },
+        "created_at": {"type": "string"},
+        "executed_at": {"type": "string", "nullable": True},
+    },
+}
+UNKNOWN_TASK = {"404": "no task with this task_id (results are kept in this server's memory)"}
+TASK_ERRORS = {
+    "status": UNKNOWN_TASK,
+    "retry": UNKNOWN_TASK,
+    "get": {  # a failed task's answer is the refusal its request got
+        **UNKNOWN_TASK,
+        "400": "the task is not completed yet, or its input was malformed",
+        "413": "the task's input was over a budget",
+    },
+}
+
 
 def _fix_schema(node):
     """Recursively turn a JSON-Schema-2020 node into an OpenAPI 3.0 schema node."""
@@ -137,6 +164,11 @@ def fix_spec(spec: dict, file_fields: dict[str, dict[str, str]]) -> dict:
     }
     components = spec.setdefault("components", {}).setdefault("schemas", {})
     components["Error"] = ERROR_SCHEMA
+    if "TaskStatusResponse" in components:
+        components["TaskStatusResponse"] = TASK_STATUS
+    tasks = {
+        path.removesuffix("/submit") for path in spec.get("paths", {}) if path.endswith("/submit")
+    }
     ref = {"$ref": "#/components/schemas/Error"}
     for path, ops in spec.get("paths", {}).items():
         for method, op in ops.items():
@@ -144,7 +176,10 @@ def fix_spec(spec: dict, file_fields: dict[str, dict[str, str]]) -> dict:
                 continue
             for code in ("404", "500"):  # BentoML's own, with bodies the guard rewrites
                 op["responses"].pop(code, None)
-            for code, text in _responses(path, method).items():
+            responses = _responses(path, method)
+            if path.rsplit("/", 1)[0] in tasks:
+                responses = {**responses, **TASK_ERRORS.get(path.rsplit("/", 1)[1], {})}
+            for code, text in responses.items():
                 response = {"description": text, "content": {"application/json": {"schema": ref}}}
                 if code == "503":
                     response["headers"] = RETRY_AFTER

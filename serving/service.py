@@ -46,6 +46,7 @@ from serving.inputs import (
     ImageFiles,
     Images,
     Label,
+    MailboxResult,
     Messages,
     Seed,
     SpamResult,
@@ -54,9 +55,11 @@ from serving.inputs import (
     check_request_chars,
     client_errors,
     decoded,
+    read_mailbox,
 )
 from serving.openapi import fix_spec
 from sightline.data.captions import FASHION_TEMPLATES
+from sightline.errors import InputError
 from sightline.mail.ocr import available as ocr_available
 from sightline.mail.parse import parse_email
 
@@ -190,6 +193,38 @@ class Sightline:
         )
         return SpamResult(**out[0], parse_issues=dict(parsed.issues))
 
+    @bentoml.task(route="/spam/predict_mailbox")
+    async def spam_predict_mailbox(
+        self, mailbox: Annotated[Path, bentoml.validators.ContentType("application/mbox")]
+    ) -> list[MailboxResult]:
+        """Bulk mail as a task: an mbox file -> one result per email, in order. Submit it to
+        ``/spam/predict_mailbox/submit``, poll ``/spam/predict_mailbox/status?task_id=...``,
+        read ``/spam/predict_mailbox/get?task_id=...``. An email that cannot be parsed or holds
+        nothing to classify gets its reason in ``error``; the others are classified
+        ``max_messages`` at a time, their images read by the OCR service in parallel."""
+        with client_errors():
+            raws = await asyncio.to_thread(read_mailbox, Path(mailbox))
+        out: list[MailboxResult] = []
+        for start in range(0, len(raws), CONFIG.max_messages):
+            chunk = raws[start : start + CONFIG.max_messages]
+            parsed = await asyncio.to_thread(lambda c=chunk: [_parse_or_error(raw) for raw in c])
+            todo = [(i, p) for i, p in enumerate(parsed) if not isinstance(p, str)]
+            scores = iter(
+                await self._classify(
+                    [{"subject": p.subject, "body": p.text, "images": p.images} for _, p in todo]
+                )
+                if todo
+                else []
+            )
+            for i, p in enumerate(parsed):
+                index = start + i
+                if isinstance(p, str):
+                    out.append(MailboxResult(index=index, subject="", error=p))
+                else:
+                    result = SpamResult(**next(scores), parse_issues=dict(p.issues))
+                    out.append(MailboxResult(index=index, subject=p.subject[:200], result=result))
+        return out
+
     # vae
 
     @bentoml.api(route="/vae/reconstruct")
@@ -295,13 +330,33 @@ class Sightline:
         return self.tags
 
 
+def _parse_or_error(raw: bytes):
+    """A parsed email, or the reason it cannot be classified."""
+    try:
+        parsed = parse_email(
+            raw,
+            max_pixels=CONFIG.max_pixels,
+            max_header_line=CONFIG.max_header_line,
+            max_part_chars=CONFIG.max_email_part_chars,
+            max_parts=CONFIG.max_email_parts,
+        )
+    except InputError as err:
+        return str(err)
+    return "nothing to classify: no subject, text or images" if parsed.empty else parsed
+
+
+FILE_TYPES = {"email": "message/rfc822", "mailbox": "application/mbox"}  # else images
+
+
 def _file_fields() -> dict[str, dict[str, str]]:
-    """``{route: {field: content type}}`` of every multipart file field of the service."""
+    """``{route: {field: content type}}`` of every multipart file field of the service (a task
+    takes its input at ``<route>/submit``)."""
     out = {}
     for api in Sightline.apis.values():
         fields = getattr(api.input_spec, "multipart_fields", [])
         if fields:
-            out[api.route] = {f: "message/rfc822" if f == "email" else "image/*" for f in fields}
+            route = f"{api.route}/submit" if api.is_task else api.route
+            out[route] = {f: FILE_TYPES.get(f, "image/*") for f in fields}
     return out
 
 

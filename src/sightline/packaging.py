@@ -72,6 +72,7 @@ class ServingConfig(Strict):
     max_header_line: int = Field(8192, ge=998)  # an email header line (RFC 5322 allows 998)
     max_email_part_chars: int = Field(400_000, ge=1)  # an email's text part, cut before parsing
     max_email_parts: int = Field(256, ge=1)  # MIME parts of an email, counted before parsing
+    max_mailbox_messages: int = Field(1000, ge=1)  # emails in one /spam/predict_mailbox task
     top_k: int = Field(5, ge=1)
     batching: dict[str, BatchingConfig] = {}  # per model; the defaults above when not given
 
