@@ -183,26 +183,14 @@ def _committed_copy(reproduced: Path, dst: Path, edit=None) -> Path:
     return dst
 
 
-def test_two_nodes_train_with_rank_zero_writing_and_resume_after_a_lost_rank(reproduced, tmp_path):
-    """`trainer.num_nodes: 2`: node 0 runs `dvc repro train@classifier`, node 1 the stage's
-    command in its own folder (sharing only the code, the data and the run's scratch), both on
-    the loopback with gloo. A rank killed mid-run fails both nodes with one line; running both
-    again resumes from last.ckpt; only node 0 holds models/ and dvclive/; `evaluate` then reads
-    the result like any other."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    import psutil
-    from conftest import free_port
-
+def _two_nodes(reproduced: Path, tmp_path: Path, model: str, **trainer) -> tuple[Path, Path]:
+    """Node 0: a committed copy of the tiny repository whose ``model`` trains on 2 nodes x 1 CPU
+    process; node 1: a folder sharing only its code, params, data and run scratch."""
     node0 = _committed_copy(
         reproduced,
         tmp_path / "node0",
-        lambda p: p["models"]["classifier"]["trainer"].update(
-            strategy="ddp", devices=1, num_nodes=2, accelerator="cpu", max_epochs=40
+        lambda p: p["models"][model]["trainer"].update(
+            devices=1, num_nodes=2, accelerator="cpu", **trainer
         ),
     )
     (node0 / "runs").mkdir(exist_ok=True)
@@ -210,27 +198,68 @@ def test_two_nodes_train_with_rank_zero_writing_and_resume_after_a_lost_rank(rep
     node1.mkdir()
     for shared in ("pipeline", "src", "params.yaml", "data", "runs"):
         (node1 / shared).symlink_to(node0 / shared)
+    return node0, node1
 
-    def start(port: int) -> tuple[subprocess.Popen, subprocess.Popen]:
-        env = {
-            **os.environ,
-            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-        opts = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-        first = subprocess.Popen(
-            ["dvc", "repro", "train@classifier"], cwd=node0, env={**env, "NODE_RANK": "0"}, **opts
-        )
-        second = subprocess.Popen(
-            [sys.executable, "pipeline/train.py", "classifier"],
-            cwd=node1,
-            env={**env, "NODE_RANK": "1"},
-            **opts,
-        )
-        return first, second
 
-    first, second = start(free_port())
+def _start_nodes(node0: Path, node1: Path, model: str):
+    """``dvc repro train@<model>`` on node 0 and the stage's command on node 1, rendezvous on a
+    free loopback port; returns both processes."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
+    opts = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    first = subprocess.Popen(
+        ["dvc", "repro", f"train@{model}"], cwd=node0, env={**env, "NODE_RANK": "0"}, **opts
+    )
+    second = subprocess.Popen(
+        [sys.executable, "pipeline/train.py", model],
+        cwd=node1,
+        env={**env, "NODE_RANK": "1"},
+        **opts,
+    )
+    return first, second
+
+
+def _evaluate_reads_node_zeros_result(node0: Path, node1: Path, model: str) -> None:
+    assert json.loads((node0 / f"models/{model}/train.json").read_text())["world_size"] == 2
+    assert (node0 / f"dvclive/{model}/plots/metrics").is_dir()
+    assert sorted(p.name for p in node1.iterdir()) == [
+        "data",
+        "params.yaml",
+        "pipeline",
+        "runs",
+        "src",
+    ]
+    result = run_cli(["dvc", "repro", f"evaluate@{model}"], node0)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ran = [line for line in result.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == [f"Running stage 'evaluate@{model}':"], result.stdout[-2000:]
+    assert (node0 / f"metrics/{model}.json").is_file()
+
+
+def test_two_nodes_train_with_rank_zero_writing_and_resume_after_a_lost_rank(reproduced, tmp_path):
+    """`trainer.num_nodes: 2`: node 0 runs `dvc repro train@classifier`, node 1 the stage's
+    command in its own folder (sharing only the code, the data and the run's scratch), both on
+    the loopback with gloo. A rank killed mid-run fails both nodes with one line; running both
+    again resumes from last.ckpt; only node 0 holds models/ and dvclive/; `evaluate` then reads
+    the result like any other."""
+    import signal
+    import time
+
+    import psutil
+
+    node0, node1 = _two_nodes(reproduced, tmp_path, "classifier", strategy="ddp", max_epochs=40)
+
+    first, second = _start_nodes(node0, node1, "classifier")
     last = node0 / "runs/classifier/checkpoints/last.ckpt"
     deadline = time.monotonic() + 180
     while not last.is_file() and time.monotonic() < deadline and first.poll() is None:
@@ -256,27 +285,28 @@ def test_two_nodes_train_with_rank_zero_writing_and_resume_after_a_lost_rank(rep
         "every node to resume from runs/classifier/checkpoints/last.ckpt"
     ], err1[-2000:]
 
-    first, second = start(free_port())
+    first, second = _start_nodes(node0, node1, "classifier")
     out0, err0 = first.communicate(timeout=300)
     out1, err1 = second.communicate(timeout=300)
     assert first.returncode == 0 and second.returncode == 0, err0[-2000:] + err1[-2000:]
     info = json.loads((node0 / "models/classifier/train.json").read_text())
-    assert info["world_size"] == 2 and info["epochs"] == 40
-    assert info["resumed_from"] == "runs/classifier/checkpoints/last.ckpt"
+    assert info["epochs"] == 40 and info["resumed_from"] == "runs/classifier/checkpoints/last.ckpt"
     assert info["global_steps"] == 40 * 10  # 320 images, 16 a step on each of the 2 ranks
-    assert (node0 / "dvclive/classifier/plots/metrics/val/acc.tsv").is_file()
-    assert sorted(p.name for p in node1.iterdir()) == [
-        "data",
-        "params.yaml",
-        "pipeline",
-        "runs",
-        "src",
-    ]
-    result = run_cli(["dvc", "repro", "evaluate@classifier"], node0)
-    assert result.returncode == 0, result.stderr[-2000:]
-    ran = [line for line in result.stdout.splitlines() if line.startswith("Running stage")]
-    assert ran == ["Running stage 'evaluate@classifier':"], result.stdout[-2000:]
+    _evaluate_reads_node_zeros_result(node0, node1, "classifier")
     assert json.loads((node0 / "metrics/classifier.json").read_text())["test/n"] == 100
+
+
+def test_two_nodes_train_the_gan(reproduced, tmp_path):
+    """A generative model on 2 nodes: the GAN, whose steps each update one of its two networks,
+    so DDP must expect parameters without a gradient (`ddp_find_unused_parameters_true`)."""
+    node0, node1 = _two_nodes(
+        reproduced, tmp_path, "gan", strategy="ddp_find_unused_parameters_true", max_epochs=2
+    )
+    first, second = _start_nodes(node0, node1, "gan")
+    out0, err0 = first.communicate(timeout=300)
+    out1, err1 = second.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, err0[-2000:] + err1[-2000:]
+    _evaluate_reads_node_zeros_result(node0, node1, "gan")
 
 
 def test_a_sweep_runs_trials_as_experiments_and_resumes_after_an_interrupt(reproduced, tmp_path):
