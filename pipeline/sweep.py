@@ -91,6 +91,8 @@ def run_trial(study, model: str, sweep, metric: str, storage_url: str, total: in
         "study": study.study_name,
         "trial": trial.number,
         "metric": metric,
+        "startup_trials": sweep.startup_trials,
+        "warmup_epochs": sweep.warmup_epochs,
     }
     env = {**os.environ, "SIGHTLINE_SWEEP_TRIAL": json.dumps(spec)}
     start, tail = time.monotonic(), deque(maxlen=30)
@@ -161,6 +163,7 @@ def main() -> None:
     except ImportError:
         raise SightlineError("make sweep needs Optuna: pip install -e '.[sweep]'") from None
     from sightline.registry import get_model
+    from sightline.sweeps import median_pruner
 
     sweep = params.sweeps.get(args.model)
     if sweep is None:
@@ -177,9 +180,7 @@ def main() -> None:
         study_name=args.study or f"sweep-{args.model}",
         storage=storage_url,
         sampler=optuna.samplers.TPESampler(n_startup_trials=sweep.startup_trials, seed=params.seed),
-        pruner=optuna.pruners.MedianPruner(
-            n_startup_trials=sweep.startup_trials, n_warmup_steps=sweep.warmup_epochs
-        ),
+        pruner=median_pruner(sweep.startup_trials, sweep.warmup_epochs),
         direction=direction,
         load_if_exists=True,
     )

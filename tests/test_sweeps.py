@@ -93,3 +93,29 @@ def test_an_unlogged_metric_is_named(prepared_fashion, tmp_path):
             None,
             [TrialReporter(trial, "val/accuracy")],
         )
+
+
+def test_a_trial_process_prunes_with_the_sweeps_own_pruner(tmp_path):
+    """Optuna's storage keeps no pruner: the trial's training rebuilds the sweep's from the spec
+    it is handed (1 startup trial, 1 warmup epoch here), not Optuna's default (5 and 0)."""
+    import json
+
+    from sightline.sweeps import median_pruner
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(
+        study_name="s", storage=storage, direction="maximize", pruner=median_pruner(1, 1)
+    )
+    done = study.ask()
+    done.report(0.9, 0)
+    done.report(0.9, 1)
+    study.tell(done, 0.9)
+    number = study.ask().number
+    spec = {"storage": storage, "study": "s", "trial": number, "metric": "val/acc"}
+    reporter = TrialReporter.from_spec(
+        json.dumps({**spec, "startup_trials": 1, "warmup_epochs": 1})
+    )
+    reporter.trial.report(0.1, 0)
+    assert not reporter.trial.should_prune()  # epoch 0: still warming up
+    reporter.trial.report(0.1, 1)
+    assert reporter.trial.should_prune()  # behind the one finished trial's 0.9

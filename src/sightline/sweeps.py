@@ -54,6 +54,17 @@ def _unhashable(value: Any) -> Any:
     return value
 
 
+def median_pruner(startup_trials: int, warmup_epochs: int):
+    """The study's pruner: stop a trial whose metric is behind the median of earlier trials at
+    the same epoch, once ``startup_trials`` have finished and after ``warmup_epochs``. Optuna
+    keeps no pruner in its storage: the sweep and each trial's training build it here."""
+    import optuna
+
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs
+    )
+
+
 class TrialReporter(L.Callback):
     """After each validation epoch: report ``metric`` to an Optuna trial as step = epoch; when the
     study's pruner says so, raise ``TrialPruned`` (one line from the stage, no artifact written).
@@ -69,12 +80,17 @@ class TrialReporter(L.Callback):
     @classmethod
     def from_spec(cls, spec: str) -> TrialReporter:
         """From the JSON that ``pipeline/sweep.py`` hands a trial's stage:
-        ``{"storage": url, "study": name, "trial": number, "metric": name}``."""
+        ``{"storage": url, "study": name, "trial": number, "metric": name, "startup_trials":
+        n, "warmup_epochs": n}``."""
         import optuna
 
         try:
             info = json.loads(spec)
-            study = optuna.load_study(study_name=info["study"], storage=info["storage"])
+            study = optuna.load_study(
+                study_name=info["study"],
+                storage=info["storage"],
+                pruner=median_pruner(info["startup_trials"], info["warmup_epochs"]),
+            )
             trial_id = next(t._trial_id for t in study.trials if t.number == info["trial"])
             return cls(optuna.trial.Trial(study, trial_id), info["metric"])
         except (ValueError, KeyError, TypeError, StopIteration) as err:
