@@ -177,7 +177,8 @@ def fix_spec(spec: dict, file_fields: dict[str, dict[str, str]]) -> dict:
             for code in ("404", "500"):  # BentoML's own, with bodies the guard rewrites
                 op["responses"].pop(code, None)
             responses = _responses(path, method)
-            if path.rsplit("/", 1)[0] in tasks:
+            if path.rsplit("/", 1)[0] in tasks:  # BentoML names retry and cancel alike
+                op["operationId"] = "sightline__" + path.strip("/").replace("/", "_")
                 responses = {**responses, **TASK_ERRORS.get(path.rsplit("/", 1)[1], {})}
             for code, text in responses.items():
                 response = {"description": text, "content": {"application/json": {"schema": ref}}}
