@@ -61,6 +61,7 @@ def _stage_outputs(module, x: torch.Tensor) -> list[torch.Tensor]:
     h = x
     if module.hparams.channels_last:
         h = h.contiguous(memory_format=torch.channels_last)
+    h = module.net.stem(h)
     for stage in module.net.stages:
         h = stage(h)
         maps.append(h)
