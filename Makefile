@@ -8,7 +8,7 @@ PORT   ?= 3000
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup system data run test test-slow lint format bench bench-serve bench-spam gpu-check reproduce-check compare package serve sweep promote push pull clean
+.PHONY: help setup system data run test test-slow lint format bench bench-serve bench-spam gpu-check reproduce-check compare package serve sweep experiment promote push pull clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ serve: setup ## serve the workspace's Bento on 127.0.0.1:3000 (HOST=0.0.0.0 for 
 
 sweep: setup ## Optuna search of sweeps.MODEL in params.yaml, one DVC experiment per trial, until TRIALS (8) are done; resumes; STUDY=, STORAGE= share a study between workers
 	$(BIN)/python pipeline/sweep.py $(MODEL) --trials $(or $(TRIALS),8) $(if $(STUDY),--study $(STUDY)) $(if $(STORAGE),--storage $(STORAGE))
+
+experiment: setup ## one DVC experiment from a params profile: PROFILE=params/cifar10.yaml; MODELS="classifier" runs only those models; NAME=, QUEUE=1
+	$(BIN)/python pipeline/experiment.py $(or $(PROFILE),params/cifar10.yaml) $(if $(MODELS),--models $(MODELS)) $(if $(NAME),--name $(NAME)) $(if $(QUEUE),--queue)
 
 promote: setup ## serve the best DVC experiment of MODEL (or EXP=<name>; FORCE=1 if it is worse)
 	$(BIN)/python pipeline/promote.py $(MODEL) $(if $(EXP),--exp $(EXP)) $(if $(FORCE),--force)

@@ -30,7 +30,15 @@ SWEEPS = Path("sweeps")
 
 def yaml_value(value) -> str:
     """``value`` as a ``-S`` override: JSON (which YAML reads), floats always with a dot so that
-    every YAML reader sees a number (``1e-05`` is a string to YAML 1.1)."""
+    every YAML reader sees a number (``1e-05`` is a string to YAML 1.1), strings bare when YAML
+    reads them back as the same string."""
+    import re
+
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z_][\w./-]*", value):
+        import yaml
+
+        if yaml.safe_load(value) == value:
+            return value
     if isinstance(value, float):
         text = format(value, ".6g")
         if "e" in text and "." not in text.split("e")[0]:

@@ -527,6 +527,66 @@ def test_a_sixth_model_is_three_files_and_a_params_section(reproduced, tmp_path)
     assert "| toy | test/acc (max) **" in board
 
 
+def test_a_profile_runs_as_one_experiment_of_only_the_models_named(reproduced, tmp_path):
+    """`make experiment PROFILE=... MODELS=classifier`: the profile's classifier keys become one
+    `dvc exp run` of only the classifier's stages (the generative models that read it are left
+    alone); a profile that would score a model with a classifier of other images fails in one
+    line before DVC starts."""
+    repo = _committed_copy(reproduced, tmp_path / "repo")
+    profile = {
+        "models": {
+            "classifier": {
+                "model": {
+                    "stem": "whiten",
+                    "whiten_images": 50,
+                    "downsample": "maxpool",
+                    "activation": "gelu",
+                    "pool": "max",
+                    "hidden": 0,
+                    "ema_decay": 0.5,
+                    "tta": "flip",
+                },
+            },
+            "vae": {"data": {"dataset": "cifar10"}},
+        }
+    }
+    (repo / "harder.yaml").write_text(yaml.safe_dump(profile))
+    cmd = ["python", "pipeline/experiment.py", "harder.yaml"]
+
+    result = run_cli(cmd, repo)  # every model: the vae would be scored on other images
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "error: harder.yaml: models.vae.data.dataset would be cifar10, but its upstream "
+        "models/classifier trains on fashion_mnist: set models.vae.data.dataset: fashion_mnist "
+        "in harder.yaml"
+    )
+    result = run_cli([*cmd, "--models", "vae"], repo)
+    assert result.returncode == 2
+    assert "add classifier to --models, or leave vae out" in result.stderr
+    result = run_cli([*cmd, "--models", "clasifier"], repo)
+    assert result.returncode == 2 and "--models clasifier: no models.clasifier" in result.stderr
+    assert not list((repo / ".git/refs").rglob("exps"))  # DVC never started
+
+    result = run_cli([*cmd, "--models", "classifier"], repo)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("dvc exp run -n harder-classifier -S ") and first.endswith(
+        " evaluate@classifier"
+    )
+    assert "models.vae" not in first
+    ran = result.stdout + result.stderr
+    assert "Running stage 'train@classifier'" in ran and "evaluate@classifier" in ran
+    assert "train@vae" not in ran and "train@gan" not in ran and "package" not in ran
+    from sightline.leaderboard import parse_exp_show
+
+    rows = json.loads(run_cli(["dvc", "exp", "show", "--json"], repo).stdout)
+    [exp] = [e for e in parse_exp_show(rows) if e.name == "harder-classifier"]
+    model = exp.params["models"]["classifier"]["model"]
+    assert model["stem"] == "whiten" and model["tta"] == "flip"
+    assert exp.params["models"]["vae"]["data"]["dataset"] == "fashion_mnist"
+    assert 0.0 <= exp.metrics["classifier"]["test/acc"] <= 1.0
+
+
 def test_experiments_are_ranked_in_the_leaderboard(reproduced):
     """Two real `dvc exp run` variants of the classifier appear ranked by test/acc, and the
     winner is promoted to the served Bento (last test: it changes the copy's workspace)."""

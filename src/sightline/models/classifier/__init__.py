@@ -55,7 +55,8 @@ class ClassifierConfig(Strict):
     scheduler: Literal["onecycle", "triangle", "cosine", "none"] = "onecycle"
     channels_last: bool = True
     # Options for harder data (params/cifar10.yaml); each default keeps today's net and training.
-    stem: Literal["conv", "whiten"] = "conv"  # whiten: 2x2 patch-whitening conv from the data
+    # whiten: a 2x2 patch-whitening conv set from the data; patch: the same conv, learned
+    stem: Literal["conv", "whiten", "patch"] = "conv"
     whiten_images: int = Field(5000, gt=0)  # training images whose patches set the whitening
     downsample: Literal["stride", "maxpool"] = "stride"  # stride-2 conv, or conv then 2x2 max pool
     activation: Literal["leaky_relu", "gelu"] = "leaky_relu"
@@ -128,14 +129,18 @@ class WhiteningStem(nn.Module):
 
     Its filters are the eigenvectors of the patch covariance of training images, each scaled
     by ``1 / sqrt(eigenvalue + eps)`` and used with both signs (``2 * C * 4`` channels); they
-    are set by ``init_from`` and stay fixed (only the bias learns). Output side: input - 1.
+    are set by ``init_from`` and stay fixed (only the bias learns). With ``learned=True`` the
+    same convolution is an ordinary trained layer (the ablation of the whitening). Output
+    side: input - 1.
     """
 
-    def __init__(self, in_channels: int, activation: nn.Module, kernel: int = 2) -> None:
+    def __init__(
+        self, in_channels: int, activation: nn.Module, kernel: int = 2, learned: bool = False
+    ) -> None:
         super().__init__()
         width = 2 * in_channels * kernel * kernel
         self.conv = nn.Conv2d(in_channels, width, kernel, padding=0, bias=True)
-        self.conv.weight.requires_grad_(False)
+        self.conv.weight.requires_grad_(learned)
         self.act = activation
 
     @property
@@ -190,8 +195,9 @@ class ClassifierNet(nn.Module):
         counts = stage_block_counts(blocks_per_stage, channels)
         c, h, w = in_channels, *size
         self.stem: nn.Module = nn.Identity()
-        if stem == "whiten":
-            self.stem = WhiteningStem(c, activation_layer(activation, negative_slope))
+        if stem in ("whiten", "patch"):
+            act = activation_layer(activation, negative_slope)
+            self.stem = WhiteningStem(c, act, learned=stem == "patch")
             c, h, w = self.stem.out_channels, h - 1, w - 1
         stages = []
         for i, (c_out, n_blocks) in enumerate(zip(channels, counts, strict=True)):
