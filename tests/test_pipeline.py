@@ -576,7 +576,9 @@ def test_a_profile_runs_as_one_experiment_of_only_the_models_named(reproduced, t
     assert "models.vae" not in first
     ran = result.stdout + result.stderr
     assert "Running stage 'train@classifier'" in ran and "evaluate@classifier" in ran
-    assert "train@vae" not in ran and "train@gan" not in ran and "package" not in ran
+    assert not any(
+        f"Running stage '{stage}'" in ran for stage in ("train@vae", "train@gan", "package")
+    )
     from sightline.leaderboard import parse_exp_show
 
     rows = json.loads(run_cli(["dvc", "exp", "show", "--json"], repo).stdout)
