@@ -188,8 +188,9 @@ def test_recipe_trains_exports_the_average_and_resumes_it(prepared_cifar, tmp_pa
 
 
 def test_the_committed_profile_checks_against_params_yaml():
-    """`make experiment PROFILE=params/cifar10.yaml MODELS=classifier` as README shows it,
-    checked and printed only (--dry-run): every key exists and every value is valid."""
+    """`make experiment PROFILE=params/cifar10.yaml [MODELS=classifier]` as README shows them,
+    checked and printed only (--dry-run): every key exists and every value is valid, and the
+    whole profile moves the classifier, VAE and GAN to CIFAR-10 together."""
     from conftest import REPO, run_cli
 
     cmd = ["python", "pipeline/experiment.py", "params/cifar10.yaml"]
@@ -198,7 +199,10 @@ def test_the_committed_profile_checks_against_params_yaml():
     line = result.stdout.strip()
     assert line.startswith("dvc exp run -n cifar10-classifier -S ")
     assert "models.classifier.model.stem=" in line and line.endswith(" evaluate@classifier")
+    assert "models.vae" not in line and "models.gan" not in line
     result = run_cli([*cmd, "--dry-run"], REPO)
-    assert result.returncode == 2 and result.stderr.startswith(
-        "error: params/cifar10.yaml: models.vae.data.dataset would be fashion_mnist"
-    )
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip()
+    assert line.startswith("dvc exp run -n cifar10 -S ") and "evaluate@" not in line
+    for name in ("classifier", "vae", "gan"):
+        assert f"models.{name}.data.dataset=cifar10" in line

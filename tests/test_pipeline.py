@@ -589,6 +589,59 @@ def test_a_profile_runs_as_one_experiment_of_only_the_models_named(reproduced, t
     assert 0.0 <= exp.metrics["classifier"]["test/acc"] <= 1.0
 
 
+def test_a_profile_moves_the_image_models_to_cifar10_in_one_experiment(reproduced, tmp_path):
+    """`make experiment PROFILE=params/cifar10.yaml` as README shows it, on a tiny CIFAR-style
+    zip: one `dvc exp run` prepares CIFAR-10, trains and scores the classifier on it, then the
+    VAE and GAN on the same images with that classifier's features, and packages them."""
+    from conftest import make_image_zip
+
+    zip_path = make_image_zip(tmp_path / "cifar.zip", per_class=8, classes=10, corrupt=1)
+
+    def add_cifar(params: dict) -> None:
+        params["datasets"]["cifar10"] = {
+            "root": str(zip_path),
+            "download": False,
+            "val_fraction": 0.25,
+            "test_fraction": 0.25,
+        }
+
+    repo = _committed_copy(reproduced, tmp_path / "repo", add_cifar)
+    real = yaml.safe_load((Path(__file__).parents[1] / "params/cifar10.yaml").read_text())
+    profile = {  # the committed profile's data keys; the tiny nets and trainers stay
+        "models": {
+            name: {k: v for k, v in real["models"][name].items() if k in ("upstream", "data")}
+            for name in ("classifier", "vae", "gan")
+        }
+    }
+    for section in profile["models"].values():
+        section["data"].update(batch_size=16, eval_batch_size=64)
+    (repo / "cifar10.yaml").write_text(yaml.safe_dump(profile))
+
+    result = run_cli(["python", "pipeline/experiment.py", "cifar10.yaml"], repo, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("dvc exp run -n cifar10 -S ") and "evaluate@" not in first
+    ran = result.stdout + result.stderr
+    stages = [f"{s}@{m}" for s in ("train", "evaluate") for m in ("classifier", "vae", "gan")]
+    for stage in ("prepare@cifar10", *stages, "package"):
+        assert f"Running stage '{stage}'" in ran, stage
+    assert "Running stage 'train@clip'" not in ran  # no other model is dragged along
+    from sightline.leaderboard import parse_exp_show
+
+    rows = json.loads(run_cli(["dvc", "exp", "show", "--json"], repo).stdout)
+    [exp] = [e for e in parse_exp_show(rows) if e.name == "cifar10"]
+    for name in ("classifier", "vae", "gan"):
+        assert exp.params["models"][name]["data"]["dataset"] == "cifar10"
+    assert exp.metrics["classifier"]["test/n"] == 20  # a quarter of the 79 readable images
+    for name in ("vae", "gan"):
+        scores = exp.metrics[name]
+        assert scores["dataset"] == "cifar10" and scores["fid"] >= 0.0
+        assert scores["real_floor"]["fid"] >= 0.0 and scores["num_classes"] == 10
+    config = json.loads((repo / "models/gan/config.json").read_text())
+    preprocess = config["hyper_parameters"]["preprocess"]
+    assert preprocess["channels"] == 3 and preprocess["size"] == [32, 32]
+
+
 def test_experiments_are_ranked_in_the_leaderboard(reproduced):
     """Two real `dvc exp run` variants of the classifier appear ranked by test/acc, and the
     winner is promoted to the served Bento (last test: it changes the copy's workspace)."""
