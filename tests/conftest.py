@@ -272,6 +272,18 @@ def repo_copy(tmp_path_factory, fashion_root, emoji_package, spam_corpus) -> Pat
     return dst
 
 
+def fixed_batch_losses(loss_fn, opt, steps: int) -> list[float]:
+    """``steps`` optimizer steps on ``loss_fn()`` (one fixed batch); the loss before each step."""
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a command with this interpreter's environment (so `python` and `dvc` resolve)."""
     import os

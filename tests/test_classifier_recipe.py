@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY_TRAINER
+from conftest import TINY_TRAINER, fixed_batch_losses
 from safetensors.torch import load_file
 from test_models import _Crash
 
@@ -146,13 +146,7 @@ def test_recipe_learns_a_fixed_batch(prepared_cifar):
     module.net.stem.init_from(x)
     opt, _ = module.build_optimizer(60)
     module.train()
-    losses = []
-    for _ in range(60):
-        loss = torch.nn.functional.cross_entropy(module(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fixed_batch_losses(lambda: torch.nn.functional.cross_entropy(module(x), y), opt, 60)
     assert losses[-1] < 0.25 * losses[0], losses[::10]
 
 

@@ -7,7 +7,7 @@ import json
 import lightning as L
 import pytest
 import torch
-from conftest import fit_steps, tiny_section
+from conftest import fit_steps, fixed_batch_losses, tiny_section
 
 from sightline.errors import CheckpointError, ConfigError, InputError
 from sightline.evaluation import evaluate
@@ -97,14 +97,12 @@ def test_vae_loss_goes_down_on_a_fixed_batch(prepared_fashion):
     module, dm = build("vae", prepared_fashion)
     x = first_batch(dm)
     opt = torch.optim.Adam(module.parameters(), lr=5e-3)
-    losses = []
-    for _ in range(60):
+
+    def nelbo():
         recon, kl, _ = module.terms(x)
-        loss = (recon + kl).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        return (recon + kl).mean()
+
+    losses = fixed_batch_losses(nelbo, opt, 60)
     assert losses[-1] < 0.7 * losses[0]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_section
+from conftest import fixed_batch_losses, tiny_section
 
 from sightline.config import ImageDataConfig
 from sightline.inference import load_for_inference, load_module
@@ -45,13 +45,7 @@ def test_classifier_overfits_one_fixed_batch(prepared_fashion):
     x = dm.preprocess.normalize(x)
     opt = torch.optim.Adam(module.parameters(), lr=1e-2)
     module.train()
-    losses = []
-    for _ in range(40):
-        loss = torch.nn.functional.cross_entropy(module(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fixed_batch_losses(lambda: torch.nn.functional.cross_entropy(module(x), y), opt, 40)
     assert losses[-1] < 0.1 * losses[0]
 
 

@@ -11,7 +11,7 @@ from email.message import EmailMessage
 
 import pytest
 import torch
-from conftest import make_email, png_bytes, tiny_section
+from conftest import fixed_batch_losses, make_email, png_bytes, tiny_section
 from PIL import Image
 
 from sightline.errors import ConfigError, InputError
@@ -289,13 +289,7 @@ def test_loss_decreases_on_a_fixed_batch(prepared_spam):
     batch = collate([ds[i] for i in range(16)])
     opt = torch.optim.Adam(module.parameters(), lr=3e-3)
     module.train()
-    losses = []
-    for _ in range(30):
-        loss = module._loss(module(batch), batch["labels"])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fixed_batch_losses(lambda: module._loss(module(batch), batch["labels"]), opt, 30)
     assert losses[-1] < 0.5 * losses[0]
 
 
