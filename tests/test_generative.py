@@ -7,10 +7,15 @@ import json
 import lightning as L
 import pytest
 import torch
-from conftest import fit_steps, fixed_batch_losses, tiny_section
+import torch.nn.functional as F
+from conftest import TINY_MODEL, fit_steps, fixed_batch_losses, tiny_section
+from safetensors.torch import load_file
+from torch.nn.utils import parametrize
 
+from sightline.artifacts import CKPT_FILE, WEIGHTS_FILE
 from sightline.errors import CheckpointError, ConfigError, InputError
 from sightline.evaluation import evaluate
+from sightline.inference import load_module
 from sightline.models.generative import SampleScorer, load_classifier
 from sightline.models.vae import kl_divergence, reparameterize
 from sightline.params import parse_params
@@ -116,6 +121,65 @@ def test_one_gan_step_changes_generator_and_discriminator(prepared_fashion):
         weights = [k for k in before if k.startswith(part) and k.endswith("weight")]
         assert any(not torch.equal(before[k], after[k]) for k in weights), part
     assert trainer.global_step == 2  # one discriminator step + one generator step
+
+
+SNGAN = {"discriminator_norm": "spectral", "loss": "hinge"}
+
+
+def test_spectral_discriminator_has_no_batchnorm_and_unit_spectral_norm(prepared_cifar):
+    torch.manual_seed(0)
+    module, dm = build("gan", prepared_cifar, **SNGAN)
+    d = module.discriminator
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    layers = [m for m in d.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    assert len(layers) == 3 and all(parametrize.is_parametrized(m, "weight") for m in layers)
+    x = first_batch(dm) * 2 - 1
+    d.train()
+    for _ in range(30):  # each training-mode call runs one power iteration per layer
+        d(x)
+    for m in layers:
+        sigma = torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2)
+        assert sigma.item() == pytest.approx(1.0, abs=0.05)
+    default, _ = build("gan", prepared_cifar)  # today's: BatchNorm after every conv but the first
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in default.discriminator.modules()) == 1
+
+
+@pytest.mark.parametrize("loss", ["bce", "hinge"])
+def test_gan_losses_on_known_logits(loss, prepared_fashion):
+    module, _ = build("gan", prepared_fashion, loss=loss)
+    real, fake = torch.tensor([2.0, -0.5]), torch.tensor([-2.0, 0.5])
+    if loss == "hinge":  # mean(relu(1 - real)) + mean(relu(1 + fake)); -mean(fake)
+        d_expected, g_expected = (0.0 + 1.5) / 2 + (0.0 + 1.5) / 2, 0.75
+    else:  # -log sigmoid(real) - log(1 - sigmoid(fake)), averaged; -log sigmoid(fake)
+        sp = F.softplus
+        d_expected = (sp(-real).mean() + sp(fake).mean()).item()
+        g_expected = sp(-fake).mean().item()
+    assert module.d_loss(real, fake).item() == pytest.approx(d_expected)
+    assert module.g_loss(fake).item() == pytest.approx(g_expected)
+
+
+def test_sngan_with_ema_trains_exports_the_average_and_reloads_it(
+    prepared_fashion, tiny_classifier, tmp_path
+):
+    """Spectral norm, hinge loss and an EMA of the weights: two epochs train and are scored,
+    the checkpoint and the exported weights hold the average (the raw weights beside it), and
+    the model read back from the export samples what the trained average samples."""
+    model = {**TINY_MODEL["gan"], **SNGAN, "ema_decay": 0.9}
+    section = tiny_section("gan", upstream=tiny_classifier, model=model, max_epochs=2)
+    info = train("gan", section, 0, prepared_fashion, tmp_path / "m", tmp_path / "run", None)
+    assert info["best_val/fid"] > 0 and info["epochs"] == 2
+    best = torch.load(tmp_path / "m" / CKPT_FILE, map_location="cpu", weights_only=True)
+    average, raw = best["state_dict"], best["current_model_state"]
+    weights = load_file(tmp_path / "m" / WEIGHTS_FILE)
+    assert all(torch.equal(weights[k], average[k]) for k in weights)
+    key = "generator.project.0.weight"
+    assert not torch.equal(average[key], raw[key])
+    assert any("parametrizations.weight.original" in k for k in weights)
+    module = load_module(tmp_path / "m", "gan", "cpu")
+    assert module.hparams.discriminator_norm == "spectral" and module.hparams.loss == "hinge"
+    assert torch.equal(module.generator.project[0].weight, average[key])
+    metrics = evaluate("gan", section, 0, tmp_path / "m", prepared_fashion, tmp_path / "report")
+    assert metrics["fid"] > 0 and metrics["classes_covered"] >= 1
 
 
 @pytest.mark.parametrize("name", GENERATIVE)
