@@ -163,7 +163,7 @@ def test_sngan_with_ema_trains_exports_the_average_and_reloads_it(
 ):
     """Spectral norm, hinge loss and an EMA of the weights: two epochs train and are scored,
     the checkpoint and the exported weights hold the average (the raw weights beside it), and
-    the model read back from the export samples what the trained average samples."""
+    the model read back from the export is rebuilt with the options and holds the average."""
     model = {**TINY_MODEL["gan"], **SNGAN, "ema_decay": 0.9}
     section = tiny_section("gan", upstream=tiny_classifier, model=model, max_epochs=2)
     info = train("gan", section, 0, prepared_fashion, tmp_path / "m", tmp_path / "run", None)
