@@ -139,17 +139,9 @@ def package(
     return tags
 
 
-BENTO_FILES = (
-    "__init__.py",
-    "service.py",
-    "backends.py",
-    "guard.py",
-    "forms.py",
-    "inputs.py",
-    "openapi.py",
-    "params.yaml",
-    "README.md",
-)
+def bento_files() -> list[str]:
+    """The files of ``serving/`` a Bento carries: every module, the settings and the README."""
+    return [*sorted(p.name for p in SERVING.glob("*.py")), "params.yaml", "README.md"]
 
 
 def build_bento(config, commit: str, tags: dict[str, str]):
@@ -164,10 +156,11 @@ def build_bento(config, commit: str, tags: dict[str, str]):
     import bentoml
 
     cwd = Path.cwd()
+    files = bento_files()
     with tempfile.TemporaryDirectory(prefix="sightline-bento-") as stage:
         stage = Path(stage)
         (stage / "serving").mkdir()
-        for name in BENTO_FILES:
+        for name in files:
             if (SERVING / name).is_file():
                 shutil.copyfile(SERVING / name, stage / "serving" / name)
         (stage / "serving/models.json").write_text(json.dumps(tags, indent=2) + "\n")
@@ -184,7 +177,7 @@ def build_bento(config, commit: str, tags: dict[str, str]):
                 if (stage / "serving/README.md").is_file()
                 else None,
                 include=[
-                    *(f"serving/{name}" for name in (*BENTO_FILES, "models.json")),
+                    *(f"serving/{name}" for name in (*files, "models.json")),
                     f"wheels/{wheel.name}",
                 ],
                 build_ctx=str(stage),

@@ -15,13 +15,14 @@ import json
 import math
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Annotated
 
 import bentoml
 import torch
 from PIL import Image as PILImage
 from PIL.Image import Image
 
-from serving.inputs import CONFIG, image_to_b64
+from serving.inputs import CONFIG, JSON, TEXT, image_to_b64
 from sightline.inference import load_module, select_device
 from sightline.packaging import load_index
 from sightline.registry import served_models
@@ -104,7 +105,7 @@ class ClassifierModel(Loaded):
         self.predict([img])
 
     @bentoml.api(batchable=True, **CONFIG.batch("classifier"))
-    def predict(self, images: list[Image]) -> list[list[dict]]:
+    def predict(self, images: list[Image]) -> Annotated[list[list[dict]], JSON]:
         """Decoded images -> per image its top-k ``{label, probability}``."""
         m = self.m
         with self.infer():
@@ -121,7 +122,7 @@ class SpamModel(Loaded):
         self.predict([{"subject": "warm up", "body": "", "images": [], "texts": []}])
 
     @bentoml.api(batchable=True, **CONFIG.batch("spam"))
-    def predict(self, messages: list[dict]) -> list[dict]:
+    def predict(self, messages: list[dict]) -> Annotated[list[dict], JSON]:
         """``{subject, body, images, texts}`` (``texts``: what OCR read in each image, or
         ``None``) -> per message the calibrated probability, label and modalities."""
         m = self.m
@@ -141,7 +142,7 @@ class Sampler(Loaded):
             return self.m.sample(n, torch.Generator().manual_seed(seed), check=False).float()
 
     @bentoml.api
-    def sample(self, n: int, seed: int) -> list[str]:
+    def sample(self, n: int, seed: int) -> Annotated[list[str], JSON]:
         """``n`` seeded samples, base64 PNGs."""
         return [image_to_b64(i) for i in self.m.postprocess(self._sample(n, seed))]
 
@@ -161,7 +162,7 @@ class VaeModel(Sampler):
         self.sample(1, 0)
 
     @bentoml.api(batchable=True, **CONFIG.batch("vae"))
-    def reconstruct(self, images: list[Image]) -> list[str]:
+    def reconstruct(self, images: list[Image]) -> Annotated[list[str], JSON]:
         """Each image -> its reconstruction from the posterior mean, base64 PNG."""
         m = self.m
         with self.infer():
@@ -202,26 +203,26 @@ class ClipModel(Loaded):
         self.embed_texts(["a photo"])
 
     @bentoml.api(batchable=True, **CONFIG.batch("clip"))
-    def embed_images(self, images: list[Image]) -> list[list[float]]:
+    def embed_images(self, images: list[Image]) -> Annotated[list[list[float]], JSON]:
         with self.infer():
             return self.m.embed_images(images).tolist()
 
     @bentoml.api(batchable=True, **CONFIG.batch("clip"))
-    def embed_texts(self, texts: list[str]) -> list[list[float]]:
+    def embed_texts(self, texts: list[str]) -> Annotated[list[list[float]], JSON]:
         with self.infer():
             return self.m.embed_texts(texts).tolist()
 
     @bentoml.api
     def zero_shot(
         self, image: Image, labels: list[str], templates: list[str], top_k: int
-    ) -> list[dict]:
+    ) -> Annotated[list[dict], JSON]:
         m = self.m
         with self.infer():
             logits = m.embed_images([image]) @ m.class_embeddings(labels, templates).T
         return m.postprocess(logits, labels, top_k)[0]
 
     @bentoml.api
-    def search(self, query: str, top_k: int) -> list[dict]:
+    def search(self, query: str, top_k: int) -> Annotated[list[dict], JSON]:
         """The held-out images closest to ``query``: ``{index, caption, score}``."""
         with self.infer():
             q = self.m.embed_texts([query]).to(self.index.device)
@@ -232,7 +233,7 @@ class ClipModel(Loaded):
         ]
 
     @bentoml.api
-    def index_size(self) -> int:
+    def index_size(self) -> Annotated[int, JSON]:
         return len(self.index_captions)
 
     @bentoml.api
@@ -248,7 +249,7 @@ class Ocr:
     """The words Tesseract reads in one image; one Tesseract at a time per worker process."""
 
     @bentoml.api
-    def read(self, image: Image) -> str:
+    def read(self, image: Image) -> Annotated[str, TEXT]:
         from sightline.mail.ocr import read_text
 
         return read_text(image, timeout=CONFIG.timeout_s)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -29,6 +30,7 @@ from pydantic import Field
 import sightline
 from serving.backends import (
     MODEL_TAGS,
+    SERVICES,
     ClassifierModel,
     ClipModel,
     GanModel,
@@ -36,9 +38,11 @@ from serving.backends import (
     SpamModel,
     VaeModel,
 )
+from serving.coalesce import Coalesce
 from serving.guard import Guard
 from serving.inputs import (
     CONFIG,
+    JSON,
     Captions,
     Count,
     Hit,
@@ -89,6 +93,17 @@ async def ask(call, *args, **kwargs):
             await asyncio.sleep(0.01 * (attempt + 1))
 
 
+# The batchable endpoints of the inference services, as (service, api).
+BATCHED = [(n, api) for n, s in SERVICES.items() for api, m in s.apis.items() if m.batchable]
+
+
+def _calls_in_flight(name: str) -> int:
+    """Calls a front worker keeps running at once to service ``name``: two per worker of it,
+    one being computed while the next is on its way."""
+    workers = CONFIG.service(name).workers
+    return 2 * ((os.cpu_count() or 1) if workers == "cpu_count" else workers)
+
+
 SYSTEM_PACKAGES = ("tesseract-ocr", "tesseract-ocr-eng")  # OCR of the spam model's images
 WHEEL = f"./wheels/sightline-{sightline.__version__}-py3-none-any.whl"  # built by the package stage
 
@@ -134,14 +149,25 @@ class Sightline:
                 "spam: the tesseract command is missing; the words in images are not read (apt install tesseract-ocr)"
             )
             self.spam_images = 0
+        # the batchable calls: concurrent requests' items go to the service together
+        self.batched = {
+            (name, api): Coalesce(
+                lambda items, name=name, api=api: ask(
+                    getattr(getattr(self, name).to_async, api), items
+                ),
+                max_items=CONFIG.batch(name)["max_batch_size"],
+                in_flight=_calls_in_flight(name),
+            )
+            for name, api in BATCHED
+        }
 
     # classifier
 
     @bentoml.api(route="/classifier/predict")
-    async def classifier_predict(self, images: ImageFiles) -> list[list[Label]]:
+    async def classifier_predict(self, images: ImageFiles) -> Annotated[list[list[Label]], JSON]:
         """Each image (any size or mode; resized and converted as in training) -> its top-k
         Fashion-MNIST labels with probabilities."""
-        return await ask(self.classifier.to_async.predict, await decoded(images))
+        return await self.batched["classifier", "predict"](await decoded(images))
 
     # spam
 
@@ -160,13 +186,12 @@ class Sightline:
 
     async def _classify(self, messages: list[dict]) -> list[dict]:
         texts = await self._read([m["images"] for m in messages])
-        return await ask(
-            self.spam.to_async.predict,
-            [{**m, "texts": t} for m, t in zip(messages, texts, strict=True)],
+        return await self.batched["spam", "predict"](
+            [{**m, "texts": t} for m, t in zip(messages, texts, strict=True)]
         )
 
     @bentoml.api(route="/spam/predict")
-    async def spam_predict(self, messages: Messages) -> list[SpamResult]:
+    async def spam_predict(self, messages: Messages) -> Annotated[list[SpamResult], JSON]:
         """Messages as JSON parts -> calibrated spam probability, label and modalities."""
         parts = [{"subject": x.subject, "body": x.body, "images": x._decoded} for x in messages]
         return [SpamResult(**r) for r in await self._classify(parts)]
@@ -196,7 +221,7 @@ class Sightline:
     @bentoml.task(route="/spam/predict_mailbox")
     async def spam_predict_mailbox(
         self, mailbox: Annotated[Path, bentoml.validators.ContentType("application/mbox")]
-    ) -> list[MailboxResult]:
+    ) -> Annotated[list[MailboxResult], JSON]:
         """Bulk mail as a task: an mbox file -> one result per email, in order. Submit it to
         ``/spam/predict_mailbox/submit``, poll ``/spam/predict_mailbox/status?task_id=...``,
         read ``/spam/predict_mailbox/get?task_id=...``. An email that cannot be parsed or holds
@@ -228,9 +253,9 @@ class Sightline:
     # vae
 
     @bentoml.api(route="/vae/reconstruct")
-    async def vae_reconstruct(self, images: ImageFiles) -> list[str]:
+    async def vae_reconstruct(self, images: ImageFiles) -> Annotated[list[str], JSON]:
         """Each image -> its reconstruction from the posterior mean (PNG, base64)."""
-        return await ask(self.vae.to_async.reconstruct, await decoded(images))
+        return await self.batched["vae", "reconstruct"](await decoded(images))
 
     @bentoml.api(route="/vae/sample")
     async def vae_sample(self, n: Count = 16, seed: Seed = 0) -> Images:
@@ -269,14 +294,14 @@ class Sightline:
     # clip
 
     @bentoml.api(route="/clip/embed_images")
-    async def clip_embed_images(self, images: ImageFiles) -> list[list[float]]:
+    async def clip_embed_images(self, images: ImageFiles) -> Annotated[list[list[float]], JSON]:
         """Each image -> its unit-norm CLIP embedding."""
-        return await ask(self.clip.to_async.embed_images, await decoded(images))
+        return await self.batched["clip", "embed_images"](await decoded(images))
 
     @bentoml.api(route="/clip/embed_texts")
-    async def clip_embed_texts(self, texts: Captions) -> list[list[float]]:
+    async def clip_embed_texts(self, texts: Captions) -> Annotated[list[list[float]], JSON]:
         """Each text -> its unit-norm CLIP embedding (long texts are truncated to the context)."""
-        return await ask(self.clip.to_async.embed_texts, texts)
+        return await self.batched["clip", "embed_texts"](texts)
 
     @bentoml.api(route="/clip/zero_shot")
     async def clip_zero_shot(
@@ -292,7 +317,7 @@ class Sightline:
             list[Template], Field(min_length=1, max_length=CONFIG.max_templates)
         ] = FASHION_TEMPLATES,
         top_k: Annotated[int, Field(strict=True, ge=1, le=CONFIG.max_labels)] = 5,
-    ) -> list[Label]:
+    ) -> Annotated[list[Label], JSON]:
         """Classify ``image`` against free-text ``labels``: each label's embedding is the mean over
         the prompt ``templates`` (each with exactly one bare ``{}``)."""
         check_request_chars([t.format(label) for label in labels for t in templates])
@@ -312,7 +337,7 @@ class Sightline:
             str, Field(min_length=1, max_length=CONFIG.max_caption_chars, examples=["a red heart"])
         ],
         top_k: Annotated[int, Field(strict=True, ge=1, le=100)] = 5,
-    ) -> list[Hit]:
+    ) -> Annotated[list[Hit], JSON]:
         """The held-out images (never seen in training) closest to ``query``."""
         return [Hit(**h) for h in await ask(self.clip.to_async.search, query=query, top_k=top_k)]
 
@@ -325,7 +350,7 @@ class Sightline:
         return await ask(self.clip.to_async.index_image, index=index)
 
     @bentoml.api(route="/models")
-    def models(self) -> dict[str, str]:
+    def models(self) -> Annotated[dict[str, str], JSON]:
         """The BentoML model tag each route prefix serves."""
         return self.tags
 

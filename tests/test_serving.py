@@ -113,6 +113,32 @@ def test_serving_params_errors_name_the_key(tmp_path):
     assert (config.service("ocr").workers, config.service("ocr").gpu) == (3, 0)
 
 
+def test_every_non_file_result_names_its_media_type(packaged):
+    """Without a named media type BentoML builds a list or text result's JSON Schema again on
+    every response, to work out that it is JSON; each API names it, so no response builds one."""
+    from unittest import mock
+
+    from _bentoml_sdk.io_models import IORootModel
+
+    from serving.backends import SERVICES, Ocr
+    from serving.service import Sightline
+
+    checked = []
+    for service in (Sightline, Ocr, *SERVICES.values()):
+        for name, api in service.apis.items():
+            spec = api.output_spec
+            if not issubclass(spec, IORootModel):
+                continue  # a pydantic model's media type is JSON without a schema
+            if spec.model_json_schema().get("type") == "file":
+                continue  # an image result: answered as its own format
+            with mock.patch.object(spec, "model_json_schema", side_effect=AssertionError(name)):
+                assert spec.mime_type() in ("application/json", "text/plain"), name
+            checked.append(f"{service.name}.{name}")
+    assert "sightline.classifier_predict" in checked
+    assert "sightline-classifier.predict" in checked and "sightline-ocr.read" in checked
+    assert len(checked) >= 20
+
+
 # --- health, docs -----------------------------------------------------------------------------
 
 
@@ -570,3 +596,6 @@ def test_the_bento_is_a_v2_image_with_the_wheel_and_tesseract(packaged, caplog, 
         root / "env/docker/Dockerfile"
     ).read_text() or "tesseract-ocr" in json.dumps(bento.info.to_dict(), default=str)
     assert json.loads((root / "src/serving/models.json").read_text()) == tags
+    modules = sorted(p.name for p in (REPO / "serving").glob("*.py"))  # every one it imports
+    assert "coalesce.py" in modules
+    assert sorted(p.name for p in (root / "src/serving").glob("*.py")) == modules

@@ -526,3 +526,49 @@ def test_a_task_cannot_be_cancelled_on_the_local_server_and_says_so(live_server)
         raise AssertionError("cancel answered 2xx")
     except urllib.error.HTTPError as err:
         assert err.code == 400 and "not supported" in json.loads(err.read())["error"]
+
+
+def test_concurrent_requests_each_get_their_own_answer(live_server):
+    """The front merges concurrent requests' images into shared calls to the model services
+    (``serving.coalesce``); under 24 concurrent clients every request still gets the answer it
+    gets alone, for its own images, in its own order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _ = live_server
+
+    def image(i: int) -> bytes:
+        buf = io.BytesIO()
+        img = Image.new("RGB", (32, 32), ((37 * i) % 256, (91 * i) % 256, (151 * i) % 256))
+        img.paste((255 - (37 * i) % 256, 0, 0), (i % 20, 3, i % 20 + 10, 20))
+        img.save(buf, format="PNG")
+        return buf.getvalue()
+
+    requests = [[image(i), image(i + 7)][: 1 + i % 2] for i in range(24)]  # 1 or 2 images each
+
+    def ask(route: str, images: list[bytes]):
+        status, body = post(
+            url + route,
+            *multipart([("images", f"{j}.png", "image/png", im) for j, im in enumerate(images)]),
+        )
+        assert status == 200, body
+        return body
+
+    def probabilities(answer) -> list[list[float]]:
+        return [sorted((h["probability"] for h in hits), reverse=True) for hits in answer]
+
+    def close(a: list[float], b: list[float], tol: float) -> bool:
+        return len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b, strict=True)) < tol
+
+    for route, values in (
+        ("/classifier/predict", probabilities),
+        ("/clip/embed_images", lambda answer: answer),
+    ):
+        alone = [values(ask(route, r)) for r in requests]
+        if route == "/clip/embed_images":  # distinct: an answer sent to the wrong request shows
+            firsts = [a[0] for a in alone]
+            assert not any(close(a, b, 1e-3) for i, a in enumerate(firsts) for b in firsts[i + 1 :])
+        with ThreadPoolExecutor(24) as pool:
+            together = list(pool.map(lambda r, v=values, p=route: v(ask(p, r)), requests * 3))
+        for got, want in zip(together, alone * 3, strict=True):
+            assert len(got) == len(want), route
+            assert all(close(g, w, 1e-4) for g, w in zip(got, want, strict=True)), route
