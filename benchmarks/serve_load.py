@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> list[tuple[int, int, dict]]:
 
     batch = CONFIG.batch("classifier")
     print(
-        f"classifier, {args.seconds:.0f} s per level, {args.clients} load-generator processes, {os.cpu_count()} CPUs, device {select_device()}{' (' + torch.cuda.get_device_name() + ')' if torch.cuda.is_available() else ''}, front workers={CONFIG.workers}, classifier workers={CONFIG.service('classifier').workers}, max_batch_size={batch['max_batch_size']}"
+        f"classifier, {args.seconds:.0f} s per level, {args.clients} load-generator processes, {os.cpu_count()} CPUs, device {select_device()}{' (' + torch.cuda.get_device_name() + ')' if torch.cuda.is_available() else ''}, front workers={CONFIG.workers}, calls in flight={CONFIG.calls_in_flight}, classifier workers={CONFIG.service('classifier').workers}, max_batch_size={batch['max_batch_size']}"
     )
     for k, rate in local.items():
         print(f"in-process (decode + preprocess + batch {k} forward + top-k): {rate:.0f} images/s")

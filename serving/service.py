@@ -98,10 +98,10 @@ BATCHED = [(n, api) for n, s in SERVICES.items() for api, m in s.apis.items() if
 
 
 def _calls_in_flight(name: str) -> int:
-    """Calls a front worker keeps running at once to service ``name``: two per worker of it,
-    one being computed while the next is on its way."""
+    """Calls a front worker keeps running at once to service ``name``: ``calls_in_flight`` per
+    worker of that service."""
     workers = CONFIG.service(name).workers
-    return 2 * ((os.cpu_count() or 1) if workers == "cpu_count" else workers)
+    return CONFIG.calls_in_flight * ((os.cpu_count() or 1) if workers == "cpu_count" else workers)
 
 
 SYSTEM_PACKAGES = ("tesseract-ocr", "tesseract-ocr-eng")  # OCR of the spam model's images

@@ -95,6 +95,9 @@ def test_serving_params_errors_name_the_key(tmp_path):
     bad.write_text("gpu: -1\n")
     with pytest.raises(ConfigError, match="gpu"):
         load_serving_config(bad)
+    bad.write_text("calls_in_flight: 0\n")
+    with pytest.raises(ConfigError, match="calls_in_flight"):
+        load_serving_config(bad)
     bad.write_text("max_batch: 3\n")
     with pytest.raises(ConfigError, match="max_batch: unknown key"):
         load_serving_config(bad)

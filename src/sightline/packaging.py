@@ -54,6 +54,7 @@ class ServingConfig(Strict):
     half: bool = False  # float16 autocast when the service runs on CUDA
     workers: int | Literal["cpu_count"] = 1  # processes of the front service (routes, decoding)
     services: dict[str, ServiceConfig] = {}  # per model service (and "ocr"): workers, gpu
+    calls_in_flight: int = Field(1, ge=1)  # per front worker and model-service worker
     threads: int = Field(0, ge=0)  # torch intra-op threads per worker; 0: torch's default
     timeout_s: int = Field(60, ge=1)
     max_concurrency: int = Field(64, ge=1)  # requests in flight per worker; more get 503 at once
