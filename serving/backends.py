@@ -22,7 +22,7 @@ import torch
 from PIL import Image as PILImage
 from PIL.Image import Image
 
-from serving.inputs import CONFIG, JSON, TEXT, image_to_b64
+from serving.inputs import CONFIG, JSON, TEXT, Decoded, image_to_b64
 from sightline.inference import load_module, select_device
 from sightline.packaging import load_index
 from sightline.registry import served_models
@@ -105,7 +105,7 @@ class ClassifierModel(Loaded):
         self.predict([img])
 
     @bentoml.api(batchable=True, **CONFIG.batch("classifier"))
-    def predict(self, images: list[Image]) -> Annotated[list[list[dict]], JSON]:
+    def predict(self, images: list[Decoded]) -> Annotated[list[list[dict]], JSON]:
         """Decoded images -> per image its top-k ``{label, probability}``."""
         m = self.m
         with self.infer():
@@ -162,7 +162,7 @@ class VaeModel(Sampler):
         self.sample(1, 0)
 
     @bentoml.api(batchable=True, **CONFIG.batch("vae"))
-    def reconstruct(self, images: list[Image]) -> Annotated[list[str], JSON]:
+    def reconstruct(self, images: list[Decoded]) -> Annotated[list[str], JSON]:
         """Each image -> its reconstruction from the posterior mean, base64 PNG."""
         m = self.m
         with self.infer():
@@ -170,7 +170,7 @@ class VaeModel(Sampler):
         return [image_to_b64(i) for i in m.postprocess(out.float())]
 
     @bentoml.api
-    def interpolate(self, a: Image, b: Image, steps: int) -> Image:
+    def interpolate(self, a: Decoded, b: Decoded, steps: int) -> Image:
         """``steps`` decodings on the line between the latent means of ``a`` and ``b``."""
         m = self.m
         x = m.preprocess([a, b]).to(self.device)
@@ -203,7 +203,7 @@ class ClipModel(Loaded):
         self.embed_texts(["a photo"])
 
     @bentoml.api(batchable=True, **CONFIG.batch("clip"))
-    def embed_images(self, images: list[Image]) -> Annotated[list[list[float]], JSON]:
+    def embed_images(self, images: list[Decoded]) -> Annotated[list[list[float]], JSON]:
         with self.infer():
             return self.m.embed_images(images).tolist()
 
@@ -214,7 +214,7 @@ class ClipModel(Loaded):
 
     @bentoml.api
     def zero_shot(
-        self, image: Image, labels: list[str], templates: list[str], top_k: int
+        self, image: Decoded, labels: list[str], templates: list[str], top_k: int
     ) -> Annotated[list[dict], JSON]:
         m = self.m
         with self.infer():
@@ -249,7 +249,7 @@ class Ocr:
     """The words Tesseract reads in one image; one Tesseract at a time per worker process."""
 
     @bentoml.api
-    def read(self, image: Image) -> Annotated[str, TEXT]:
+    def read(self, image: Decoded) -> Annotated[str, TEXT]:
         from sightline.mail.ocr import read_text
 
         return read_text(image, timeout=CONFIG.timeout_s)

@@ -572,3 +572,51 @@ def test_concurrent_requests_each_get_their_own_answer(live_server):
         for got, want in zip(together, alone * 3, strict=True):
             assert len(got) == len(want), route
             assert all(close(g, w, 1e-4) for g, w in zip(got, want, strict=True)), route
+
+
+def test_served_answers_equal_the_in_process_model_on_every_image_format(live_server, packaged):
+    """Decoded uploads cross from the front to the model services pickled as they are: a JPEG
+    or WebP upload is not re-encoded on the way (lossy, at the encoder's default quality), so
+    the served model sees the pixels the in-process model sees."""
+    import numpy as np
+    import torch
+
+    from sightline.inference import load_module
+
+    url, _ = live_server
+    rng = np.random.default_rng(0)
+    src = Image.fromarray(rng.integers(0, 256, (37, 45, 3), dtype=np.uint8))
+    uploads = []
+    for fmt, mode in [
+        ("JPEG", "RGB"),
+        ("JPEG", "L"),
+        ("WEBP", "RGB"),
+        ("PNG", "RGBA"),
+        ("GIF", "P"),
+    ]:
+        buf = io.BytesIO()
+        src.convert(mode).save(buf, format=fmt)
+        uploads.append((fmt, buf.getvalue()))
+    opened = [Image.open(io.BytesIO(data)) for _, data in uploads]
+    local = {name: load_module(packaged[name], name, "cpu") for name in ("classifier", "clip")}
+    body = multipart(
+        [
+            ("images", f"{i}.img", f"image/{fmt.lower()}", data)
+            for i, (fmt, data) in enumerate(uploads)
+        ]
+    )
+
+    status, embeddings = post(url + "/clip/embed_images", *body)
+    assert status == 200, embeddings
+    want = local["clip"].embed_images(opened)
+    for (fmt, _), got, w in zip(uploads, embeddings, want.tolist(), strict=True):
+        assert max(abs(a - b) for a, b in zip(got, w, strict=True)) < 1e-5, fmt
+
+    status, hits = post(url + "/classifier/predict", *body)
+    assert status == 200, hits
+    m = local["classifier"]
+    with torch.inference_mode():
+        want = m.postprocess(m(m.preprocess(opened)).float(), top_k=len(hits[0]))
+    for (fmt, _), got, w in zip(uploads, hits, want, strict=True):
+        probs = {h["label"]: h["probability"] for h in w}
+        assert all(abs(h["probability"] - probs.get(h["label"], -1)) < 1e-5 for h in got), fmt
