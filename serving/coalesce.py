@@ -65,12 +65,12 @@ class Coalesce:
         live = [(items, done) for items, done in group if not done.done()]  # not cancelled
         if not live:
             return
+        sent = [x for items, _ in live for x in items]
         try:
-            results = list(await self.call([x for items, _ in live for x in items]))
-            if len(results) != sum(len(items) for items, _ in live):
+            results = list(await self.call(sent))
+            if len(results) != len(sent):
                 raise RuntimeError(
-                    f"the service answered {len(results)} results for "
-                    f"{sum(len(items) for items, _ in live)} items"
+                    f"the service answered {len(results)} results for {len(sent)} items"
                 )
         except asyncio.CancelledError:  # the server is stopping: so are the requests
             for _, done in live:

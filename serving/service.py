@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -97,13 +96,6 @@ async def ask(call, *args, **kwargs):
 BATCHED = [(n, api) for n, s in SERVICES.items() for api, m in s.apis.items() if m.batchable]
 
 
-def _calls_in_flight(name: str) -> int:
-    """Calls a front worker keeps running at once to service ``name``: ``calls_in_flight`` per
-    worker of that service."""
-    workers = CONFIG.service(name).workers
-    return CONFIG.calls_in_flight * ((os.cpu_count() or 1) if workers == "cpu_count" else workers)
-
-
 SYSTEM_PACKAGES = ("tesseract-ocr", "tesseract-ocr-eng")  # OCR of the spam model's images
 WHEEL = f"./wheels/sightline-{sightline.__version__}-py3-none-any.whl"  # built by the package stage
 
@@ -156,7 +148,7 @@ class Sightline:
                     getattr(getattr(self, name).to_async, api), items
                 ),
                 max_items=CONFIG.batch(name)["max_batch_size"],
-                in_flight=_calls_in_flight(name),
+                in_flight=CONFIG.calls_in_flight * CONFIG.service(name).processes,
             )
             for name, api in BATCHED
         }

@@ -114,6 +114,7 @@ def test_serving_params_errors_name_the_key(tmp_path):
     config = load_serving_config(good)
     assert (config.service("classifier").gpu, config.service("clip").gpu) == (1, 0)
     assert (config.service("ocr").workers, config.service("ocr").gpu) == (3, 0)
+    assert config.service("ocr").processes == 3  # calls the front keeps in flight scale with it
 
 
 def test_every_non_file_result_names_its_media_type(packaged):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +39,11 @@ class ServiceConfig(Strict):
 
     workers: int | Literal["cpu_count"] = 1
     gpu: int | None = Field(None, ge=0)
+
+    @property
+    def processes(self) -> int:
+        """``workers`` as a number (``cpu_count``: this machine's cores)."""
+        return (os.cpu_count() or 1) if self.workers == "cpu_count" else self.workers
 
 
 class ServingConfig(Strict):
