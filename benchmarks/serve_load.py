@@ -67,6 +67,7 @@ def in_process_rate(pngs: list[bytes], batch: int, seconds: float) -> float:
     import torch
     from PIL import Image
 
+    from serving.backends import pixels
     from serving.inputs import CONFIG
     from sightline.inference import load_module, select_device
 
@@ -77,7 +78,7 @@ def in_process_rate(pngs: list[bytes], batch: int, seconds: float) -> float:
         chunk = [pngs[(done + i) % len(pngs)] for i in range(batch)]
         with torch.inference_mode():
             imgs = [Image.open(io.BytesIO(b)) for b in chunk]
-            m.postprocess(m(m.preprocess(imgs).to(device)).float().cpu(), top_k=CONFIG.top_k)
+            m.postprocess(m(pixels(m, imgs, device)).float().cpu(), top_k=CONFIG.top_k)
         done += batch
     return done / (time.perf_counter() - start)
 

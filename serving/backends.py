@@ -51,6 +51,14 @@ def options(name: str) -> dict:
     }
 
 
+def pixels(m, images: list[Image], device: torch.device) -> torch.Tensor:
+    """An image model's input batch on ``device``: its training preprocessing, with the uint8
+    pixels moved to the device and normalised there (a quarter of the bytes to copy, and the
+    arithmetic on the accelerator). On the CPU it equals ``m.preprocess(images)``."""
+    p = m.preprocess
+    return p.normalize(p.to_uint8(images).to(device))
+
+
 def grid(images: torch.Tensor, nrow: int | None = None) -> Image:
     """Images in [0, 1] ``(N, C, H, W)`` -> one PNG-ready grid, square unless ``nrow`` is given."""
     from torchvision.utils import make_grid
@@ -109,7 +117,7 @@ class ClassifierModel(Loaded):
         """Decoded images -> per image its top-k ``{label, probability}``."""
         m = self.m
         with self.infer():
-            logits = m(m.preprocess(images).to(self.device))
+            logits = m(pixels(m, images, self.device))
         return m.postprocess(logits.float().cpu(), top_k=CONFIG.top_k)
 
 
@@ -166,14 +174,14 @@ class VaeModel(Sampler):
         """Each image -> its reconstruction from the posterior mean, base64 PNG."""
         m = self.m
         with self.infer():
-            out = m.reconstruct(m.preprocess(images).to(self.device))
+            out = m.reconstruct(pixels(m, images, self.device))
         return [image_to_b64(i) for i in m.postprocess(out.float())]
 
     @bentoml.api
     def interpolate(self, a: Decoded, b: Decoded, steps: int) -> Image:
         """``steps`` decodings on the line between the latent means of ``a`` and ``b``."""
         m = self.m
-        x = m.preprocess([a, b]).to(self.device)
+        x = pixels(m, [a, b], self.device)
         with self.infer():
             return grid(m.interpolate(x[0], x[1], steps), nrow=steps)
 

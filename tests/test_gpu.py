@@ -45,6 +45,24 @@ def test_each_model_trains_a_few_steps_on_the_run_time_device(
     assert info["global_steps"] >= 1
 
 
+def test_images_are_normalised_on_the_device_as_on_the_cpu(prepared_fashion):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from serving.backends import pixels
+    from sightline.data.images import ImageDataModule
+    from sightline.inference import select_device
+
+    dm = ImageDataModule(prepared_fashion, batch_size=8)
+    x_uint8, _ = next(iter(dm.test_dataloader()))
+    pil = [Image.fromarray(a[0]) for a in x_uint8.numpy()]
+    device = select_device()
+    on_device = pixels(SimpleNamespace(preprocess=dm.preprocess), pil, device)
+    assert on_device.device.type == device.type
+    torch.testing.assert_close(on_device.cpu(), dm.preprocess(pil))
+
+
 def test_the_served_classifier_under_load_on_the_device(
     packaged, prepared_fashion, tmp_path, monkeypatch
 ):

@@ -199,6 +199,20 @@ def test_classifier_top_k_matches_the_in_process_model(client, local):
     assert probs == sorted(probs, reverse=True)
 
 
+def test_image_batches_are_normalised_on_the_models_device(local):
+    """The services move uint8 pixels to the model's device and normalise there; on the CPU
+    that is exactly the training preprocessing ("meta" stands in for an accelerator)."""
+    from serving.backends import pixels
+
+    imgs = [shoe(), Image.new("RGB", (50, 40), (200, 30, 30))]
+    for name in ("classifier", "vae"):
+        m = local[name]
+        assert torch.equal(pixels(m, imgs, torch.device("cpu")), m.preprocess(imgs))
+        on_meta = pixels(m, imgs, torch.device("meta"))
+        assert on_meta.device.type == "meta" and on_meta.dtype == torch.float32
+        assert on_meta.shape == m.preprocess(imgs).shape
+
+
 def test_classifier_bad_uploads_are_4xx_with_a_reason(client):
     bad = client.post("/classifier/predict", files=upload(b"not an image at all"))
     assert_client_error(bad, 400, "not a decodable image")
