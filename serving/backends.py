@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated
@@ -71,6 +72,16 @@ def grid(images: torch.Tensor, nrow: int | None = None) -> Image:
     )[0]
 
 
+def step_back(name: str) -> None:
+    """Raise this worker process's niceness to ``services.<name>.nice``: the kernel then gives
+    the cores to the other services first. Tesseract, started by the OCR worker, inherits it."""
+    if not hasattr(os, "nice"):  # Windows
+        return
+    nice, now = CONFIG.service(name).nice, os.nice(0)
+    if nice > now:  # only upward: lowering it needs privileges
+        os.nice(nice - now)
+
+
 class Loaded:
     """Loads ``name``'s packaged model (its class attribute ``stored``) and warms it up, so the
     service reports ready only when the first real request is as fast as the rest."""
@@ -78,6 +89,7 @@ class Loaded:
     name: str
 
     def __init__(self) -> None:
+        step_back(self.name)
         if CONFIG.threads:
             torch.set_num_threads(CONFIG.threads)
         self.device = select_device()
@@ -255,6 +267,9 @@ class ClipModel(Loaded):
 @bentoml.service(**options("ocr"))
 class Ocr:
     """The words Tesseract reads in one image; one Tesseract at a time per worker process."""
+
+    def __init__(self) -> None:
+        step_back("ocr")
 
     @bentoml.api
     def read(self, image: Decoded) -> Annotated[str, TEXT]:

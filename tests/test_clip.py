@@ -209,3 +209,16 @@ def test_the_tokenizer_cache_is_bounded_and_keeps_its_special_tokens():
     assert torch.equal(tok(texts), plain(texts))  # the same ids as the unbounded cache
     assert len(tok.cache) <= 50 + len(specials)
     assert all(tok.cache[k] == v for k, v in specials.items())
+
+
+def test_building_the_model_does_not_claim_it_is_random(caplog):
+    """open_clip's "initialized randomly" warning is dropped (trained weights follow the build);
+    the root logger keeps no filter and passes other warnings."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    ClipModule()
+    assert not [r for r in caplog.records if "randomly" in r.getMessage()], caplog.text
+    assert not logging.getLogger().filters
+    logging.warning("another warning")
+    assert "another warning" in caplog.text

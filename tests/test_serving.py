@@ -115,6 +115,31 @@ def test_serving_params_errors_name_the_key(tmp_path):
     assert (config.service("classifier").gpu, config.service("clip").gpu) == (1, 0)
     assert (config.service("ocr").workers, config.service("ocr").gpu) == (3, 0)
     assert config.service("ocr").processes == 3  # calls the front keeps in flight scale with it
+    # OCR steps back by default (also when only its workers are set); a model does not
+    assert (config.service("ocr").nice, config.service("classifier").nice) == (10, 0)
+    good.write_text("services: {spam: {nice: 5}, ocr: {nice: 0}}\n")
+    config = load_serving_config(good)
+    assert (config.service("spam").nice, config.service("ocr").nice) == (5, 0)
+    bad.write_text("services: {ocr: {nice: 20}}\n")
+    with pytest.raises(ConfigError, match="nice"):
+        load_serving_config(bad)
+
+
+def test_each_service_process_takes_its_niceness(packaged):
+    """A service's worker raises its niceness to ``services.<name>.nice`` when it starts, in its
+    own process (here a child process, so the test's own priority stays as it is)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os; from serving.backends import step_back; step_back('ocr'); n = os.nice(0); "
+        "step_back('classifier'); print(n, os.nice(0))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=Path.cwd()
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["10", "10"]  # never lowered again: that needs privileges
 
 
 def test_every_non_file_result_names_its_media_type(packaged):

@@ -35,10 +35,13 @@ class BatchingConfig(Strict):
 
 
 class ServiceConfig(Strict):
-    """One inference service: its processes and GPUs (``None``: the top-level ``gpu``)."""
+    """One inference service: its processes and GPUs (``None``: the top-level ``gpu``), and how
+    far its processes step back when the CPU is short (``nice``: their niceness, 0 to 19; a
+    process with a higher one gets the cores only when the others leave them idle)."""
 
     workers: int | Literal["cpu_count"] = 1
     gpu: int | None = Field(None, ge=0)
+    nice: int | None = Field(None, ge=0, le=19)
 
     @property
     def processes(self) -> int:
@@ -113,18 +116,21 @@ class ServingConfig(Strict):
         return self
 
     def service(self, name: str) -> ServiceConfig:
-        """The resources of service ``name``: a model inherits the top-level ``gpu``; OCR runs
-        on the CPU, one process per core unless set."""
+        """The resources of service ``name``: a model inherits the top-level ``gpu`` and runs at
+        normal priority; OCR runs on the CPU, one process per core and at niceness 10 unless set,
+        so bulk OCR takes the cores the model services leave idle."""
         default = (
-            ServiceConfig(workers="cpu_count", gpu=0)
+            ServiceConfig(workers="cpu_count", gpu=0, nice=10)
             if name == "ocr"
-            else ServiceConfig(gpu=self.gpu)
+            else ServiceConfig(gpu=self.gpu, nice=0)
         )
         given = self.services.get(name)
         if given is None:
             return default
         return ServiceConfig(
-            workers=given.workers, gpu=default.gpu if given.gpu is None else given.gpu
+            workers=given.workers,
+            gpu=default.gpu if given.gpu is None else given.gpu,
+            nice=default.nice if given.nice is None else given.nice,
         )
 
     def batch(self, name: str) -> dict[str, int]:

@@ -8,6 +8,7 @@ ships inside the package, nothing is fetched); the loss is open_clip's ``ClipLos
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Literal
@@ -52,6 +53,16 @@ def open_clip_module():
     if not any(name.startswith("sightline-") for name in open_clip.list_models()):
         open_clip.add_model_config(CONFIG_DIR)
     return open_clip
+
+
+class _NoRandomInitWarning(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" warning, which
+    it logs on every build without ``pretrained``. Here the weights always come after the build
+    (a trained checkpoint when loading, ``pretrained`` in ``setup``), or training from scratch
+    is the recipe: a served model would log it at every start, though it serves trained weights."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
 
 
 class ClipDataConfig(Strict):
@@ -129,9 +140,14 @@ class ClipModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         oc = open_clip_module()
-        self.model, _, self.preprocess_one = oc.create_model_and_transforms(
-            arch, pretrained=None, force_context_length=context_length
-        )
+        quiet, root = _NoRandomInitWarning(), logging.getLogger()  # open_clip logs to the root
+        root.addFilter(quiet)
+        try:
+            self.model, _, self.preprocess_one = oc.create_model_and_transforms(
+                arch, pretrained=None, force_context_length=context_length
+            )
+        finally:
+            root.removeFilter(quiet)
         self.tokenizer = oc.get_tokenizer(arch, context_length=context_length)
         if isinstance(getattr(self.tokenizer, "cache", None), dict):
             self.tokenizer.cache = BoundedCache(self.tokenizer.cache, TOKENIZER_CACHE)
