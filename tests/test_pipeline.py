@@ -340,6 +340,9 @@ def test_a_sweep_runs_trials_as_experiments_and_resumes_after_an_interrupt(repro
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # Ctrl-C as at a terminal, also when pytest runs as a background job (`cmd &`), whose
+        # children inherit SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = []
     for line in proc.stdout:
