@@ -249,10 +249,16 @@ def test_classifier_bad_uploads_are_4xx_with_a_reason(client):
     assert_client_error(missing, 400, "images", "missing")
     too_many = client.post(
         "/classifier/predict",
-        files=[("images", (f"{i}.png", _png(shoe()), "image/png")) for i in range(17)],
+        files=[("images", (f"{i}.png", _png(shoe()), "image/png")) for i in range(65)],
     )
-    assert_client_error(too_many, 400, "at most 16")
+    assert_client_error(too_many, 400, "at most 64")
     assert client.post("/classifier/predict", files=upload(_png(shoe()))).status_code == 200
+    full = client.post(  # a request may carry max_images (64), answered in one batch
+        "/classifier/predict",
+        files=[("images", (f"{i}.png", _png(shoe().rotate(i)), "image/png")) for i in range(64)],
+    )
+    assert full.status_code == 200, full.text
+    assert len(full.json()) == 64 and full.json()[0] != full.json()[45]
 
 
 def test_uploads_over_the_size_limit_get_413_declared_or_chunked(client):
