@@ -120,6 +120,7 @@ def test_serving_params_errors_name_the_key(tmp_path):
     good.write_text("services: {spam: {nice: 5}, ocr: {nice: 0}}\n")
     config = load_serving_config(good)
     assert (config.service("spam").nice, config.service("ocr").nice) == (5, 0)
+    assert config.service("ocr").workers == "cpu_count"  # a key left out keeps its default
     bad.write_text("services: {ocr: {nice: 20}}\n")
     with pytest.raises(ConfigError, match="nice"):
         load_serving_config(bad)

@@ -35,13 +35,14 @@ class BatchingConfig(Strict):
 
 
 class ServiceConfig(Strict):
-    """One inference service: its processes and GPUs (``None``: the top-level ``gpu``), and how
-    far its processes step back when the CPU is short (``nice``: their niceness, 0 to 19; a
-    process with a higher one gets the cores only when the others leave them idle)."""
+    """One inference service: its processes and GPUs, and how far its processes step back when
+    the CPU is short (``nice``: their niceness, 0 to 19; a process with a higher one gets the
+    cores only when the others leave them idle). A key left out of ``services.<name>`` takes
+    the service's default (``ServingConfig.service``)."""
 
     workers: int | Literal["cpu_count"] = 1
-    gpu: int | None = Field(None, ge=0)
-    nice: int | None = Field(None, ge=0, le=19)
+    gpu: int = Field(0, ge=0)
+    nice: int = Field(0, ge=0, le=19)
 
     @property
     def processes(self) -> int:
@@ -122,16 +123,10 @@ class ServingConfig(Strict):
         default = (
             ServiceConfig(workers="cpu_count", gpu=0, nice=10)
             if name == "ocr"
-            else ServiceConfig(gpu=self.gpu, nice=0)
+            else ServiceConfig(gpu=self.gpu)
         )
         given = self.services.get(name)
-        if given is None:
-            return default
-        return ServiceConfig(
-            workers=given.workers,
-            gpu=default.gpu if given.gpu is None else given.gpu,
-            nice=default.nice if given.nice is None else given.nice,
-        )
+        return default.model_copy(update=given.model_dump(exclude_unset=True) if given else {})
 
     def batch(self, name: str) -> dict[str, int]:
         """``bentoml.api`` keyword arguments for ``name``'s batchable endpoints."""
