@@ -23,7 +23,8 @@ import torch
 from PIL import Image as PILImage
 from PIL.Image import Image
 
-from serving.inputs import CONFIG, JSON, TEXT, Decoded, image_to_b64
+from serving.inputs import CONFIG, JSON, TEXT, Decoded, Jpeg, Upload, image_to_b64
+from sightline.errors import InputError
 from sightline.inference import load_module, select_device
 from sightline.packaging import load_index
 from sightline.registry import served_models
@@ -52,12 +53,71 @@ def options(name: str) -> dict:
     }
 
 
-def pixels(m, images: list[Image], device: torch.device) -> torch.Tensor:
-    """An image model's input batch on ``device``: its training preprocessing, with the uint8
-    pixels moved to the device and normalised there (a quarter of the bytes to copy, and the
-    arithmetic on the accelerator). On the CPU it equals ``m.preprocess(images)``."""
+def _grey(rgb: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(3, H, W)`` -> ``(1, H, W)`` with PIL's ``convert("L")`` integer arithmetic (ITU-R
+    601-2 luma, rounded), so a grey model sees the values training's preprocessing gives it."""
+    r, g, b = rgb.to(torch.int32)
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).to(torch.uint8)[None]
+
+
+def _decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor | str]:
+    """RGB uint8 ``(3, H, W)`` tensors on ``device`` (nvJPEG on CUDA, in one call), or for a
+    JPEG that does not decode, the reason. TorchCodec succeeds torchvision.io's (deprecated)
+    decoders, with the same libjpeg-turbo and nvJPEG underneath."""
+    from torchcodec.decoders import decode_jpeg
+
+    try:
+        return list(decode_jpeg(datas, mode="RGB", device=device))
+    except RuntimeError:  # one bad JPEG fails the call: find which, decode the rest
+        out: list[torch.Tensor | str] = []
+        for data in datas:
+            try:
+                out.append(decode_jpeg(data, mode="RGB", device=device))
+            except RuntimeError as err:
+                out.append(f"not a decodable image ({type(err).__name__})")
+        return out
+
+
+def upload_pixels(
+    m, items: list[Upload], device: torch.device
+) -> tuple[torch.Tensor, list[str | None]]:
+    """An image model's uint8 input batch on ``device``, and per item the reason it could not be
+    decoded (``None`` where it was; its row is then zeros). Decoded images go through the
+    training preprocessing's ``to_uint8``; JPEG bytes are decoded on the device and converted
+    and resized there the same way (grey as PIL's ``convert("L")``, antialiased bilinear as
+    PIL's ``resize``): within one grey level of the CPU path."""
+    from torchvision.transforms.v2.functional import InterpolationMode, resize
+
     p = m.preprocess
-    return p.normalize(p.to_uint8(images).to(device))
+    errors: list[str | None] = [None] * len(items)
+    jpegs = [i for i, x in enumerate(items) if isinstance(x, Jpeg)]
+    if not jpegs:  # the uint8 pixels cross to the device: a quarter of a float batch's bytes
+        return p.to_uint8(items).to(device), errors
+    (h, w), c = p.size, p.channels
+    out = torch.zeros((len(items), c, h, w), dtype=torch.uint8, device=device)
+    pil = [i for i, x in enumerate(items) if not isinstance(x, Jpeg)]
+    if pil:
+        out[pil] = p.to_uint8([items[i] for i in pil]).to(device)
+    for i, img in zip(jpegs, _decode_jpegs([items[i].data for i in jpegs], device), strict=True):
+        if isinstance(img, str):
+            errors[i] = img
+            continue
+        img = _grey(img) if c == 1 else img
+        if img.shape[1:] != (h, w):
+            img = resize(img, [h, w], InterpolationMode.BILINEAR, antialias=True)
+        out[i] = img
+    return out, errors
+
+
+def pixels(m, images: list[Upload], device: torch.device) -> torch.Tensor:
+    """An image model's normalised input batch on ``device``, normalised there; on the CPU,
+    for decoded images, it equals ``m.preprocess(images)``. Raises ``InputError`` for a JPEG
+    that does not decode (the batched endpoints answer per image instead)."""
+    x, errors = upload_pixels(m, images, device)
+    bad = next((e for e in errors if e), None)
+    if bad:
+        raise InputError(f"image: {bad}")
+    return m.preprocess.normalize(x)
 
 
 def grid(images: torch.Tensor, nrow: int | None = None) -> Image:
@@ -125,12 +185,15 @@ class ClassifierModel(Loaded):
         self.predict([img])
 
     @bentoml.api(batchable=True, **CONFIG.batch("classifier"))
-    def predict(self, images: list[Decoded]) -> Annotated[list[list[dict]], JSON]:
-        """Decoded images -> per image its top-k ``{label, probability}``."""
+    def predict(self, images: list[Upload]) -> Annotated[list[list[dict] | dict], JSON]:
+        """Images (decoded, or JPEG bytes) -> per image its top-k ``{label, probability}``, or
+        ``{"error": reason}`` for a JPEG that does not decode."""
         m = self.m
+        x, errors = upload_pixels(m, images, self.device)
         with self.infer():
-            logits = m(pixels(m, images, self.device))
-        return m.postprocess(logits.float().cpu(), top_k=CONFIG.top_k)
+            logits = m(m.preprocess.normalize(x))
+        top = m.postprocess(logits.float().cpu(), top_k=CONFIG.top_k)
+        return [{"error": e} if e else t for t, e in zip(top, errors, strict=True)]
 
 
 @bentoml.service(**options("spam"))
@@ -182,12 +245,15 @@ class VaeModel(Sampler):
         self.sample(1, 0)
 
     @bentoml.api(batchable=True, **CONFIG.batch("vae"))
-    def reconstruct(self, images: list[Decoded]) -> Annotated[list[str], JSON]:
-        """Each image -> its reconstruction from the posterior mean, base64 PNG."""
+    def reconstruct(self, images: list[Upload]) -> Annotated[list[str | dict], JSON]:
+        """Each image (decoded, or JPEG bytes) -> its reconstruction from the posterior mean,
+        base64 PNG, or ``{"error": reason}`` for a JPEG that does not decode."""
         m = self.m
+        x, errors = upload_pixels(m, images, self.device)
         with self.infer():
-            out = m.reconstruct(pixels(m, images, self.device))
-        return [image_to_b64(i) for i in m.postprocess(out.float())]
+            out = m.reconstruct(m.preprocess.normalize(x))
+        pngs = [image_to_b64(i) for i in m.postprocess(out.float())]
+        return [{"error": e} if e else png for png, e in zip(pngs, errors, strict=True)]
 
     @bentoml.api
     def interpolate(self, a: Decoded, b: Decoded, steps: int) -> Image:

@@ -32,6 +32,7 @@ from pydantic import (
     WrapSerializer,
     model_validator,
 )
+from pydantic_core import core_schema
 
 from sightline.data import decode
 from sightline.errors import BudgetError, InputError
@@ -51,8 +52,8 @@ JSON = ContentType("application/json")
 TEXT = ContentType("text/plain")
 
 
-def _as_is_when_pickled(image: Image, encode, info):
-    return image if info.mode == "python" else encode(image)
+def _as_is_when_pickled(value, encode, info):
+    return value if info.mode == "python" else encode(value)
 
 
 # A decoded image the front passes to a model service. BentoML's ``Image`` is saved again in
@@ -60,6 +61,28 @@ def _as_is_when_pickled(image: Image, encode, info):
 # the encoder's default quality) and decoded again on the other side; this one crosses the local
 # socket pickled as it is, pixels unchanged. Its schema is ``Image``'s.
 Decoded = Annotated[Image, WrapSerializer(_as_is_when_pickled)]
+
+
+class Jpeg:
+    """A JPEG upload the front has sized from its header but not decoded: a model service that
+    decodes on its device (``services.<name>.decode``) gets its bytes, and decodes the batch
+    there (``serving.backends.upload_pixels``). It crosses the socket pickled as it is."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source, handler):
+        return core_schema.is_instance_schema(cls)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema, handler):
+        return {"type": "string", "format": "binary", "description": "a JPEG file's bytes"}
+
+
+Upload = Decoded | Jpeg  # what a batchable image endpoint of a model service takes
 
 
 class TooLarge(BentoMLException):
@@ -117,18 +140,43 @@ def _open_upload(obj) -> Image:
         raise ValueError(str(err)) from None
 
 
-async def decoded(images: list[Image]) -> list[Image]:
-    """Decode opened uploads in full in a worker thread (PIL releases the GIL while it decodes),
-    so the event loop keeps serving other requests; a corrupt one is a 400."""
+def image_name(i: int, n: int) -> str:
+    """How an error names the ``i``-th (from 0) of a request's ``n`` images."""
+    return f"image {i + 1}" if n > 1 else "image"
 
-    def load_all() -> list[Image]:
-        return [
-            load_image(im, f"image {i + 1}" if len(images) > 1 else "image")
-            for i, im in enumerate(images)
-        ]
+
+def jpeg_bytes(img: Image) -> bytes | None:
+    """The bytes of an opened, not yet decoded, grey or RGB JPEG upload; ``None`` for any other
+    (a CMYK JPEG, another format), which the front decodes."""
+    fp = getattr(img, "fp", None)
+    if img.format != "JPEG" or img.mode not in ("L", "RGB") or not isinstance(fp, io.BytesIO):
+        return None
+    return fp.getvalue()
+
+
+async def decoded(images: list[Image], keep_jpeg: bool = False) -> list[Image | Jpeg]:
+    """Decode opened uploads in full in a worker thread (PIL releases the GIL while it decodes),
+    so the event loop keeps serving other requests; a corrupt one is a 400. ``keep_jpeg``: grey
+    and RGB JPEGs stay encoded (``Jpeg``), for a service that decodes them on its device."""
+
+    def load_all() -> list[Image | Jpeg]:
+        out: list[Image | Jpeg] = []
+        for i, im in enumerate(images):
+            data = jpeg_bytes(im) if keep_jpeg else None
+            out.append(Jpeg(data=data) if data else load_image(im, image_name(i, len(images))))
+        return out
 
     with client_errors():
         return await asyncio.to_thread(load_all)
+
+
+def answered(results: list) -> list:
+    """A model service's answers to one request's images; the first image it could not decode
+    (``{"error": reason}`` in its place) is the request's 400."""
+    for i, r in enumerate(results):
+        if isinstance(r, dict) and "error" in r:
+            raise InvalidArgument(f"{image_name(i, len(results))}: {r['error']}")
+    return results
 
 
 def b64_bytes(value: str) -> bytes:

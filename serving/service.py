@@ -55,6 +55,7 @@ from serving.inputs import (
     SpamResult,
     Template,
     ZeroShotLabel,
+    answered,
     check_request_chars,
     client_errors,
     decoded,
@@ -136,6 +137,8 @@ class Sightline:
     def __init__(self) -> None:
         self.tags = {name: str(bentoml.models.get(MODEL_TAGS[name]).tag) for name in MODEL_TAGS}
         self.spam_images = _spam_reads_images()
+        # the services that decode JPEG uploads on their device get them undecoded
+        self.decodes_jpeg = {name: CONFIG.service(name).decodes_jpeg for name in SERVICES}
         if self.spam_images and not ocr_available():
             logging.getLogger("sightline").warning(
                 "spam: the tesseract command is missing; the words in images are not read (apt install tesseract-ocr)"
@@ -159,7 +162,8 @@ class Sightline:
     async def classifier_predict(self, images: ImageFiles) -> Annotated[list[list[Label]], JSON]:
         """Each image (any size or mode; resized and converted as in training) -> its top-k
         Fashion-MNIST labels with probabilities."""
-        return await self.batched["classifier", "predict"](await decoded(images))
+        items = await decoded(images, keep_jpeg=self.decodes_jpeg["classifier"])
+        return answered(await self.batched["classifier", "predict"](items))
 
     # spam
 
@@ -247,7 +251,8 @@ class Sightline:
     @bentoml.api(route="/vae/reconstruct")
     async def vae_reconstruct(self, images: ImageFiles) -> Annotated[list[str], JSON]:
         """Each image -> its reconstruction from the posterior mean (PNG, base64)."""
-        return await self.batched["vae", "reconstruct"](await decoded(images))
+        items = await decoded(images, keep_jpeg=self.decodes_jpeg["vae"])
+        return answered(await self.batched["vae", "reconstruct"](items))
 
     @bentoml.api(route="/vae/sample")
     async def vae_sample(self, n: Count = 16, seed: Seed = 0) -> Images:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -569,17 +570,19 @@ def wait_ready(url: str, proc, timeout: float = 240) -> None:
     raise AssertionError(f"{url}/readyz not ready after {timeout} s")
 
 
-@pytest.fixture(scope="session")
-def live_server(packaged):
-    """``bentoml serve serving.service:Sightline`` of the tiny packaged models on a free loopback
-    port: ``(url, process)``; stopped at the end of the session."""
+@contextmanager
+def bentoml_serve(log_path: Path, params: Path | None = None):
+    """``bentoml serve serving.service:Sightline`` on a free loopback port, with the serving
+    settings of ``params`` (else ``serving/params.yaml``): ``(url, process)``; stopped after."""
     import signal
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("SIGHTLINE_API_TOKEN", None)
-    log = open(packaged["classifier"].parent / "server.log", "wb")  # noqa: SIM115 - closed below
+    env.pop("SIGHTLINE_SERVING_PARAMS", None)
+    if params is not None:
+        env["SIGHTLINE_SERVING_PARAMS"] = str(params)
     cmd = [
         str(Path(sys.executable).parent / "bentoml"),
         "serve",
@@ -589,11 +592,22 @@ def live_server(packaged):
         "--port",
         str(port),
     ]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    wait_ready(url, proc)
-    yield url, proc
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
-    log.close()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            wait_ready(url, proc)
+            yield url, proc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def live_server(packaged):
+    """The tiny packaged models served with the default settings: ``(url, process)``; stopped
+    at the end of the session."""
+    with bentoml_serve(packaged["classifier"].parent / "server.log") as served:
+        yield served

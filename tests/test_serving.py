@@ -126,6 +126,29 @@ def test_serving_params_errors_name_the_key(tmp_path):
         load_serving_config(bad)
 
 
+def test_jpeg_uploads_are_decoded_on_the_device_where_a_service_has_a_gpu(tmp_path):
+    """``decode: auto``: classifier and vae decode their JPEG uploads themselves when they have
+    a GPU; ``device`` and ``front`` force it either way; the other services cannot."""
+    from sightline.packaging import load_serving_config
+
+    path = tmp_path / "params.yaml"
+    path.write_text("gpu: 0\n")
+    cpu = load_serving_config(path)
+    assert cpu.service("classifier").decode == "auto"
+    assert not any(cpu.service(n).decodes_jpeg for n in (*NAMES, "ocr"))
+    path.write_text("gpu: 1\nservices: {vae: {decode: front}}\n")
+    gpu = load_serving_config(path)
+    assert [gpu.service(n).decodes_jpeg for n in NAMES] == [True, False, False, False, False]
+    path.write_text("services: {vae: {decode: device}}\n")
+    assert load_serving_config(path).service("vae").decodes_jpeg
+    path.write_text("services: {clip: {decode: device}}\n")
+    with pytest.raises(ConfigError, match="services.clip.decode: only classifier and vae"):
+        load_serving_config(path)
+    path.write_text("services: {vae: {decode: gpu}}\n")
+    with pytest.raises(ConfigError, match="decode"):
+        load_serving_config(path)
+
+
 def test_each_service_process_takes_its_niceness(packaged):
     """A service's worker raises its niceness to ``services.<name>.nice`` when it starts, in its
     own process (here a child process, so the test's own priority stays as it is)."""
@@ -237,6 +260,72 @@ def test_image_batches_are_normalised_on_the_models_device(local):
         on_meta = pixels(m, imgs, torch.device("meta"))
         assert on_meta.device.type == "meta" and on_meta.dtype == torch.float32
         assert on_meta.shape == m.preprocess(imgs).shape
+
+
+def _jpeg(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", **kw)
+    return buf.getvalue()
+
+
+def _photos() -> list[Image.Image]:
+    """RGB and grey images of several sizes, with smooth and noisy regions."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    out = []
+    for h, w in [(28, 28), (32, 32), (37, 45), (300, 400), (20, 60)]:
+        a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        a[: h // 2] = np.linspace(0, 255, w, dtype=np.uint8)[None, :, None]
+        out += [Image.fromarray(a), Image.fromarray(a).convert("L")]
+    return out
+
+
+def test_jpegs_decoded_on_the_device_get_the_training_preprocessings_pixels(local):
+    """A model service that decodes JPEG uploads itself (TorchCodec, then grey conversion and
+    resizing as tensors) gives its network what the training preprocessing gives it from PIL:
+    the same pixels where no resizing is needed, within one grey level where it is. A JPEG that
+    does not decode is that item's error; the rest of the batch is answered."""
+    from serving.backends import upload_pixels
+    from serving.inputs import Jpeg
+
+    datas = [_jpeg(img, quality=85) for img in _photos()]
+    cpu = torch.device("cpu")
+    for name in ("classifier", "vae"):
+        p = local[name].preprocess
+        want = p.to_uint8([_pil(d) for d in datas])
+        got, errors = upload_pixels(local[name], [Jpeg(data=d) for d in datas], cpu)
+        assert errors == [None] * len(datas) and got.dtype == torch.uint8
+        diff = (got.int() - want.int()).abs()
+        assert diff.max() <= 1, name
+        same_size = [i for i, d in enumerate(datas) if _pil(d).size == tuple(p.size)[::-1]]
+        assert same_size and all(diff[i].max() == 0 for i in same_size), name
+        mixed = [Jpeg(data=d) if i % 2 else _pil(d) for i, d in enumerate(datas)]
+        assert torch.equal(upload_pixels(local[name], mixed, cpu)[0][::2], want[::2])
+
+    truncated = datas[6][: len(datas[6]) // 2]  # its header is whole: only decoding finds it
+    got, errors = upload_pixels(
+        local["classifier"], [Jpeg(data=datas[0]), Jpeg(data=truncated), _pil(datas[1])], cpu
+    )
+    assert errors[0] is None and errors[2] is None
+    assert errors[1].startswith("not a decodable image")
+    assert torch.equal(got[0], local["classifier"].preprocess.to_uint8([_pil(datas[0])])[0])
+
+
+def test_the_front_leaves_only_grey_and_rgb_jpegs_encoded_for_the_device():
+    import asyncio
+
+    from serving.inputs import Jpeg, decoded, open_image
+
+    img = _photos()[2]
+    jpeg, grey, cmyk = _jpeg(img), _jpeg(img.convert("L")), _jpeg(img.convert("CMYK"))
+    opened = [open_image(d) for d in (jpeg, grey, cmyk, _png(img))]
+    kept = asyncio.run(decoded(opened, keep_jpeg=True))
+    assert [type(x).__name__ for x in kept[:2]] == ["Jpeg", "Jpeg"]
+    assert [kept[0].data, kept[1].data] == [jpeg, grey]  # the upload's bytes, untouched
+    assert all(isinstance(x, Image.Image) and x.getbbox() for x in kept[2:])  # decoded here
+    opened = [open_image(d) for d in (jpeg, grey)]
+    assert not any(isinstance(x, Jpeg) for x in asyncio.run(decoded(opened)))
 
 
 def test_classifier_bad_uploads_are_4xx_with_a_reason(client):

@@ -620,3 +620,79 @@ def test_served_answers_equal_the_in_process_model_on_every_image_format(live_se
     for (fmt, _), got, w in zip(uploads, hits, want, strict=True):
         probs = {h["label"]: h["probability"] for h in w}
         assert all(abs(h["probability"] - probs.get(h["label"], -1)) < 1e-5 for h in got), fmt
+
+
+@pytest.fixture(scope="module")
+def device_decoding_server(packaged, tmp_path_factory):
+    """The tiny models served as on a GPU machine: classifier and vae decode their JPEG uploads
+    themselves (``services.<name>.decode: device``; here their device is the CPU)."""
+    import yaml
+    from conftest import REPO, bentoml_serve
+
+    params = yaml.safe_load((REPO / "serving" / "params.yaml").read_text())
+    for name in ("classifier", "vae"):
+        params["services"][name]["decode"] = "device"
+    tmp = tmp_path_factory.mktemp("device-decoding")
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params))
+    with bentoml_serve(tmp / "server.log", tmp / "params.yaml") as served:
+        yield served
+
+
+def test_jpegs_the_model_service_decodes_are_answered_as_in_process(
+    device_decoding_server, packaged
+):
+    """JPEG uploads cross to the model service as their bytes and are decoded there, beside
+    PNGs the front decoded: each answer equals the in-process model on the same path, and a
+    JPEG whose header is whole but whose data is truncated is the request's 400, naming it,
+    without touching the requests batched with it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import torch
+
+    from serving.backends import upload_pixels
+    from serving.inputs import Jpeg
+    from sightline.inference import load_module
+
+    url, _ = device_decoding_server
+    rng = np.random.default_rng(1)
+    src = Image.fromarray(rng.integers(0, 256, (37, 45, 3), dtype=np.uint8))
+    uploads = []
+    for fmt, mode in [("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB")]:
+        buf = io.BytesIO()
+        src.convert(mode).save(buf, format=fmt)
+        uploads.append((fmt, buf.getvalue()))
+    items = [Jpeg(data=d) if fmt == "JPEG" else Image.open(io.BytesIO(d)) for fmt, d in uploads]
+    body = multipart(
+        [("images", f"{i}.img", f"image/{fmt.lower()}", d) for i, (fmt, d) in enumerate(uploads)]
+    )
+    m = load_module(packaged["classifier"], "classifier", "cpu")
+    with torch.inference_mode():
+        x, errors = upload_pixels(m, items, torch.device("cpu"))
+        want = m.postprocess(m(m.preprocess.normalize(x)).float(), top_k=5)
+    assert errors == [None] * 3
+
+    status, hits = post(url + "/classifier/predict", *body)
+    assert status == 200, hits
+    for (fmt, _), got, w in zip(uploads, hits, want, strict=True):
+        probs = {h["label"]: h["probability"] for h in w}
+        assert all(abs(h["probability"] - probs.get(h["label"], -1)) < 1e-5 for h in got), fmt
+    status, recons = post(url + "/vae/reconstruct", *body)
+    assert status == 200 and len(recons) == 3, recons
+
+    truncated = uploads[0][1][: len(uploads[0][1]) // 2]
+    bad = multipart(
+        [
+            ("images", "0.png", "image/png", uploads[2][1]),
+            ("images", "1.jpg", "image/jpeg", truncated),
+        ]
+    )
+    for route in ("/classifier/predict", "/vae/reconstruct"):
+        status, err = post(url + route, *bad)
+        assert status == 400, (route, err)
+        assert "image 2: not a decodable image" in err["error"], (route, err)
+    # sent together, so the front merges them into shared calls: only the bad ones fail
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda b: post(url + "/classifier/predict", *b), [body, bad] * 8))
+    assert [s for s, _ in together] == [200, 400] * 8
+    assert all(r == hits for _, r in together[::2])

@@ -24,6 +24,7 @@ from sightline.errors import ConfigError
 from sightline.registry import get_evaluation, served_models
 
 INDEX_WEIGHTS = "index.safetensors"
+DEVICE_DECODING = ("classifier", "vae")  # services that may decode JPEG uploads on their device
 INDEX_META = "index.json"
 
 
@@ -35,14 +36,22 @@ class BatchingConfig(Strict):
 
 
 class ServiceConfig(Strict):
-    """One inference service: its processes and GPUs, and how far its processes step back when
+    """One inference service: its processes and GPUs, how far its processes step back when
     the CPU is short (``nice``: their niceness, 0 to 19; a process with a higher one gets the
-    cores only when the others leave them idle). A key left out of ``services.<name>`` takes
-    the service's default (``ServingConfig.service``)."""
+    cores only when the others leave them idle), and where its JPEG uploads are decoded
+    (``decode``: ``front``, with the other formats; ``device``, by the model service on its
+    device; ``auto``, on the device when the service has a GPU). A key left out of
+    ``services.<name>`` takes the service's default (``ServingConfig.service``)."""
 
     workers: int | Literal["cpu_count"] = 1
     gpu: int = Field(0, ge=0)
     nice: int = Field(0, ge=0, le=19)
+    decode: Literal["auto", "front", "device"] = "auto"
+
+    @property
+    def decodes_jpeg(self) -> bool:
+        """Whether this service decodes the JPEG uploads itself, on its device."""
+        return self.decode == "device" or (self.decode == "auto" and self.gpu > 0)
 
     @property
     def processes(self) -> int:
@@ -106,6 +115,17 @@ class ServingConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _decoding_services(self) -> ServingConfig:
+        """Only the models whose uploads go straight into their network (classifier, vae)
+        decode JPEGs on their device; clip's open_clip transforms take PIL images."""
+        for name, svc in self.services.items():
+            if svc.decode == "device" and name not in DEVICE_DECODING:
+                raise ValueError(
+                    f"services.{name}.decode: only {' and '.join(DEVICE_DECODING)} decode their uploads on the device"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _known_services(self) -> ServingConfig:
         served = served_models()
         for key, names in (("services", self.services), ("batching", self.batching)):
@@ -119,14 +139,18 @@ class ServingConfig(Strict):
     def service(self, name: str) -> ServiceConfig:
         """The resources of service ``name``: a model inherits the top-level ``gpu`` and runs at
         normal priority; OCR runs on the CPU, one process per core and at niceness 10 unless set,
-        so bulk OCR takes the cores the model services leave idle."""
+        so bulk OCR takes the cores the model services leave idle. Only ``DEVICE_DECODING``
+        services decode JPEGs themselves; the front decodes every other service's uploads."""
         default = (
             ServiceConfig(workers="cpu_count", gpu=0, nice=10)
             if name == "ocr"
             else ServiceConfig(gpu=self.gpu)
         )
         given = self.services.get(name)
-        return default.model_copy(update=given.model_dump(exclude_unset=True) if given else {})
+        svc = default.model_copy(update=given.model_dump(exclude_unset=True) if given else {})
+        if name not in DEVICE_DECODING:  # auto never means the device for the others
+            svc = svc.model_copy(update={"decode": "front"})
+        return svc
 
     def batch(self, name: str) -> dict[str, int]:
         """``bentoml.api`` keyword arguments for ``name``'s batchable endpoints."""
