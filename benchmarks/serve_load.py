@@ -7,8 +7,8 @@ upload with a constant, no decoding, no model), each on a free loopback port; or
 flight, so one client process is not the bottleneck. For 1 and 16 images per request at each
 concurrency it prints images/s, p50/p99 latency and errors, and two ratios:
 
-- served / in-process: the same work (PNG decode, preprocessing, batched forward, top-k) in this
-  process on the same device, at the same batch size as the request;
+- served / in-process: the same work (decoding where the service decodes, preprocessing, batched
+  forward, top-k) in this process on the same device, at the same batch size as the request;
 - served / floor: requests/s of the service over requests/s of the floor at the same load.
 
 ``--isolation`` also measures the classifier's p99 alone and while ``/spam/predict`` is kept
@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 
-def test_pngs(n: int) -> list[bytes]:
-    """``n`` Fashion-MNIST test images as PNG bytes (the prepared split; random 28x28 images
-    when it has not been prepared)."""
+def test_images(n: int, fmt: str = "png") -> list[bytes]:
+    """``n`` Fashion-MNIST test images as PNG (or JPEG, quality 90) bytes (the prepared split;
+    random 28x28 images when it has not been prepared)."""
     import numpy as np
     from PIL import Image
 
@@ -55,30 +55,37 @@ def test_pngs(n: int) -> list[bytes]:
     out = []
     for a in x:
         buf = io.BytesIO()
-        Image.fromarray(np.asarray(a[0])).save(buf, format="PNG")
+        Image.fromarray(np.asarray(a[0])).save(buf, format=fmt.upper(), quality=90)
         out.append(buf.getvalue())
     return out
 
 
-def in_process_rate(pngs: list[bytes], batch: int, seconds: float) -> float:
+def in_process_rate(images: list[bytes], batch: int, seconds: float) -> float:
     """Images/s of decode + preprocess + batched forward + top-k, in this process, on the device
-    the service would choose."""
+    the service would choose, decoding where the service would (JPEGs on the device when
+    ``services.classifier.decode`` says so, else with PIL)."""
     import bentoml
     import torch
     from PIL import Image
 
     from serving.backends import pixels
-    from serving.inputs import CONFIG
+    from serving.inputs import CONFIG, Jpeg, jpeg_bytes
     from sightline.inference import load_module, select_device
 
     device = select_device()
     m = load_module(bentoml.models.get("classifier:latest").path, "classifier", device)
+    on_device = CONFIG.service("classifier").decodes_jpeg
+
+    def item(data: bytes):
+        img = Image.open(io.BytesIO(data))
+        return Jpeg(data) if on_device and jpeg_bytes(img) else img
+
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        chunk = [pngs[(done + i) % len(pngs)] for i in range(batch)]
+        chunk = [images[(done + i) % len(images)] for i in range(batch)]
         with torch.inference_mode():
-            imgs = [Image.open(io.BytesIO(b)) for b in chunk]
-            m.postprocess(m(pixels(m, imgs, device)).float().cpu(), top_k=CONFIG.top_k)
+            x = pixels(m, [item(b) for b in chunk], device)
+            m.postprocess(m(x).float().cpu(), top_k=CONFIG.top_k)
         done += batch
     return done / (time.perf_counter() - start)
 
@@ -134,12 +141,12 @@ def bad_requests() -> list[tuple[str, bytes, str]]:
     ]
 
 
-def multipart(pngs: list[bytes]) -> tuple[bytes, str]:
+def multipart(images: list[bytes], fmt: str = "png") -> tuple[bytes, str]:
     out = io.BytesIO()
-    for i, data in enumerate(pngs):
+    for i, data in enumerate(images):
         out.write(
-            b'--B\r\nContent-Disposition: form-data; name="images"; filename="%d.png"\r\nContent-Type: image/png\r\n\r\n'
-            % i
+            b'--B\r\nContent-Disposition: form-data; name="images"; filename="%d.%s"\r\nContent-Type: image/%s\r\n\r\n'
+            % (i, fmt.encode(), fmt.encode())
         )
         out.write(data + b"\r\n")
     out.write(b"--B--\r\n")
@@ -303,6 +310,7 @@ def main(argv: list[str] | None = None) -> list[tuple[int, int, dict]]:
     p.add_argument("--per-request", type=int, nargs="+", default=[1, 16], help="images per request")
     p.add_argument("--clients", type=int, default=2, help="load-generator processes")
     p.add_argument("--images", type=int, default=512, help="distinct test images cycled through")
+    p.add_argument("--format", choices=["png", "jpeg"], default="png", help="of the uploads")
     p.add_argument(
         "--bad-fraction",
         type=float,
@@ -317,14 +325,14 @@ def main(argv: list[str] | None = None) -> list[tuple[int, int, dict]]:
 
     from serving.inputs import CONFIG
 
-    pngs = test_pngs(args.images)
+    images = test_images(args.images, args.format)
     every = round(1 / args.bad_fraction) if args.bad_fraction else 0
     bad = [(r, b, c, True) for r, b, c in bad_requests()]
 
     def bodies(k: int) -> list[tuple[str, bytes, str, bool]]:
         good = [
-            ("/classifier/predict", *multipart(pngs[i : i + k]), False)
-            for i in range(0, len(pngs) - k + 1, k)
+            ("/classifier/predict", *multipart(images[i : i + k], args.format), False)
+            for i in range(0, len(images) - k + 1, k)
         ]
         if not every:
             return good
@@ -356,7 +364,7 @@ def main(argv: list[str] | None = None) -> list[tuple[int, int, dict]]:
                 for k in args.per_request:
                     for c in args.concurrency:
                         floor_rows[k, c] = load(pool, url, bodies(k), c, args.seconds, args.clients)
-    local = {k: in_process_rate(pngs, k, min(args.seconds, 10.0)) for k in args.per_request}
+    local = {k: in_process_rate(images, k, min(args.seconds, 10.0)) for k in args.per_request}
 
     import torch
 
@@ -364,7 +372,7 @@ def main(argv: list[str] | None = None) -> list[tuple[int, int, dict]]:
 
     batch = CONFIG.batch("classifier")
     print(
-        f"classifier, {args.seconds:.0f} s per level, {args.clients} load-generator processes, {os.cpu_count()} CPUs, device {select_device()}{' (' + torch.cuda.get_device_name() + ')' if torch.cuda.is_available() else ''}, front workers={CONFIG.workers}, calls in flight={CONFIG.calls_in_flight}, classifier workers={CONFIG.service('classifier').workers}, max_batch_size={batch['max_batch_size']}"
+        f"classifier, {args.seconds:.0f} s per level, {args.clients} load-generator processes, {os.cpu_count()} CPUs, device {select_device()}{' (' + torch.cuda.get_device_name() + ')' if torch.cuda.is_available() else ''}, front workers={CONFIG.workers}, calls in flight={CONFIG.calls_in_flight}, classifier workers={CONFIG.service('classifier').workers}, max_batch_size={batch['max_batch_size']}, {args.format.upper()} uploads, JPEGs decoded {'on the device' if CONFIG.service('classifier').decodes_jpeg else 'by the front'}"
     )
     for k, rate in local.items():
         print(f"in-process (decode + preprocess + batch {k} forward + top-k): {rate:.0f} images/s")

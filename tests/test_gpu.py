@@ -63,6 +63,45 @@ def test_images_are_normalised_on_the_device_as_on_the_cpu(prepared_fashion):
     torch.testing.assert_close(on_device.cpu(), dm.preprocess(pil))
 
 
+def test_jpegs_decode_on_the_device_as_on_the_cpu(prepared_fashion):
+    """JPEG uploads decoded where the model runs (nvJPEG on CUDA) give the pixels the CPU path
+    gives (libjpeg-turbo and PIL's arithmetic): decoders differ in their inverse DCT, so this
+    bounds the difference and prints it."""
+    import io
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+
+    from serving.backends import upload_pixels
+    from serving.inputs import Jpeg
+    from sightline.data.images import ImageDataModule
+    from sightline.data.preprocess import ImagePreprocess
+    from sightline.inference import select_device
+
+    dm = ImageDataModule(prepared_fashion, batch_size=32)
+    x_uint8, _ = next(iter(dm.test_dataloader()))
+    photo = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    photo[:150] = np.linspace(0, 255, 400, dtype=np.uint8)[None, :, None]
+    imgs = [Image.fromarray(a[0]) for a in x_uint8.numpy()] + [Image.fromarray(photo)]
+    datas = []
+    for img in imgs:
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        datas.append(buf.getvalue())
+    device = select_device()
+    for p in (dm.preprocess, ImagePreprocess(3, (32, 32), (0.5,) * 3, (0.25,) * 3)):
+        m = SimpleNamespace(preprocess=p)
+        on_device, errors = upload_pixels(m, [Jpeg(d) for d in datas], device)
+        on_cpu, _ = upload_pixels(m, [Jpeg(d) for d in datas], torch.device("cpu"))
+        assert on_device.device.type == device.type and errors == [None] * len(datas)
+        diff = (on_device.cpu().int() - on_cpu.int()).abs().float()
+        print(
+            f"\nJPEG pixels on {device} vs the CPU, {p.channels} channel(s): max {diff.max():.0f}, mean {diff.mean():.3f} grey levels"
+        )
+        assert diff.max() <= 8 and diff.mean() <= 1.0
+
+
 def test_the_served_classifier_under_load_on_the_device(
     packaged, prepared_fashion, tmp_path, monkeypatch
 ):
@@ -99,6 +138,10 @@ def test_the_served_classifier_under_load_on_the_device(
     import serve_load
 
     rows = serve_load.main(["--seconds", "8", "--isolation"])
+    # JPEG uploads: decoded by the classifier service on the GPU (decode: auto, gpu: 1)
+    rows += serve_load.main(
+        ["--seconds", "8", "--per-request", "16", "--concurrency", "64", "--format", "jpeg"]
+    )
     # an overload past the machine's capacity is a 503 with Retry-After; anything else is a bug
     broken = [k for _, _, r in rows for k in r["errors"] if not k.startswith("good:503")]
     assert not broken, json.dumps([r["errors"] for _, _, r in rows])
