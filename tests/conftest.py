@@ -583,6 +583,8 @@ def bentoml_serve(log_path: Path, params: Path | None = None):
     env.pop("SIGHTLINE_SERVING_PARAMS", None)
     if params is not None:
         env["SIGHTLINE_SERVING_PARAMS"] = str(params)
+    # each server its own task store: a starting server deletes the one it finds
+    env["BENTOML_RESULT_STORE"] = str(log_path.with_suffix(".tasks.db"))
     cmd = [
         str(Path(sys.executable).parent / "bentoml"),
         "serve",
