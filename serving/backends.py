@@ -11,6 +11,7 @@ not exposed on their own (``bentoml serve`` binds them to local sockets).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -166,6 +167,23 @@ class Loaded:
     def warm_up(self, img: Image) -> None:
         raise NotImplementedError
 
+    def uploads(self, img: Image) -> list[Upload]:
+        """Warm-up uploads: ``img``, and as a JPEG too where this service decodes JPEGs on its
+        device (the decoder's first call initialises it: nvJPEG on CUDA)."""
+        if not CONFIG.service(self.name).decodes_jpeg:
+            return [img]
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG")
+        from torchcodec.decoders import decode_jpeg
+
+        try:  # a decoder that fails here would answer every JPEG upload with a 400
+            decode_jpeg([buf.getvalue()], mode="RGB", device=self.device)
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"services.{self.name}.decode: JPEGs cannot be decoded on {self.device} ({err}); set decode: front"
+            ) from err
+        return [img, Jpeg(buf.getvalue())]
+
     @contextmanager
     def infer(self):
         """No autograd; float16 autocast on CUDA when ``half`` is set, else full precision."""
@@ -182,7 +200,7 @@ class ClassifierModel(Loaded):
     stored = bentoml.models.BentoModel(MODEL_TAGS["classifier"])
 
     def warm_up(self, img: Image) -> None:
-        self.predict([img])
+        self.predict(self.uploads(img))
 
     @bentoml.api(batchable=True, **CONFIG.batch("classifier"))
     def predict(self, images: list[Upload]) -> Annotated[list[list[dict] | dict], JSON]:
@@ -241,7 +259,7 @@ class VaeModel(Sampler):
     stored = bentoml.models.BentoModel(MODEL_TAGS["vae"])
 
     def warm_up(self, img: Image) -> None:
-        self.reconstruct([img])
+        self.reconstruct(self.uploads(img))
         self.sample(1, 0)
 
     @bentoml.api(batchable=True, **CONFIG.batch("vae"))

@@ -312,6 +312,32 @@ def test_jpegs_decoded_on_the_device_get_the_training_preprocessings_pixels(loca
     assert torch.equal(got[0], local["classifier"].preprocess.to_uint8([_pil(datas[0])])[0])
 
 
+def test_a_service_whose_device_cannot_decode_jpegs_refuses_to_start(monkeypatch):
+    """Its warm-up decodes a JPEG on the device: a decoder that fails there stops the service
+    with the reason, instead of answering every JPEG upload with a 400."""
+    from types import SimpleNamespace
+
+    import torchcodec.decoders
+
+    from serving.backends import ClassifierModel
+    from serving.inputs import CONFIG, Jpeg
+    from sightline.packaging import ServiceConfig
+
+    me = SimpleNamespace(name="classifier", device=torch.device("cpu"))
+    img = Image.new("RGB", (16, 16), (200, 30, 30))
+    assert ClassifierModel.inner.uploads(me, img) == [img]  # decode: auto, no GPU
+    monkeypatch.setitem(CONFIG.services, "classifier", ServiceConfig(decode="device"))
+    warm = ClassifierModel.inner.uploads(me, img)
+    assert warm[0] is img and isinstance(warm[1], Jpeg)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("nvJPEG is not available")
+
+    monkeypatch.setattr(torchcodec.decoders, "decode_jpeg", broken)
+    with pytest.raises(RuntimeError, match="decode: JPEGs cannot be decoded on cpu .nvJPEG"):
+        ClassifierModel.inner.uploads(me, img)
+
+
 def test_the_front_leaves_only_grey_and_rgb_jpegs_encoded_for_the_device():
     import asyncio
 
