@@ -24,8 +24,8 @@ from sightline.errors import ConfigError
 from sightline.registry import get_evaluation, served_models
 
 INDEX_WEIGHTS = "index.safetensors"
-DEVICE_DECODING = ("classifier", "vae")  # services that may decode JPEG uploads on their device
 INDEX_META = "index.json"
+DEVICE_DECODING = ("classifier", "vae")  # services that may decode JPEG uploads on their device
 
 
 class BatchingConfig(Strict):
