@@ -126,27 +126,27 @@ def test_serving_params_errors_name_the_key(tmp_path):
         load_serving_config(bad)
 
 
+def _serving_params(path: Path, text: str):
+    from sightline.packaging import load_serving_config
+
+    path.write_text(text)
+    return load_serving_config(path)
+
+
 def test_jpeg_uploads_are_decoded_on_the_device_where_a_service_has_a_gpu(tmp_path):
     """``decode: auto``: classifier and vae decode their JPEG uploads themselves when they have
     a GPU; ``device`` and ``front`` force it either way; the other services cannot."""
-    from sightline.packaging import load_serving_config
-
     path = tmp_path / "params.yaml"
-    path.write_text("gpu: 0\n")
-    cpu = load_serving_config(path)
+    cpu = _serving_params(path, "gpu: 0\n")
     assert cpu.service("classifier").decode == "auto"
     assert not any(cpu.service(n).decodes_jpeg for n in (*NAMES, "ocr"))
-    path.write_text("gpu: 1\nservices: {vae: {decode: front}}\n")
-    gpu = load_serving_config(path)
+    gpu = _serving_params(path, "gpu: 1\nservices: {vae: {decode: front}}\n")
     assert [gpu.service(n).decodes_jpeg for n in NAMES] == [True, False, False, False, False]
-    path.write_text("services: {vae: {decode: device}}\n")
-    assert load_serving_config(path).service("vae").decodes_jpeg
-    path.write_text("services: {clip: {decode: device}}\n")
+    assert _serving_params(path, "services: {vae: {decode: device}}\n").service("vae").decodes_jpeg
     with pytest.raises(ConfigError, match="services.clip.decode: only classifier and vae"):
-        load_serving_config(path)
-    path.write_text("services: {vae: {decode: gpu}}\n")
+        _serving_params(path, "services: {clip: {decode: device}}\n")
     with pytest.raises(ConfigError, match="decode"):
-        load_serving_config(path)
+        _serving_params(path, "services: {vae: {decode: gpu}}\n")
 
 
 def test_each_service_process_takes_its_niceness(packaged):
