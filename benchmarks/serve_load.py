@@ -60,21 +60,31 @@ def test_images(n: int, fmt: str = "png") -> list[bytes]:
     return out
 
 
-def in_process_rate(images: list[bytes], batch: int, seconds: float) -> float:
+def settings():
+    """The serving settings the server started here runs with (``SIGHTLINE_SERVING_PARAMS`` or
+    serving/params.yaml), read now: ``serving.inputs.CONFIG`` holds the ones in force when this
+    process first imported it."""
+    from serving.inputs import params_path
+    from sightline.packaging import load_serving_config
+
+    return load_serving_config(params_path())
+
+
+def in_process_rate(images: list[bytes], batch: int, seconds: float, config) -> float:
     """Images/s of decode + preprocess + batched forward + top-k, in this process, on the device
     the service would choose, decoding where the service would (JPEGs on the device when
-    ``services.classifier.decode`` says so, else with PIL)."""
+    ``services.classifier.decode`` of ``config`` says so, else with PIL)."""
     import bentoml
     import torch
     from PIL import Image
 
     from serving.backends import pixels
-    from serving.inputs import CONFIG, Jpeg, jpeg_bytes
+    from serving.inputs import Jpeg, jpeg_bytes
     from sightline.inference import load_module, select_device
 
     device = select_device()
     m = load_module(bentoml.models.get("classifier:latest").path, "classifier", device)
-    on_device = CONFIG.service("classifier").decodes_jpeg
+    on_device = config.service("classifier").decodes_jpeg
 
     def item(data: bytes):
         img = Image.open(io.BytesIO(data))
@@ -85,7 +95,7 @@ def in_process_rate(images: list[bytes], batch: int, seconds: float) -> float:
         chunk = [images[(done + i) % len(images)] for i in range(batch)]
         with torch.inference_mode():
             x = pixels(m, [item(b) for b in chunk], device)
-            m.postprocess(m(x).float().cpu(), top_k=CONFIG.top_k)
+            m.postprocess(m(x).float().cpu(), top_k=config.top_k)
         done += batch
     return done / (time.perf_counter() - start)
 
@@ -308,7 +318,12 @@ def main(argv: list[str] | None = None) -> list[tuple[int, int, dict]]:
     p.add_argument("--seconds", type=float, default=15.0, help="per level")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 64])
     p.add_argument("--per-request", type=int, nargs="+", default=[1, 16], help="images per request")
-    p.add_argument("--clients", type=int, default=2, help="load-generator processes")
+    p.add_argument(
+        "--clients",
+        type=int,
+        default=max(2, (os.cpu_count() or 2) // 4),
+        help="load-generator processes (default: a quarter of the cores, at least 2)",
+    )
     p.add_argument("--images", type=int, default=512, help="distinct test images cycled through")
     p.add_argument("--format", choices=["png", "jpeg"], default="png", help="of the uploads")
     p.add_argument(
@@ -323,8 +338,7 @@ def main(argv: list[str] | None = None) -> list[tuple[int, int, dict]]:
     )
     args = p.parse_args(argv)
 
-    from serving.inputs import CONFIG
-
+    config = settings()
     images = test_images(args.images, args.format)
     every = round(1 / args.bad_fraction) if args.bad_fraction else 0
     bad = [(r, b, c, True) for r, b, c in bad_requests()]
@@ -364,15 +378,17 @@ def main(argv: list[str] | None = None) -> list[tuple[int, int, dict]]:
                 for k in args.per_request:
                     for c in args.concurrency:
                         floor_rows[k, c] = load(pool, url, bodies(k), c, args.seconds, args.clients)
-    local = {k: in_process_rate(images, k, min(args.seconds, 10.0)) for k in args.per_request}
+    local = {
+        k: in_process_rate(images, k, min(args.seconds, 10.0), config) for k in args.per_request
+    }
 
     import torch
 
     from sightline.inference import select_device
 
-    batch = CONFIG.batch("classifier")
+    batch, classifier = config.batch("classifier"), config.service("classifier")
     print(
-        f"classifier, {args.seconds:.0f} s per level, {args.clients} load-generator processes, {os.cpu_count()} CPUs, device {select_device()}{' (' + torch.cuda.get_device_name() + ')' if torch.cuda.is_available() else ''}, front workers={CONFIG.workers}, calls in flight={CONFIG.calls_in_flight}, classifier workers={CONFIG.service('classifier').workers}, max_batch_size={batch['max_batch_size']}, {args.format.upper()} uploads, JPEGs decoded {'on the device' if CONFIG.service('classifier').decodes_jpeg else 'by the front'}"
+        f"classifier, {args.seconds:.0f} s per level, {args.clients} load-generator processes, {os.cpu_count()} CPUs, device {select_device()}{' (' + torch.cuda.get_device_name() + ')' if torch.cuda.is_available() else ''}, gpu: {config.gpu}, front workers={config.workers}, calls in flight={config.calls_in_flight}, classifier workers={classifier.workers}, max_batch_size={batch['max_batch_size']}, {args.format.upper()} uploads, JPEGs decoded {'on the device' if classifier.decodes_jpeg else 'by the front'}"
     )
     for k, rate in local.items():
         print(f"in-process (decode + preprocess + batch {k} forward + top-k): {rate:.0f} images/s")

@@ -7,6 +7,7 @@ machine that is the GPU; elsewhere it runs, slowly, on the CPU. Not part of ``ma
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -130,12 +131,20 @@ def test_the_served_classifier_under_load_on_the_device(
 
     serving = yaml.safe_load((REPO / "serving/params.yaml").read_text())
     serving["gpu"] = 1 if torch.cuda.is_available() else 0
+    # The front does every request's HTTP, multipart and PNG work on the CPU while the model
+    # runs on the GPU: a front process per two cores (one on a 2-core machine, as by default).
+    serving["workers"] = max(1, (os.cpu_count() or 2) // 2)
     path = tmp_path / "serving.yaml"
     path.write_text(yaml.safe_dump(serving))
     monkeypatch.setenv("SIGHTLINE_SERVING_PARAMS", str(path))
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     sys.modules.pop("serve_load", None)
     import serve_load
+
+    # the references (in-process decoding, the header) follow the settings the server gets, not
+    # the ones this process imported serving/ with in the tests before
+    seen = serve_load.settings()
+    assert (seen.gpu, seen.workers) == (serving["gpu"], serving["workers"])
 
     rows = serve_load.main(["--seconds", "8", "--isolation"])
     # JPEG uploads: decoded by the classifier service on the GPU (decode: auto, gpu: 1)
