@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_email
+from conftest import REPO, make_email
 from PIL import Image
 
 from sightline.errors import ConfigError
@@ -147,6 +147,23 @@ def test_jpeg_uploads_are_decoded_on_the_device_where_a_service_has_a_gpu(tmp_pa
         _serving_params(path, "services: {clip: {decode: device}}\n")
     with pytest.raises(ConfigError, match="decode"):
         _serving_params(path, "services: {vae: {decode: gpu}}\n")
+
+
+def test_the_load_benchmark_measures_with_the_settings_the_server_gets(tmp_path, monkeypatch):
+    """``serving.inputs.CONFIG`` is read once per process; the load benchmark starts its server
+    with the settings ``SIGHTLINE_SERVING_PARAMS`` names at that moment, and its in-process
+    reference (where JPEGs are decoded) and header must follow the same file."""
+    import serving.inputs
+
+    path = tmp_path / "params.yaml"
+    path.write_text("gpu: 1\nworkers: 3\n")
+    monkeypatch.setenv("SIGHTLINE_SERVING_PARAMS", str(path))
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import serve_load
+
+    seen = serve_load.settings()
+    assert (seen.gpu, seen.workers, seen.service("classifier").decodes_jpeg) == (1, 3, True)
+    assert serving.inputs.CONFIG.workers != 3  # what this process imported serving/ with
 
 
 def test_each_service_process_takes_its_niceness(packaged):
