@@ -61,13 +61,18 @@ def test_images(n: int, fmt: str = "png") -> list[bytes]:
 
 
 def settings():
-    """The serving settings the server started here runs with (``SIGHTLINE_SERVING_PARAMS`` or
-    serving/params.yaml), read now: ``serving.inputs.CONFIG`` holds the ones in force when this
-    process first imported it."""
-    from serving.inputs import params_path
-    from sightline.packaging import load_serving_config
+    """The serving settings a server started now runs with (``SIGHTLINE_SERVING_PARAMS`` or
+    serving/params.yaml), as a new process reads them: ``serving.inputs.CONFIG`` is read once,
+    so this process's may be older than the environment."""
+    from sightline.packaging import ServingConfig
 
-    return load_serving_config(params_path())
+    code = "from serving.inputs import CONFIG; print(CONFIG.model_dump_json())"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise SystemExit(f"error: the serving settings: {done.stderr.strip().splitlines()[-1]}")
+    return ServingConfig.model_validate_json(done.stdout.strip().splitlines()[-1])
 
 
 def in_process_rate(images: list[bytes], batch: int, seconds: float, config) -> float:

@@ -38,17 +38,11 @@ from sightline.data import decode
 from sightline.errors import BudgetError, InputError
 from sightline.packaging import load_serving_config
 
-
-def params_path() -> Path:
-    """The serving settings in force: serving/params.yaml beside this file (inside the Bento
-    too), or the file SIGHTLINE_SERVING_PARAMS names, e.g. to try gpu: 1 without rebuilding."""
-    return Path(
-        os.environ.get("SIGHTLINE_SERVING_PARAMS") or Path(__file__).with_name("params.yaml")
-    )
-
-
-# Read once, when a server process imports this: the bounds of the request types below use it.
-CONFIG = load_serving_config(params_path())
+# serving/params.yaml beside this file (inside the Bento too); SIGHTLINE_SERVING_PARAMS names
+# another file, e.g. to try gpu: 1 without rebuilding.
+CONFIG = load_serving_config(
+    os.environ.get("SIGHTLINE_SERVING_PARAMS") or Path(__file__).with_name("params.yaml")
+)
 
 
 # A result's media type, named in each API's return annotation (``Annotated[list[...], JSON]``).
