@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 from contextlib import contextmanager, nullcontext
@@ -29,6 +30,8 @@ from sightline.errors import InputError
 from sightline.inference import load_module, select_device
 from sightline.packaging import load_index
 from sightline.registry import served_models
+
+log = logging.getLogger("sightline.serving")
 
 
 def _model_tags() -> dict[str, str]:
@@ -61,19 +64,62 @@ def _grey(rgb: torch.Tensor) -> torch.Tensor:
     return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).to(torch.uint8)[None]
 
 
-def _decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor | str]:
-    """RGB uint8 ``(3, H, W)`` tensors on ``device`` (nvJPEG on CUDA, in one call), or for a
-    JPEG that does not decode, the reason. TorchCodec succeeds torchvision.io's (deprecated)
-    decoders, with the same libjpeg-turbo and nvJPEG underneath."""
+def _torchcodec(datas: list[bytes], device: torch.device) -> list[torch.Tensor]:
     from torchcodec.decoders import decode_jpeg
 
+    return list(decode_jpeg(datas, mode="RGB", device=device))
+
+
+def _torchvision(datas: list[bytes], device: torch.device) -> list[torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+
+
+# In order of preference. TorchCodec's image decoders (0.16 and later) succeed torchvision.io's,
+# deprecated since torchvision 0.29, with the same libjpeg-turbo and nvJPEG underneath. A
+# TorchCodec release runs only beside the torch it was built for, while torchvision always
+# matches its torch: where TorchCodec does not load, or cannot decode on the device,
+# torchvision.io decodes.
+JPEG_DECODERS = {"torchcodec": _torchcodec, "torchvision": _torchvision}
+_chosen: dict[str, str] = {}
+
+
+def jpeg_decoder(device: torch.device) -> str:
+    """The name of the first of ``JPEG_DECODERS`` that decodes a JPEG on ``device``, chosen once
+    per device in this process. Raises ``RuntimeError`` with each one's reason if none does."""
+    key = str(device)
+    if key not in _chosen:
+        buf = io.BytesIO()
+        PILImage.new("RGB", (16, 16), (128, 64, 32)).save(buf, format="JPEG")
+        reasons = []
+        for name, decode in JPEG_DECODERS.items():
+            try:
+                decode([buf.getvalue()], device)
+            except Exception as err:  # noqa: BLE001 -- a library that does not load: the next
+                reasons.append(f"{name}: {type(err).__name__}: {str(err).splitlines()[0]}")
+                continue
+            _chosen[key] = name
+            if reasons:  # a better decoder is installed but unusable here: say why
+                log.warning("JPEGs on %s: decoded with %s (%s)", key, name, "; ".join(reasons))
+            break
+        else:
+            raise RuntimeError("; ".join(reasons))
+    return _chosen[key]
+
+
+def _decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor | str]:
+    """RGB uint8 ``(3, H, W)`` tensors on ``device`` (nvJPEG on CUDA, in one call), or for a
+    JPEG that does not decode, the reason."""
+    decode = JPEG_DECODERS[jpeg_decoder(device)]
     try:
-        return list(decode_jpeg(datas, mode="RGB", device=device))
+        return decode(datas, device)
     except RuntimeError:  # one bad JPEG fails the call: find which, decode the rest
         out: list[torch.Tensor | str] = []
         for data in datas:
             try:
-                out.append(decode_jpeg(data, mode="RGB", device=device))
+                out.append(decode([data], device)[0])
             except RuntimeError as err:
                 out.append(f"not a decodable image ({type(err).__name__})")
         return out
@@ -172,16 +218,15 @@ class Loaded:
         device (the decoder's first call initialises it: nvJPEG on CUDA)."""
         if not CONFIG.service(self.name).decodes_jpeg:
             return [img]
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG")
-        from torchcodec.decoders import decode_jpeg
-
         try:  # a decoder that fails here would answer every JPEG upload with a 400
-            decode_jpeg([buf.getvalue()], mode="RGB", device=self.device)
+            decoder = jpeg_decoder(self.device)
         except RuntimeError as err:
             raise RuntimeError(
                 f"services.{self.name}.decode: JPEGs cannot be decoded on {self.device} ({err}); set decode: front"
             ) from err
+        log.info("%s: JPEG uploads decoded on %s with %s", self.name, self.device, decoder)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG")
         return [img, Jpeg(buf.getvalue())]
 
     @contextmanager

@@ -65,16 +65,17 @@ def test_images_are_normalised_on_the_device_as_on_the_cpu(prepared_fashion):
 
 
 def test_jpegs_decode_on_the_device_as_on_the_cpu(prepared_fashion):
-    """JPEG uploads decoded where the model runs (nvJPEG on CUDA) give the pixels the CPU path
-    gives (libjpeg-turbo and PIL's arithmetic): decoders differ in their inverse DCT, so this
-    bounds the difference and prints it."""
+    """JPEG uploads decoded where the model runs (nvJPEG on CUDA, through TorchCodec or, where
+    it does not run beside this torch, torchvision.io) give the pixels the CPU path gives
+    (libjpeg-turbo and PIL's arithmetic): decoders differ in their inverse DCT, so this bounds
+    the difference and prints it with the decoder's name."""
     import io
     from types import SimpleNamespace
 
     import numpy as np
     from PIL import Image
 
-    from serving.backends import upload_pixels
+    from serving.backends import jpeg_decoder, upload_pixels
     from serving.inputs import Jpeg
     from sightline.data.images import ImageDataModule
     from sightline.data.preprocess import ImagePreprocess
@@ -98,7 +99,7 @@ def test_jpegs_decode_on_the_device_as_on_the_cpu(prepared_fashion):
         assert on_device.device.type == device.type and errors == [None] * len(datas)
         diff = (on_device.cpu().int() - on_cpu.int()).abs().float()
         print(
-            f"\nJPEG pixels on {device} vs the CPU, {p.channels} channel(s): max {diff.max():.0f}, mean {diff.mean():.3f} grey levels"
+            f"\nJPEG pixels on {device} ({jpeg_decoder(device)}) vs the CPU, {p.channels} channel(s): max {diff.max():.0f}, mean {diff.mean():.3f} grey levels"
         )
         assert diff.max() <= 8 and diff.mean() <= 1.0
 

@@ -300,14 +300,20 @@ def _photos() -> list[Image.Image]:
     return out
 
 
-def test_jpegs_decoded_on_the_device_get_the_training_preprocessings_pixels(local):
-    """A model service that decodes JPEG uploads itself (TorchCodec, then grey conversion and
-    resizing as tensors) gives its network what the training preprocessing gives it from PIL:
-    the same pixels where no resizing is needed, within one grey level where it is. A JPEG that
-    does not decode is that item's error; the rest of the batch is answered."""
+@pytest.mark.parametrize("decoder", ["torchcodec", "torchvision"])
+def test_jpegs_decoded_on_the_device_get_the_training_preprocessings_pixels(
+    local, decoder, monkeypatch
+):
+    """A model service that decodes JPEG uploads itself (TorchCodec, or torchvision.io where
+    TorchCodec cannot, then grey conversion and resizing as tensors) gives its network what the
+    training preprocessing gives it from PIL: the same pixels where no resizing is needed, within
+    one grey level where it is. A JPEG that does not decode is that item's error; the rest of the
+    batch is answered."""
+    import serving.backends
     from serving.backends import upload_pixels
     from serving.inputs import Jpeg
 
+    monkeypatch.setattr(serving.backends, "_chosen", {"cpu": decoder})
     datas = [_jpeg(img, quality=85) for img in _photos()]
     cpu = torch.device("cpu")
     for name in ("classifier", "vae"):
@@ -332,12 +338,17 @@ def test_jpegs_decoded_on_the_device_get_the_training_preprocessings_pixels(loca
 
 
 def test_a_service_whose_device_cannot_decode_jpegs_refuses_to_start(monkeypatch):
-    """Its warm-up decodes a JPEG on the device: a decoder that fails there stops the service
-    with the reason, instead of answering every JPEG upload with a 400."""
+    """Its warm-up chooses a JPEG decoder that works on its device: torchvision.io where
+    TorchCodec cannot (a TorchCodec built for another torch, say), with a warning that says why.
+    If neither decodes there, the service stops with both reasons, instead of answering every
+    JPEG upload with a 400."""
     from types import SimpleNamespace
+    from unittest import mock
 
     import torchcodec.decoders
+    import torchvision.io
 
+    import serving.backends
     from serving.backends import ClassifierModel
     from serving.inputs import CONFIG, Jpeg
     from sightline.packaging import ServiceConfig
@@ -346,15 +357,30 @@ def test_a_service_whose_device_cannot_decode_jpegs_refuses_to_start(monkeypatch
     img = Image.new("RGB", (16, 16), (200, 30, 30))
     assert ClassifierModel.inner.uploads(me, img) == [img]  # decode: auto, no GPU
     monkeypatch.setitem(CONFIG.services, "classifier", ServiceConfig(decode="device"))
+    monkeypatch.setattr(serving.backends, "_chosen", {})
     warm = ClassifierModel.inner.uploads(me, img)
     assert warm[0] is img and isinstance(warm[1], Jpeg)
+    assert serving.backends._chosen == {"cpu": "torchcodec"}
 
     def broken(*args, **kwargs):
         raise RuntimeError("nvJPEG is not available")
 
     monkeypatch.setattr(torchcodec.decoders, "decode_jpeg", broken)
-    with pytest.raises(RuntimeError, match="decode: JPEGs cannot be decoded on cpu .nvJPEG"):
+    monkeypatch.setattr(serving.backends, "_chosen", {})
+    with mock.patch.object(serving.backends.log, "warning") as warning:
+        assert ClassifierModel.inner.uploads(me, img)[1].data == warm[1].data
+    assert serving.backends._chosen == {"cpu": "torchvision"}
+    assert "torchvision (torchcodec: RuntimeError: nvJPEG is not available)" in (
+        warning.call_args.args[0] % warning.call_args.args[1:]
+    )
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", broken)
+    monkeypatch.setattr(serving.backends, "_chosen", {})
+    with pytest.raises(
+        RuntimeError, match="decode: JPEGs cannot be decoded on cpu .torchcodec"
+    ) as e:
         ClassifierModel.inner.uploads(me, img)
+    assert "torchvision: RuntimeError: nvJPEG is not available); set decode: front" in str(e.value)
 
 
 def test_the_front_leaves_only_grey_and_rgb_jpegs_encoded_for_the_device():
