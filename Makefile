@@ -81,8 +81,8 @@ promote: setup ## serve the best DVC experiment of MODEL (or EXP=<name>; FORCE=1
 bench-serve: setup ## load test of the served classifier vs the in-process model
 	$(BIN)/python benchmarks/serve_load.py
 
-gpu-check: setup ## on a CUDA machine: every model trains a few steps there, then the served classifier under load with gpu: 1 (slow on a CPU)
-	$(BIN)/python -m pytest -m gpu -s -q -p no:cacheprovider tests/test_gpu.py tests/test_models.py
+gpu-check: $(if $(USE_PYTHON),,setup) ## on a CUDA machine: every model trains a few steps there, then the served classifier under load with gpu: 1 (slow on a CPU); USE_PYTHON=python3: an interpreter that has the Bento's packages and pytest, no .venv, nothing installed
+	$(if $(USE_PYTHON),PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(USE_PYTHON),$(BIN)/python) -m pytest -m gpu -s -q -p no:cacheprovider tests/test_gpu.py tests/test_models.py
 
 bench-spam: setup system ## the served spam filter on image spam: latency, errors, words read (after make package)
 	$(BIN)/python benchmarks/serve_spam.py
