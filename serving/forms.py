@@ -10,6 +10,9 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 MAX_FIELDS = 16  # non-file multipart fields (labels, templates, steps, top_k...)
 MAX_FIELD_BYTES = 256 * 1024  # one non-file multipart field
 MAX_PART_HEADER_BYTES = 16 * 1024  # the headers of one multipart part
+# a file name: BentoML stores a file upload under it (plus a 10-character prefix); 255 bytes is
+# the usual file-system limit of a name
+MAX_FILENAME_BYTES = 200
 
 
 class ClientError(Exception):
@@ -116,8 +119,60 @@ def parse_multipart(content_type: bytes, body: bytes, max_files: int) -> list[Pa
     return parts
 
 
+def check_parts(
+    parts: list[Part], files: dict[str, str], required: frozenset[str], max_pixels: int
+) -> None:
+    """Refuse what BentoML would misread in a route's multipart parts.
+
+    Args:
+        parts: the parsed parts.
+        files: ``{field: content type}`` of the route's file fields.
+        required: the file fields the request must carry.
+        max_pixels: the request's budget of decoded pixels.
+
+    Raises:
+        ClientError: 400 naming the field (a file field sent as text, which BentoML would fetch
+            as a URL; a text field sent as a file or not UTF-8; a file name the file system
+            refuses; a repeated text field; a missing file), 413 over ``max_pixels``.
+    """
+    texts = [p.name for p in parts if p.name not in files]
+    for name in {n for n in texts if texts.count(n) > 1}:  # BentoML would keep only one
+        raise ClientError(
+            400, f"{name}: given {texts.count(name)} times; send one value (lists as JSON text)"
+        )
+    for part in parts:
+        if part.name in files and part.filename is None:
+            raise ClientError(
+                400,
+                f"{part.name}: expected a file upload, got a text field (URLs are never fetched; upload the file itself)",
+            )
+        if part.name not in files and part.filename is not None:
+            raise ClientError(400, f"{part.name}: expected a text field, got a file upload")
+        if part.filename is not None:
+            size = len(part.filename.encode("utf-8", "surrogateescape"))
+            if size > MAX_FILENAME_BYTES or "\x00" in part.filename:
+                raise ClientError(
+                    400,
+                    f"{part.name}: the file name must be at most {MAX_FILENAME_BYTES} bytes without NUL (given {size} bytes)",
+                )
+        elif part.name not in files:
+            try:
+                bytes(part.data).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ClientError(400, f"{part.name}: not UTF-8 text") from None
+    for name in required:
+        if not any(p.name == name for p in parts):
+            raise ClientError(400, f"{name}: missing (a file upload)")
+    pixels = image_pixels([p for p in parts if p.name in files])
+    if pixels > max_pixels:
+        raise ClientError(413, f"images: {pixels} pixels in one request; the limit is {max_pixels}")
+
+
 def image_pixels(parts: list[Part]) -> int:
-    """Pixels the request's image files would decode to, read from their headers only."""
+    """Pixels the request's image files would decode to, read from their headers only (an
+    image PIL calls a decompression bomb counts as the size its header gives)."""
+    import warnings
+
     from PIL import Image
 
     total = 0
@@ -125,8 +180,14 @@ def image_pixels(parts: list[Part]) -> int:
         if part.filename is None or not (part.content_type or "").startswith("image/"):
             continue
         try:
-            with Image.open(io.BytesIO(part.data)) as im:
-                total += im.width * im.height
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(part.data)) as im:
+                    total += im.width * im.height
+        except Image.DecompressionBombError:
+            raise ClientError(
+                413, f"{part.name}: an image over PIL's decompression-bomb limit"
+            ) from None
         except Exception:  # noqa: BLE001 - an undecodable image is the route's 400, with its name
             continue
     return total

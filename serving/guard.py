@@ -1,35 +1,86 @@
 """The service's front door: one ASGI middleware between the HTTP server and BentoML's routes.
 
 In order, for each request:
-1. ``/docs`` is the OpenAPI page (BentoML serves it at ``/``);
-2. a bearer token, when ``SIGHTLINE_API_TOKEN`` is set, on every route but the health checks
+1. a header the request carries twice (but the few that may be lists) is a 400: the guard and
+   BentoML must read the same request, and one reads the first copy, the other the last;
+2. ``/docs`` is the OpenAPI page (BentoML serves it at ``/``);
+3. a bearer token, when ``SIGHTLINE_API_TOKEN`` is set, on every route but the health checks
    (and ``/metrics`` when ``SIGHTLINE_PUBLIC_METRICS=1``): 401 otherwise;
-3. at most ``max_concurrency`` requests in flight: more get 503 at once, with ``Retry-After``;
-4. a body over ``max_request_bytes`` gets 413 and is never stored;
-5. a form body (multipart or urlencoded) is parsed here, once, with the multipart parser's limits: any parser error is
-   a 400 with its reason; a file field sent as text is a 400 (a URL is never fetched); images are
-   sized from their headers and a request over ``max_pixels`` gets 413, before any is decoded;
-6. every error response leaves as ``{"error": reason}`` JSON (plus ``detail`` for validation
+4. at most ``max_concurrency`` requests in flight: more get 503 at once, with ``Retry-After``;
+5. the body of a POST to a route of the service is read here, whole: over ``max_request_bytes``
+   is a 413 and is never stored; still arriving after ``body_timeout_s`` is a 408;
+6. its media type must be the route's own (``RouteSpec``, made from the route's IO descriptor):
+   ``multipart/form-data`` where the route takes files, ``application/json`` elsewhere; any
+   other is a 415. So BentoML never reads a file field from JSON or a form's text, the two
+   ways it would fetch a URL;
+7. a multipart body is parsed here, once, with the parser's limits: any parser error is a 400
+   with its reason; a file field sent as text, a text field sent as a file, text that is not
+   UTF-8 and a file name the file system would refuse are 400s; images are sized from their
+   headers and a request over ``max_pixels`` gets 413, before any is decoded;
+8. every error response leaves as ``{"error": reason}`` JSON (plus ``detail`` for validation
    errors), whatever part of the stack wrote it; a 503 carries ``Retry-After``;
-7. ``/docs.json`` is made valid OpenAPI 3.0 (``serving.openapi``).
+9. ``/docs.json`` is made valid OpenAPI 3.0 (``serving.openapi``).
 
 Client errors are logged as one line, not a traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import os
-from urllib.parse import parse_qsl
+from collections import Counter
+from dataclasses import dataclass, field
 
-from serving.forms import MAX_FIELDS, ClientError, image_pixels, parse_multipart
+from serving.forms import ClientError, check_parts, parse_multipart
 
 log = logging.getLogger("sightline.serving")
 
 HEALTH = frozenset({"/livez", "/readyz", "/healthz"})
 UNLIMITED = HEALTH | {"/metrics", "/docs.json", "/"}  # never counted against max_concurrency
+MULTIPART, JSON = "multipart/form-data", "application/json"
+# request headers that may be sent more than once (lists, RFC 9110 5.3); any other, twice, is a 400
+REPEATABLE = frozenset(
+    {
+        b"accept",
+        b"accept-charset",
+        b"accept-encoding",
+        b"accept-language",
+        b"cache-control",
+        b"connection",
+        b"cookie",
+        b"forwarded",
+        b"if-match",
+        b"if-none-match",
+        b"pragma",
+        b"te",
+        b"via",
+        b"warning",
+        b"x-forwarded-for",
+    }
+)
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """What a POST route of the service takes.
+
+    Attributes:
+        media_type: the media type of its body (``MULTIPART`` or ``JSON``); ``None``: no body
+            is read (a task's ``retry``).
+        files: ``{field: content type}`` of its file fields.
+        required: the file fields a request must carry.
+    """
+
+    media_type: str | None
+    files: dict[str, str] = field(default_factory=dict)
+    required: frozenset[str] = frozenset()
+
+
+class Disconnected(Exception):
+    """The client went away before its body arrived."""
 
 
 def json_response(status: int, body: dict, headers: list | None = None) -> tuple[dict, dict]:
@@ -116,15 +167,12 @@ class Guard:
     Args:
         app: the BentoML app.
         config: the ``ServingConfig`` (limits).
-        file_fields: ``{route: {field: content type}}`` of the multipart file fields.
+        routes: ``{path: RouteSpec}`` of every POST route of the service (``routes_of``).
         fix_spec: ``spec -> spec``, applied to ``/docs.json``.
     """
 
-    def __init__(self, app, config, file_fields: dict[str, dict[str, str]], fix_spec) -> None:
-        self.app, self.config, self.file_fields, self.fix_spec = app, config, file_fields, fix_spec
-        # a task's submit route stores the request and answers before it is read: its upload is
-        # checked here, so a request the task could not run is refused at once
-        self.tasks = {path for path in file_fields if path.endswith("/submit")}
+    def __init__(self, app, config, routes: dict[str, RouteSpec], fix_spec) -> None:
+        self.app, self.config, self.routes, self.fix_spec = app, config, routes, fix_spec
         self.token = os.environ.get("SIGHTLINE_API_TOKEN") or None
         public = HEALTH | (
             {"/metrics"} if os.environ.get("SIGHTLINE_PUBLIC_METRICS") == "1" else set()
@@ -138,6 +186,10 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
+        try:
+            check_headers(scope["headers"])
+        except ClientError as err:
+            return await self._refuse(send, err, scope)
         if path == "/docs" and scope["method"] in ("GET", "HEAD"):
             scope = {**scope, "path": "/", "raw_path": b"/"}
         try:
@@ -163,8 +215,10 @@ class Guard:
                 self.in_flight -= 1
 
         try:
-            receive = await self._checked_body(scope, receive)
+            scope, receive = await self._checked_body(scope, receive)
             await self._call(scope, receive, send, done)
+        except Disconnected:
+            pass  # nobody to answer
         except ClientError as err:
             done()
             await self._refuse(send, err, scope)
@@ -178,7 +232,11 @@ class Guard:
         if self.token is None or scope["path"] in self.public:
             return
         given = dict(scope["headers"]).get(b"authorization", b"")
-        if not hmac.compare_digest(given, b"Bearer " + self.token.encode()):
+        scheme, _, credentials = given.strip().partition(b" ")
+        ok = scheme.lower() == b"bearer" and hmac.compare_digest(
+            credentials.strip(), self.token.encode()
+        )
+        if not ok:
             raise ClientError(
                 401, "missing or wrong bearer token (Authorization: Bearer <SIGHTLINE_API_TOKEN>)"
             )
@@ -190,37 +248,25 @@ class Guard:
         await send(body)
 
     async def _checked_body(self, scope, receive):
-        """The body within the size limit, and a multipart body parsed and checked; a
-        ``receive`` that replays what was read."""
-        if scope["method"] != "POST":  # every route is a POST; the app answers the rest (405)
-            return receive
+        """For a POST to a route of the service: its body read whole within the limits, its
+        media type the route's and a multipart body parsed and checked. Returns the scope (its
+        Content-Type written as BentoML matches it) and a ``receive`` that replays the body."""
+        route = self.routes.get(scope["path"])
+        if scope["method"] != "POST" or route is None:  # the app answers (404, 405, GET routes)
+            return scope, receive
         headers = dict(scope["headers"])
-        ctype = headers.get(b"content-type", b"")
-        form = ctype.lower().startswith((b"multipart/", b"application/x-www-form-urlencoded"))
-        if scope["path"] in self.tasks and not ctype.lower().startswith(b"multipart/"):
-            fields = ", ".join(self.file_fields[scope["path"]])
-            raise ClientError(400, f"expected a multipart/form-data upload of: {fields}")
+        if headers.get(b"content-encoding", b"identity").strip().lower() != b"identity":
+            raise ClientError(415, "Content-Encoding: request bodies are taken uncompressed")
         length = headers.get(b"content-length")
+        if length is not None and not length.strip().isdigit():
+            raise ClientError(400, "Content-Length: not a number")
         limit = self.config.max_request_bytes
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            await self._drain(receive, more=length.isdigit())
+        if length is not None and int(length) > limit:
+            await self._drain(receive)
             raise ClientError(413, f"request body too large: the limit is {limit} bytes")
-        if length is not None and not form:
-            return receive
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return receive  # the client went away; the app sees the disconnect
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > limit:
-                await self._drain(receive, more)
-                raise ClientError(413, f"request body too large: the limit is {limit} bytes")
-        body = b"".join(chunks)
-        if form:
-            self._check_form(scope["path"], ctype, body)
+        body = await self._read(receive, limit)
+        if route.media_type is not None:
+            scope = self._check_media(scope, route, headers.get(b"content-type"), body)
         sent = False
 
         async def replay():
@@ -230,58 +276,63 @@ class Guard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        return replay
+        return scope, replay
 
-    def _check_form(self, path: str, ctype: bytes, body: bytes) -> None:
-        if not ctype.lower().startswith(b"multipart/"):  # urlencoded: BentoML reads it as a form
+    async def _read(self, receive, limit: int) -> bytes:
+        """The whole body, at most ``limit`` bytes (413), within ``body_timeout_s`` (408)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.body_timeout_s
+        chunks, size, more = [], 0, True
+        while more:
             try:
-                names = {
-                    k
-                    for k, _ in parse_qsl(
-                        body.decode("latin-1"), keep_blank_values=True, max_num_fields=MAX_FIELDS
-                    )
-                }
-            except ValueError:
-                raise ClientError(400, f"form body: more than {MAX_FIELDS} fields") from None
-            for field in names & set(self.file_fields.get(path, {})):
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
                 raise ClientError(
-                    400,
-                    f"{field}: expected a file upload, got a text field (URLs are never fetched; upload the file itself)",
-                )
-            return
-        parts = parse_multipart(ctype, body, self.config.max_images)
-        fields = [p.name for p in parts if p.filename is None]
-        for name in {n for n in fields if fields.count(n) > 1}:  # BentoML would keep only one
-            raise ClientError(
-                400,
-                f"{name}: given {fields.count(name)} times; send one value (lists as JSON text)",
-            )
-        for field in self.file_fields.get(path, {}):
-            for part in parts:
-                if part.name == field and part.filename is None:
-                    raise ClientError(
-                        400,
-                        f"{field}: expected a file upload, got a text field (URLs are never fetched; upload the file itself)",
-                    )
-        if path in self.tasks:
-            for field in self.file_fields[path]:
-                if not any(p.name == field and p.filename is not None for p in parts):
-                    raise ClientError(400, f"{field}: missing (a file upload)")
-        pixels = image_pixels(parts)
-        if pixels > self.config.max_pixels:
-            raise ClientError(
-                413,
-                f"images: {pixels} pixels in one request; the limit is {self.config.max_pixels}",
-            )
+                    408,
+                    f"request body: not received within body_timeout_s ({self.config.body_timeout_s:g} s)",
+                ) from None
+            if message["type"] != "http.request":
+                raise Disconnected
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > limit:
+                if more:
+                    await self._drain(receive)
+                raise ClientError(413, f"request body too large: the limit is {limit} bytes")
+        return b"".join(chunks)
 
-    async def _drain(self, receive, more: bool) -> None:
-        """Read (and drop) what the client is still sending, up to a cap, so it sees the 413
-        rather than a connection reset in the middle of its upload."""
-        drained = 0
-        while more and drained < 16 * self.config.max_request_bytes:
-            message = await receive()
-            drained += len(message.get("body", b""))
-            more = message["type"] == "http.request" and message.get("more_body", False)
+    def _check_media(self, scope, route: RouteSpec, ctype: bytes | None, body: bytes):
+        """The body's media type must be the route's (any letter case; BentoML's match is
+        exact, so the header is written again in lower case); a multipart body is checked."""
+        if ctype is None and not body and route.media_type == JSON:
+            return scope  # no arguments: the defaults
+        given, sep, params = (ctype or b"").decode("latin-1").partition(";")
+        media = given.strip().lower()
+        if media != route.media_type:
+            raise ClientError(
+                415,
+                f"Content-Type {given.strip() or '(none)'}: this route takes {route.media_type}",
+            )
+        if media == MULTIPART:
+            parts = parse_multipart(ctype, body, self.config.max_images)
+            check_parts(parts, route.files, route.required, self.config.max_pixels)
+        fixed = (media + sep + params).encode("latin-1")
+        headers = [(k, fixed if k == b"content-type" else v) for k, v in scope["headers"]]
+        return {**scope, "headers": headers}
+
+    async def _drain(self, receive) -> None:
+        """Read (and drop) what the client is still sending, up to a cap and within the body
+        timeout, so it sees the 413 rather than a connection reset in the middle of its upload."""
+        drained, more = 0, True
+        try:
+            async with asyncio.timeout(self.config.body_timeout_s):
+                while more and drained < 16 * self.config.max_request_bytes:
+                    message = await receive()
+                    drained += len(message.get("body", b""))
+                    more = message["type"] == "http.request" and message.get("more_body", False)
+        except TimeoutError:
+            pass
 
     async def _call(self, scope, receive, send, done=lambda: None) -> None:
         """Run the app; rewrite error bodies (and ``/docs.json``) on their way out; ``done`` is
@@ -330,3 +381,41 @@ class Guard:
             await send(body)
 
         await self.app(scope, receive, send_wrapper)
+
+
+def check_headers(headers: list[tuple[bytes, bytes]]) -> None:
+    """Refuse (400) a request that carries a header twice, unless it is one of the list-valued
+    ``REPEATABLE`` ones, or that frames its body twice (Content-Length and Transfer-Encoding)."""
+    counts = Counter(k.lower() for k, _ in headers)
+    for name, n in counts.items():
+        if n > 1 and name not in REPEATABLE:
+            raise ClientError(
+                400, f"header {name.decode('latin-1')}: given {n} times; send it once"
+            )
+    if b"content-length" in counts and b"transfer-encoding" in counts:
+        raise ClientError(400, "Content-Length and Transfer-Encoding together: send one")
+
+
+def routes_of(service) -> dict[str, RouteSpec]:
+    """``{path: RouteSpec}`` of every POST route of a BentoML service, read from its APIs' input
+    descriptors: an API's route, and for a task its ``/submit`` (the same input) and ``/retry``
+    (no body)."""
+    out: dict[str, RouteSpec] = {}
+    for api in service.apis.values():
+        spec = api.input_spec
+        names = list(getattr(spec, "multipart_fields", None) or [])
+        props = spec.model_json_schema().get("properties", {})
+        files = {}
+        for name in names:
+            schema = props.get(name, {})
+            schema = schema.get("items", schema)
+            files[name] = schema.get("content_type") or (
+                "image/*" if schema.get("format") == "image" else "application/octet-stream"
+            )
+        required = frozenset(n for n in names if spec.model_fields[n].is_required())
+        route = RouteSpec(MULTIPART if files else JSON, files, required)
+        out[api.route] = route
+        if api.is_task:
+            out[f"{api.route}/submit"] = route
+            out[f"{api.route}/retry"] = RouteSpec(None)
+    return out

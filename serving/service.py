@@ -38,7 +38,7 @@ from serving.backends import (
     VaeModel,
 )
 from serving.coalesce import Coalesce
-from serving.guard import Guard
+from serving.guard import Guard, routes_of
 from serving.inputs import (
     CONFIG,
     JSON,
@@ -61,6 +61,7 @@ from serving.inputs import (
     decoded,
     read_mailbox,
 )
+from serving.metrics import bound_endpoint_labels
 from serving.openapi import fix_spec
 from sightline.data.captions import FASHION_TEMPLATES
 from sightline.errors import InputError
@@ -92,6 +93,8 @@ async def ask(call, *args, **kwargs):
                 ) from None
             await asyncio.sleep(0.01 * (attempt + 1))
 
+
+bound_endpoint_labels()  # before BentoML builds any service's app, in every process
 
 # The batchable endpoints of the inference services, as (service, api).
 BATCHED = [(n, api) for n, s in SERVICES.items() for api, m in s.apis.items() if m.batchable]
@@ -367,22 +370,9 @@ def _parse_or_error(raw: bytes):
     return "nothing to classify: no subject, text or images" if parsed.empty else parsed
 
 
-FILE_TYPES = {"email": "message/rfc822", "mailbox": "application/mbox"}  # else images
-
-
-def _file_fields() -> dict[str, dict[str, str]]:
-    """``{route: {field: content type}}`` of every multipart file field of the service (a task
-    takes its input at ``<route>/submit``)."""
-    out = {}
-    for api in Sightline.apis.values():
-        fields = getattr(api.input_spec, "multipart_fields", [])
-        if fields:
-            route = f"{api.route}/submit" if api.is_task else api.route
-            out[route] = {f: FILE_TYPES.get(f, "image/*") for f in fields}
-    return out
-
-
-FILE_FIELDS = _file_fields()
+# every POST route with what its body may be, from the APIs' own input descriptors
+ROUTES = routes_of(Sightline)
+FILE_FIELDS = {path: route.files for path, route in ROUTES.items() if route.files}
 Sightline.add_asgi_middleware(
-    Guard, config=CONFIG, file_fields=FILE_FIELDS, fix_spec=lambda spec: fix_spec(spec, FILE_FIELDS)
+    Guard, config=CONFIG, routes=ROUTES, fix_spec=lambda spec: fix_spec(spec, FILE_FIELDS)
 )

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 
 def _guard(monkeypatch, app, token: str | None = None, public_metrics: bool = False, **limits):
-    from serving.guard import Guard
+    from serving.guard import JSON, MULTIPART, Guard, RouteSpec
     from serving.inputs import CONFIG
 
     monkeypatch.delenv("SIGHTLINE_API_TOKEN", raising=False)
@@ -28,7 +28,12 @@ def _guard(monkeypatch, app, token: str | None = None, public_metrics: bool = Fa
     return Guard(
         app,
         config=config,
-        file_fields={"/upload": {"file": "image/*"}},
+        routes={
+            "/upload": RouteSpec(MULTIPART, {"file": "image/*"}, frozenset()),
+            "/models": RouteSpec(JSON),
+            "/echo": RouteSpec(JSON),
+            "/task/retry": RouteSpec(None),
+        },
         fix_spec=lambda s: {**s, "fixed": True},
     )
 
@@ -59,6 +64,11 @@ async def ok_app(scope, receive, send):
         )
     elif path == "/docs.json":
         body, status = b'{"openapi": "3.0.2"}', 200
+    elif path in ("/echo", "/upload"):  # what reached the app
+        message = await receive()
+        seen = {k.decode(): v.decode("latin-1") for k, v in scope["headers"]}
+        body = json.dumps({"headers": seen, "body": message["body"].decode("latin-1")}).encode()
+        status = 200
     else:
         body, status = json.dumps({"path": path}).encode(), 200
     await send(
@@ -119,7 +129,7 @@ def test_over_the_concurrency_limit_is_503_with_retry_after_at_once(monkeypatch)
                 "type": "http",
                 "method": "POST",
                 "path": "/models",
-                "headers": [(b"content-length", b"2")],
+                "headers": [(b"content-length", b"2"), (b"content-type", b"application/json")],
             }
             await guard(scope, receive, send)
 
@@ -153,7 +163,7 @@ def test_every_error_body_leaves_as_one_error_object(monkeypatch):
 @pytest.mark.parametrize(
     "field,status,words",
     [
-        (("file", None, b"https://example.com/a.png"), 400, "never fetched"),
+        (("file", None, b"https://example.com/a.png"), 415, "takes multipart/form-data"),
         (("file", "", b"https://example.com/a.png"), 400, "never fetched"),
         (("file", "a.png", b"\x89PNG not really"), 200, ""),
     ],
@@ -261,3 +271,193 @@ def test_zero_shot_templates_hold_exactly_one_bare_slot(template, ok):
     else:
         with pytest.raises(ValueError, match="template"):
             check_template(template)
+
+
+# --- the holes an attacker looks for ------------------------------------------------------------
+
+
+def _asgi(guard, path: str, headers: list, chunks: list[bytes], delay: float = 0.0):
+    """One POST through ``guard`` with raw ASGI headers (duplicates kept) and a body sent in
+    ``chunks``, ``delay`` seconds apart: ``(status, body as JSON)``."""
+    sent: list = []
+
+    async def run():
+        queue = list(chunks)
+
+        async def receive():
+            if not queue:
+                await asyncio.sleep(3600)  # the client sends nothing more
+            await asyncio.sleep(delay)
+            data = queue.pop(0)
+            return {"type": "http.request", "body": data, "more_body": bool(queue)}
+
+        async def send(m):
+            sent.append(m)
+
+        scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+        await guard(scope, receive, send)
+
+    asyncio.run(run())
+    return sent[0]["status"], json.loads(sent[1]["body"])
+
+
+FORM = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\nx\r\n--b--\r\n'
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [
+            (b"content-type", b"application/json"),
+            (b"content-type", b"multipart/form-data; boundary=b"),
+        ],
+        [
+            (b"content-type", b"multipart/form-data; boundary=b"),
+            (b"Content-Type", b"application/json"),
+        ],
+        [
+            (b"content-type", b"multipart/form-data; boundary=b"),
+            (b"content-length", b"5"),
+            (b"content-length", b"99"),
+        ],
+        [
+            (b"content-type", b"multipart/form-data; boundary=b"),
+            (b"authorization", b"Bearer a"),
+            (b"authorization", b"Bearer b"),
+        ],
+        [
+            (b"content-type", b"multipart/form-data; boundary=b"),
+            (b"x-anything", b"1"),
+            (b"x-anything", b"2"),
+        ],
+        [
+            (b"content-type", b"multipart/form-data; boundary=b"),
+            (b"content-length", b"99"),
+            (b"transfer-encoding", b"chunked"),
+        ],
+    ],
+    ids=["ctype-json-first", "ctype-case", "length", "authorization", "any", "length-and-chunked"],
+)
+def test_a_header_sent_twice_is_400_before_anything_reads_it(monkeypatch, headers):
+    reached = []
+
+    async def app(scope, receive, send):
+        reached.append(scope)
+        await ok_app(scope, receive, send)
+
+    status, body = _asgi(_guard(monkeypatch, app), "/upload", headers, [FORM])
+    assert status == 400 and ("given 2 times" in body["error"] or "together" in body["error"])
+    assert not reached
+
+
+def test_list_headers_may_repeat(monkeypatch):
+    headers = [(b"content-type", b"application/json"), (b"accept", b"a/b"), (b"accept", b"c/d")]
+    assert _asgi(_guard(monkeypatch, ok_app), "/echo", headers, [b"{}"])[0] == 200
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_bearer_scheme_is_case_insensitive(monkeypatch, scheme):
+    client = TestClient(_guard(monkeypatch, ok_app, token="s3cret"))
+    ok = client.post("/models", headers={"Authorization": f"{scheme} s3cret"})
+    assert ok.status_code == 200
+    assert client.post("/models", headers={"Authorization": f"{scheme} s3cre"}).status_code == 401
+    assert client.post("/models", headers={"Authorization": "Basic s3cret"}).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "path,ctype,body,status,words",
+    [
+        ("/echo", "text/plain", b"{}", 415, "takes application/json"),
+        ("/echo", "application/x-www-form-urlencoded", b"n=1", 415, "takes application/json"),
+        ("/echo", None, b"{}", 415, "(none)"),
+        ("/upload", "application/json", b'"https://example.com/a.png"', 415, "multipart/form-data"),
+        ("/upload", "text/plain", b"https://example.com/a.png", 415, "multipart/form-data"),
+        ("/echo", "Application/JSON; charset=utf-8", b"{}", 200, ""),
+        ("/echo", None, b"", 200, ""),
+    ],
+)
+def test_a_body_must_have_its_routes_media_type(monkeypatch, path, ctype, body, status, words):
+    headers = [(b"content-type", ctype.encode())] if ctype else []
+    code, reply = _asgi(_guard(monkeypatch, ok_app), path, headers, [body])
+    assert code == status and words in reply.get("error", ""), reply
+    if code == 200 and ctype:  # the app reads the type as BentoML matches it, in lower case
+        assert reply["headers"]["content-type"] == "application/json; charset=utf-8"
+
+
+def test_multipart_in_any_letter_case_reaches_the_app_as_bentoml_matches_it(monkeypatch):
+    headers = [(b"content-type", b"Multipart/Form-Data; boundary=b")]
+    code, reply = _asgi(_guard(monkeypatch, ok_app), "/upload", headers, [FORM])
+    assert code == 200 and reply["headers"]["content-type"] == "multipart/form-data; boundary=b"
+
+
+def _form(*parts: tuple[str, str | None, bytes]) -> bytes:
+    out = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--b\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return out + b"--b--\r\n"
+
+
+@pytest.mark.parametrize(
+    "parts,status,words",
+    [
+        ([("file", "a.png", b"x"), ("note", None, b"\xff\xfe\x00binary")], 400, "not UTF-8"),
+        ([("file", "a.png", b"x"), ("note", "n.bin", b"\xff\xfe")], 400, "expected a text field"),
+        ([("file", "a" * 300 + ".png", b"x")], 400, "file name must be at most"),
+        ([("file", None, b"https://example.com/a.png")], 400, "never fetched"),
+        ([("file", "a.png", b"x"), ("note", None, "é".encode())], 200, ""),
+    ],
+    ids=["binary-text", "file-for-text", "long-filename", "url-for-file", "utf8-text"],
+)
+def test_each_multipart_part_is_what_its_field_takes(monkeypatch, parts, status, words):
+    headers = [(b"content-type", b"multipart/form-data; boundary=b")]
+    code, reply = _asgi(_guard(monkeypatch, ok_app), "/upload", headers, [_form(*parts)])
+    assert code == status and words in reply.get("error", ""), reply
+
+
+def test_a_compressed_body_is_415(monkeypatch):
+    headers = [(b"content-type", b"application/json"), (b"content-encoding", b"gzip")]
+    code, reply = _asgi(_guard(monkeypatch, ok_app), "/echo", headers, [b"\x1f\x8b"])
+    assert code == 415 and "uncompressed" in reply["error"]
+
+
+def test_a_slow_upload_is_408_after_the_body_timeout_and_frees_its_slot(monkeypatch):
+    import time
+
+    guard = _guard(monkeypatch, ok_app, body_timeout_s=0.3, max_concurrency=1)
+    headers = [(b"content-type", b"application/json")]
+    start = time.monotonic()
+    code, reply = _asgi(guard, "/echo", headers, [b"{", b"}"] * 5, delay=0.1)  # 1 s in all
+    assert code == 408 and "body_timeout_s" in reply["error"]
+    assert time.monotonic() - start < 0.8 and guard.in_flight == 0
+    assert _asgi(guard, "/echo", headers, [b"{}"])[0] == 200
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG claiming ``width x height`` grey pixels: its IHDR, then an empty IDAT."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [5000, 20000])  # over max_pixels; over PIL's bomb limit too
+def test_a_decompression_bomb_is_413_like_every_budget(monkeypatch, side):
+    headers = [(b"content-type", b"multipart/form-data; boundary=b")]
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + _png_header(side, side) + b"\r\n--b--\r\n"
+    )
+    code, reply = _asgi(_guard(monkeypatch, ok_app), "/upload", headers, [body])
+    assert code == 413, reply
+    from serving.inputs import open_image
+    from sightline.errors import BudgetError
+
+    with pytest.raises(BudgetError):
+        open_image(_png_header(side, side))

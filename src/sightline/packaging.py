@@ -76,6 +76,7 @@ class ServingConfig(Strict):
     calls_in_flight: int = Field(1, ge=1)  # per front worker and model-service worker
     threads: int = Field(0, ge=0)  # torch intra-op threads per worker; 0: torch's default
     timeout_s: int = Field(60, ge=1)
+    body_timeout_s: float = Field(10.0, gt=0)  # the whole request body must arrive within this
     max_concurrency: int = Field(64, ge=1)  # requests in flight per worker; more get 503 at once
     retry_after_s: int = Field(1, ge=1)  # the Retry-After of an overload 503
     max_request_bytes: int = Field(10 * 2**20, gt=0)

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sightline.data.decode import resize
+
 
 @dataclass(frozen=True)
 class ImagePreprocess:
@@ -69,7 +71,7 @@ class ImagePreprocess:
                 img = Image.alpha_composite(bg, img)
             img = img.convert(mode)
             if img.size != (w, h):
-                img = img.resize((w, h), Image.BILINEAR)
+                img = resize(img, (w, h), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
             arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
         return torch.from_numpy(np.stack(arrays))

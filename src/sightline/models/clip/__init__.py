@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 
 from sightline.config import ModelParams, Strict, TrainerConfig
-from sightline.data.decode import on_white
+from sightline.data.decode import on_white, resize_centre_crop
 from sightline.errors import CheckpointError, ConfigError, InputError
 from sightline.schedules import warmup_cosine
 from sightline.spec import ModelSpec
@@ -159,7 +159,31 @@ class ClipModule(L.LightningModule):
         (resize, centre crop, RGB, normalise); training uses the same."""
         if not images:
             raise InputError("no images given")
-        return torch.stack([self.preprocess_one(on_white(im)) for im in images])
+        side, resample = self._resize
+        # the kept square only, so the work is side x side whatever the aspect ratio; the
+        # transform's own resize and crop then leave it as it is
+        return torch.stack(
+            [self.preprocess_one(resize_centre_crop(on_white(im), side, resample)) for im in images]
+        )
+
+    @property
+    def _resize(self) -> tuple[int, int]:
+        """``(side, PIL filter)`` of open_clip's eval transform: ``Resize(side)`` followed by
+        ``CenterCrop(side)``, the only kind it builds for these configs."""
+        from torchvision.transforms import CenterCrop, InterpolationMode, Resize
+        from torchvision.transforms.functional import pil_modes_mapping
+
+        steps = list(self.preprocess_one.transforms)
+        kinds = [type(t) for t in steps[:2]]
+        if kinds != [Resize, CenterCrop] or not isinstance(steps[0].size, int | list | tuple):
+            raise ConfigError(f"unexpected open_clip eval transform: {self.preprocess_one}")
+        size = steps[0].size
+        side = size if isinstance(size, int) else size[0]
+        if (isinstance(size, list | tuple) and len(size) != 1) or steps[0].max_size is not None:
+            raise ConfigError(f"unexpected open_clip eval transform: {self.preprocess_one}")
+        if list(steps[1].size) != [side, side]:
+            raise ConfigError(f"unexpected open_clip eval transform: {self.preprocess_one}")
+        return side, pil_modes_mapping[InterpolationMode(steps[0].interpolation)]
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Captions -> token ids ``(B, context_length)``; over-long captions are truncated."""
