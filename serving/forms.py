@@ -3,7 +3,9 @@ parser and limits that name what is wrong, and image sizes read from headers onl
 
 from __future__ import annotations
 
+import fnmatch
 import io
+import json
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -35,12 +37,8 @@ class Part:
         self.data = bytearray()
 
 
-def parse_multipart(content_type: bytes, body: bytes, max_files: int) -> list[Part]:
-    """The parts of a multipart body, in memory (it is already bounded by the size limit).
-
-    Raises:
-        ClientError: 400 naming what is malformed or over the parser's limits.
-    """
+def boundary_of(content_type: bytes) -> bytes:
+    """The boundary a multipart Content-Type names; ``ClientError`` (400) without one."""
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
@@ -49,6 +47,16 @@ def parse_multipart(content_type: bytes, body: bytes, max_files: int) -> list[Pa
         raise ClientError(
             400, f"multipart body: the boundary is {len(boundary)} characters; at most 200"
         )
+    return boundary
+
+
+def parse_multipart(content_type: bytes, body: bytes, max_files: int) -> list[Part]:
+    """The parts of a multipart body, in memory (it is already bounded by the size limit).
+
+    Raises:
+        ClientError: 400 naming what is malformed or over the parser's limits.
+    """
+    boundary = boundary_of(content_type)
     parts: list[Part] = []
     state = {"field": b"", "value": b"", "header_bytes": 0}
 
@@ -120,7 +128,11 @@ def parse_multipart(content_type: bytes, body: bytes, max_files: int) -> list[Pa
 
 
 def check_parts(
-    parts: list[Part], files: dict[str, str], required: frozenset[str], max_pixels: int
+    parts: list[Part],
+    files: dict[str, str],
+    required: frozenset[str],
+    max_pixels: int,
+    lists: frozenset[str] = frozenset(),
 ) -> None:
     """Refuse what BentoML would misread in a route's multipart parts.
 
@@ -129,13 +141,15 @@ def check_parts(
         files: ``{field: content type}`` of the route's file fields.
         required: the file fields the request must carry.
         max_pixels: the request's budget of decoded pixels.
+        lists: the text fields that hold lists, which may come as several parts
+            (``merge_lists`` joins them).
 
     Raises:
         ClientError: 400 naming the field (a file field sent as text, which BentoML would fetch
             as a URL; a text field sent as a file or not UTF-8; a file name the file system
             refuses; a repeated text field; a missing file), 413 over ``max_pixels``.
     """
-    texts = [p.name for p in parts if p.name not in files]
+    texts = [p.name for p in parts if p.name not in files and p.name not in lists]
     for name in {n for n in texts if texts.count(n) > 1}:  # BentoML would keep only one
         raise ClientError(
             400, f"{name}: given {texts.count(name)} times; send one value (lists as JSON text)"
@@ -148,6 +162,11 @@ def check_parts(
             )
         if part.name not in files and part.filename is not None:
             raise ClientError(400, f"{part.name}: expected a text field, got a file upload")
+        if part.name in files and not fnmatch.fnmatch(part.content_type or "", files[part.name]):
+            raise ClientError(  # as BentoML would, but before a task is stored
+                400,
+                f"{part.name}: Invalid content type {part.content_type or '(none)'}, expected {files[part.name]}",
+            )
         if part.filename is not None:
             size = len(part.filename.encode("utf-8", "surrogateescape"))
             if size > MAX_FILENAME_BYTES or "\x00" in part.filename:
@@ -166,6 +185,44 @@ def check_parts(
     pixels = image_pixels([p for p in parts if p.name in files])
     if pixels > max_pixels:
         raise ClientError(413, f"images: {pixels} pixels in one request; the limit is {max_pixels}")
+
+
+def merge_lists(parts: list[Part], lists: frozenset[str], boundary: bytes) -> bytes | None:
+    """A list field sent the way OpenAPI describes a form's array (one part per item, or one
+    item alone) as the single JSON text BentoML reads; ``None`` when nothing needs joining.
+
+    A field sent once whose text is a JSON array is left as it is.
+    """
+    values: dict[str, list[str]] = {}
+    for part in parts:
+        if part.name in lists and part.filename is None:
+            values.setdefault(part.name, []).append(bytes(part.data).decode("utf-8"))
+    join = {name for name, items in values.items() if len(items) > 1 or not _json_list(items[0])}
+    if not join:
+        return None
+    out, done = io.BytesIO(), set()
+    for part in parts:
+        if part.name in join:
+            if part.name in done:
+                continue
+            done.add(part.name)
+            headers = [(b"content-disposition", f'form-data; name="{part.name}"'.encode())]
+            data = json.dumps(values[part.name]).encode()
+        else:
+            headers, data = part.headers, bytes(part.data)
+        out.write(b"--" + boundary + b"\r\n")
+        for key, value in headers:
+            out.write(key + b": " + value + b"\r\n")
+        out.write(b"\r\n" + data + b"\r\n")
+    out.write(b"--" + boundary + b"--\r\n")
+    return out.getvalue()
+
+
+def _json_list(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), list)
+    except ValueError:
+        return False
 
 
 def image_pixels(parts: list[Part]) -> int:

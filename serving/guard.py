@@ -34,7 +34,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
-from serving.forms import ClientError, check_parts, parse_multipart
+from serving.forms import ClientError, boundary_of, check_parts, merge_lists, parse_multipart
 
 log = logging.getLogger("sightline.serving")
 
@@ -72,11 +72,13 @@ class RouteSpec:
             is read (a task's ``retry``).
         files: ``{field: content type}`` of its file fields.
         required: the file fields a request must carry.
+        lists: its text fields that hold lists (a form may send one part per item).
     """
 
     media_type: str | None
     files: dict[str, str] = field(default_factory=dict)
     required: frozenset[str] = frozenset()
+    lists: frozenset[str] = frozenset()
 
 
 class Disconnected(Exception):
@@ -266,7 +268,7 @@ class Guard:
             raise ClientError(413, f"request body too large: the limit is {limit} bytes")
         body = await self._read(receive, limit)
         if route.media_type is not None:
-            scope = self._check_media(scope, route, headers.get(b"content-type"), body)
+            scope, body = self._check_media(scope, route, headers.get(b"content-type"), body)
         sent = False
 
         async def replay():
@@ -304,9 +306,10 @@ class Guard:
 
     def _check_media(self, scope, route: RouteSpec, ctype: bytes | None, body: bytes):
         """The body's media type must be the route's (any letter case; BentoML's match is
-        exact, so the header is written again in lower case); a multipart body is checked."""
+        exact, so the header is written again in lower case); a multipart body is checked and
+        its list fields joined (``merge_lists``). Returns the scope and the body to pass on."""
         if ctype is None and not body and route.media_type == JSON:
-            return scope  # no arguments: the defaults
+            return scope, body  # no arguments: the defaults
         given, sep, params = (ctype or b"").decode("latin-1").partition(";")
         media = given.strip().lower()
         if media != route.media_type:
@@ -314,12 +317,20 @@ class Guard:
                 415,
                 f"Content-Type {given.strip() or '(none)'}: this route takes {route.media_type}",
             )
+        merged = None
         if media == MULTIPART:
             parts = parse_multipart(ctype, body, self.config.max_images)
-            check_parts(parts, route.files, route.required, self.config.max_pixels)
+            check_parts(parts, route.files, route.required, self.config.max_pixels, route.lists)
+            merged = merge_lists(parts, route.lists, boundary_of(ctype))
         fixed = (media + sep + params).encode("latin-1")
-        headers = [(k, fixed if k == b"content-type" else v) for k, v in scope["headers"]]
-        return {**scope, "headers": headers}
+        headers = [
+            (k, fixed if k == b"content-type" else v)
+            for k, v in scope["headers"]
+            if not (merged is not None and k == b"content-length")
+        ]
+        if merged is not None:
+            headers.append((b"content-length", str(len(merged)).encode()))
+        return {**scope, "headers": headers}, merged if merged is not None else body
 
     async def _drain(self, receive) -> None:
         """Read (and drop) what the client is still sending, up to a cap and within the body
@@ -413,7 +424,10 @@ def routes_of(service) -> dict[str, RouteSpec]:
                 "image/*" if schema.get("format") == "image" else "application/octet-stream"
             )
         required = frozenset(n for n in names if spec.model_fields[n].is_required())
-        route = RouteSpec(MULTIPART if files else JSON, files, required)
+        lists = frozenset(
+            n for n, p in props.items() if n not in files and p.get("type") == "array"
+        )
+        route = RouteSpec(MULTIPART if files else JSON, files, required, lists)
         out[api.route] = route
         if api.is_task:
             out[f"{api.route}/submit"] = route

@@ -109,6 +109,13 @@ def _fix_schema(node):
     return out
 
 
+def _required(schema: dict, components: dict) -> bool:
+    """Whether a request-body schema has a required property."""
+    if "$ref" in schema:
+        schema = components.get(schema["$ref"].rsplit("/", 1)[-1], {})
+    return bool(schema.get("required"))
+
+
 def _example(schema: dict, components: dict):
     """An example value for a request-body schema, from its own examples and defaults."""
     if "$ref" in schema:
@@ -186,6 +193,10 @@ def fix_spec(spec: dict, file_fields: dict[str, dict[str, str]]) -> dict:
                     response["headers"] = RETRY_AFTER
                 op["responses"][code] = response
             body = op.get("requestBody", {}).get("content", {})
+            if body:  # a route with required arguments needs its body
+                op["requestBody"]["required"] = any(
+                    _required(c.get("schema", {}), components) for c in body.values()
+                )
             for media_type, content in body.items():
                 schema = content.get("schema", {})
                 if media_type == "multipart/form-data":

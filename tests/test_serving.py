@@ -406,8 +406,10 @@ def test_classifier_bad_uploads_are_4xx_with_a_reason(client):
     assert_client_error(truncated, 400, "not a decodable image")
     wrong_type = client.post("/classifier/predict", files=upload(_png(shoe()), ctype="text/plain"))
     assert_client_error(wrong_type, 400, "content type text/plain", "image/*")
-    missing = client.post("/classifier/predict", json={})
+    missing = client.post("/classifier/predict", files=[("note", (None, b"x"))])
     assert_client_error(missing, 400, "images", "missing")
+    as_json = client.post("/classifier/predict", json={})  # BentoML would fetch a URL body
+    assert_client_error(as_json, 415, "takes multipart/form-data")
     too_many = client.post(
         "/classifier/predict",
         files=[("images", (f"{i}.png", _png(shoe()), "image/png")) for i in range(65)],

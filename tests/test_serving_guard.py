@@ -29,7 +29,7 @@ def _guard(monkeypatch, app, token: str | None = None, public_metrics: bool = Fa
         app,
         config=config,
         routes={
-            "/upload": RouteSpec(MULTIPART, {"file": "image/*"}, frozenset()),
+            "/upload": RouteSpec(MULTIPART, {"file": "image/*"}, frozenset(), frozenset({"tags"})),
             "/models": RouteSpec(JSON),
             "/echo": RouteSpec(JSON),
             "/task/retry": RouteSpec(None),
@@ -228,6 +228,11 @@ def test_the_openapi_document_is_valid_and_documents_errors_and_examples(client)
         for method, op in ops.items():
             if path in ("/livez", "/readyz", "/healthz", "/metrics"):
                 continue
+            if op.get("requestBody"):  # required exactly where the route has required fields
+                schema = next(iter(op["requestBody"]["content"].values()))["schema"]
+                if "$ref" in schema:
+                    schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+                assert op["requestBody"]["required"] == bool(schema.get("required")), path
             # a body can be malformed or too large; a GET (a task's status or result) has none
             expected = {"400", "413", "503"} if method in ("post", "put") else {"503"}
             assert expected <= set(op["responses"]), (path, method)
@@ -394,7 +399,8 @@ def _form(*parts: tuple[str, str | None, bytes]) -> bytes:
     out = b""
     for name, filename, data in parts:
         disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        out += f"--b\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+        kind = "Content-Type: image/png\r\n" if filename else ""
+        out += f"--b\r\nContent-Disposition: {disposition}\r\n{kind}\r\n".encode() + data + b"\r\n"
     return out + b"--b--\r\n"
 
 
@@ -461,3 +467,27 @@ def test_a_decompression_bomb_is_413_like_every_budget(monkeypatch, side):
 
     with pytest.raises(BudgetError):
         open_image(_png_header(side, side))
+
+
+@pytest.mark.parametrize(
+    "tags,sent",
+    [
+        ([b"a", b"b"], ["a", "b"]),  # one part per item, as OpenAPI describes a form's array
+        ([b"solo"], ["solo"]),  # one item alone
+        ([b'["a", "b"]'], None),  # JSON text: passed on as it is
+    ],
+)
+def test_a_list_field_may_come_as_one_part_per_item(monkeypatch, tags, sent):
+    headers = [(b"content-type", b"multipart/form-data; boundary=b")]
+    form = _form(("file", "a.png", b"x"), *[("tags", None, t) for t in tags])
+    code, reply = _asgi(_guard(monkeypatch, ok_app), "/upload", headers, [form])
+    assert code == 200, reply
+    from python_multipart.multipart import parse_options_header  # noqa: F401
+
+    from serving.forms import parse_multipart
+
+    parts = parse_multipart(b"multipart/form-data; boundary=b", reply["body"].encode("latin-1"), 4)
+    values = [bytes(p.data) for p in parts if p.name == "tags"]
+    assert len(values) == 1
+    assert json.loads(values[0]) == (sent if sent is not None else ["a", "b"])
+    assert [p.name for p in parts][0] == "file" and bytes(parts[0].data) == b"x"

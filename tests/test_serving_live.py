@@ -143,10 +143,10 @@ MULTIPART_ROUTES = [
     "/clip/embed_images",
     "/clip/zero_shot",
     "/spam/predict_email",
+    "/spam/predict_mailbox",
+    "/spam/predict_mailbox/submit",
     "/vae/interpolate",
     "/vae/reconstruct",
-    "/models",
-    "/gan/sample",
 ]
 BIG = 4096  # side of the largest image one request may hold
 
@@ -346,6 +346,13 @@ def test_multipart_without_a_boundary_is_400_on_every_route(live_server, route):
     url, _ = live_server
     status, body = post(url + route, b"", "multipart/form-data")
     assert status == 400 and "boundary" in body["error"], (status, body)
+
+
+@pytest.mark.parametrize("route", ["/models", "/gan/sample", "/clip/search", "/spam/predict"])
+def test_a_json_route_refuses_a_form_with_415(live_server, route):
+    url, _ = live_server
+    status, body = post(url + route, b"", "multipart/form-data")
+    assert status == 415 and "application/json" in body["error"], (status, body)
 
 
 @pytest.mark.parametrize("case", list(BAD))
