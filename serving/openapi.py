@@ -34,7 +34,9 @@ ERROR_SCHEMA = {
 ERRORS = {
     "400": "malformed input: a missing or invalid field, an image that does not decode, a bad multipart body",
     "401": "missing or wrong bearer token (only when SIGHTLINE_API_TOKEN is set)",
+    "408": "the request body did not arrive within body_timeout_s",
     "413": "over a budget: body bytes, images, pixels, characters or an email header line",
+    "415": "the body's media type is not the route's (multipart/form-data where it takes files, application/json elsewhere), or it is compressed",
     "503": "overloaded: too many requests in flight; retry after Retry-After seconds",
     "504": "the request ran past timeout_s",
 }
@@ -58,6 +60,7 @@ TASK_STATUS = {
     },
 }
 UNKNOWN_TASK = {"404": "no task with this task_id (results are kept in this server's memory)"}
+ROUTE_ERRORS = {"/clip/index_image": {"404": "no image at this index"}}
 TASK_ERRORS = {
     "status": UNKNOWN_TASK,
     "retry": UNKNOWN_TASK,
@@ -187,6 +190,7 @@ def fix_spec(spec: dict, file_fields: dict[str, dict[str, str]]) -> dict:
             if path.rsplit("/", 1)[0] in tasks:  # BentoML names retry and cancel alike
                 op["operationId"] = "sightline__" + path.strip("/").replace("/", "_")
                 responses = {**responses, **TASK_ERRORS.get(path.rsplit("/", 1)[1], {})}
+            responses = {**responses, **ROUTE_ERRORS.get(path, {})}
             for code, text in responses.items():
                 response = {"description": text, "content": {"application/json": {"schema": ref}}}
                 if code == "503":

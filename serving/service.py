@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated
 
 import bentoml
-from bentoml.exceptions import InvalidArgument
+from bentoml.exceptions import InvalidArgument, NotFound
 from PIL.Image import Image
 from pydantic import Field
 
@@ -346,7 +346,7 @@ class Sightline:
         """One image of the search index, as PNG."""
         size = await ask(self.clip.to_async.index_size)
         if index >= size:
-            raise InvalidArgument(f"index {index} out of range: the index holds {size} images")
+            raise NotFound(f"no image at index {index}: the index holds {size} images")
         return await ask(self.clip.to_async.index_image, index=index)
 
     @bentoml.api(route="/models")

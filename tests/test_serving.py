@@ -652,7 +652,7 @@ def test_clip_search_ranks_the_held_out_index(client, local, prepared_emoji):
     img = client.post("/clip/index_image", json={"index": hits[0]["index"]})
     assert img.headers["content-type"] == "image/png" and _pil(img.content).size == (64, 64)
     assert_client_error(
-        client.post("/clip/index_image", json={"index": len(captions)}), 400, "out of range"
+        client.post("/clip/index_image", json={"index": len(captions)}), 404, "no image at index"
     )
     assert_client_error(client.post("/clip/search", json={"query": ""}), 400, "query")
     assert_client_error(client.post("/clip/search", json={"query": "x", "top_k": 0}), 400, "top_k")

@@ -306,3 +306,31 @@ def html_page(
                     f"<a href='{html.escape(rel)}'><img src='{html.escape(rel)}' alt='{html.escape(model)} {html.escape(pic)}'></a>"
                 )
     return "\n".join(parts) + "\n"
+
+
+# --- tables of results for the documentation --------------------------------------------------
+
+
+def results_table(model: str, metrics: dict) -> str:
+    """A model's selection and headline metrics (and its training time) as a markdown table,
+    from its metrics file: what the docs pages and the README show, so they cannot drift."""
+    key, mode = selection(model)
+    keys = [key, *(k for k in get_evaluation(model).headline if k != key)]
+    rows = [
+        [f"`{k}`" + (f" (selection, {mode})" if k == key else ""), _fmt(metrics.get(k))]
+        for k in keys
+    ]
+    rows.append(["`train_time_s`", _fmt(metrics.get("train_time_s"))])
+    return "\n".join(_md_table(["metric", "value"], rows))
+
+
+def summary_table(metrics: dict[str, dict]) -> str:
+    """One row per model: its dataset and its selection metric, as a markdown table."""
+    rows = []
+    for model in sorted(metrics):
+        key, mode = selection(model)
+        m = metrics[model]
+        rows.append(
+            [f"`{model}`", str(m.get("dataset", "—")), f"`{key}` ({mode})", _fmt(m.get(key))]
+        )
+    return "\n".join(_md_table(["model", "data", "selection metric", "value"], rows))

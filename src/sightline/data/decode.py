@@ -45,6 +45,9 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS, what: str = "image") -
 
 LONG_SIDE = 1 << 16  # a source side past this is box-averaged down before it is resampled
 REDUCING_GAP = 3.0  # PIL's: reduce by integer factors until within 3x of the result
+# a model's resize that keeps part of its result (a crop) computes the whole result when that
+# is at most WHOLE times the part kept, pixel for pixel as before; beyond, only the part kept
+WHOLE = 4
 
 
 def resize(
@@ -90,16 +93,20 @@ def resize(
 
 def resize_centre_crop(img: Image.Image, side: int, resample: int) -> Image.Image:
     """torchvision's ``Resize(side)`` (the shorter side to ``side``, the aspect kept) then
-    ``CenterCrop(side)``, as one resize of the region the crop keeps.
+    ``CenterCrop(side)``, without building the whole resized picture when it is large.
 
-    The two steps would first build the whole resized picture: for an image of 1 x 400,000
-    pixels and ``side`` 32, one of 32 x 12,800,000. Here only the kept ``side x side`` square is
-    computed; its pixels are those of the two steps (PIL weighs the source pixels just outside
-    the region in, as it did before the crop), up to the rounding of the region's bounds.
+    The two steps first build the whole resized picture: for an image of 1 x 400,000 pixels
+    and ``side`` 32, one of 32 x 12,800,000. Where that picture would be over ``WHOLE`` times
+    the kept square, only the square is computed, as one resize of the region the crop keeps
+    (PIL weighs the source pixels just outside the region in, as it did before the crop; the
+    pixels differ from the two steps' by the rounding of the region's bounds, a grey level or
+    so). Any other image is returned as it is: the two steps then give exactly their pixels.
     """
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
     new_long = int(side * long / short)  # torchvision's arithmetic, so the crop is its crop
+    if new_long <= WHOLE * side:
+        return img
     new_w, new_h = (side, new_long) if w <= h else (new_long, side)
     top, left = int(round((new_h - side) / 2.0)), int(round((new_w - side) / 2.0))
     sx, sy = w / new_w, h / new_h

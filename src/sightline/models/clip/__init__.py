@@ -160,8 +160,8 @@ class ClipModule(L.LightningModule):
         if not images:
             raise InputError("no images given")
         side, resample = self._resize
-        # the kept square only, so the work is side x side whatever the aspect ratio; the
-        # transform's own resize and crop then leave it as it is
+        # a very long image is cut to the kept square first (then the transform's own resize
+        # and crop leave it as it is), so the work stays bounded whatever the aspect ratio
         return torch.stack(
             [self.preprocess_one(resize_centre_crop(on_white(im), side, resample)) for im in images]
         )

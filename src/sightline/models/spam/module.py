@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from sightline.data.decode import resize
+from sightline.data.decode import WHOLE, resize
 from sightline.errors import ConfigError, InputError
 from sightline.mail.ocr import read_texts_or_none
 from sightline.models.spam.batch import Example, collate, to_device
@@ -146,9 +146,10 @@ class SpamModule(L.LightningModule):
         im = image.convert("L")
         h = max(1, round(im.height * s / im.width))  # the height once scaled to the width s
         kept = min(h, s)
-        # only the rows that stay are resized (PIL's box: the same pixels as resizing the whole
-        # picture and cutting it), so a 1 x 100,000 image costs s x s, not s x 6,400,000
-        im = resize(im, (s, kept), Image.BILINEAR, box=(0, 0, im.width, kept * im.height / h))
+        if h <= WHOLE * s:  # the whole picture, cut: the pixels training has always used
+            im = resize(im, (s, h), Image.BILINEAR).crop((0, 0, s, kept))
+        else:  # only the rows that stay (PIL's box), so 1 x 100,000 costs s x s, not s x 6.4 M
+            im = resize(im, (s, kept), Image.BILINEAR, box=(0, 0, im.width, kept * im.height / h))
         canvas = Image.new("L", (s, s), 255)
         canvas.paste(im, (0, 0))
         x = torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(1, s, s)
