@@ -26,16 +26,18 @@ import base64
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from servers import process_rss, rss_mb, serving  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
@@ -64,7 +66,7 @@ def settings():
     """The serving settings a server started now runs with (``SIGHTLINE_SERVING_PARAMS`` or
     serving/params.yaml), as a new process reads them: ``serving.inputs.CONFIG`` is read once,
     so this process's may be older than the environment."""
-    from sightline.packaging import ServingConfig
+    from serving.settings import ServingConfig
 
     code = "from serving.inputs import CONFIG; print(CONFIG.model_dump_json())"
     done = subprocess.run(
@@ -83,7 +85,7 @@ def in_process_rate(images: list[bytes], batch: int, seconds: float, config) -> 
     import torch
     from PIL import Image
 
-    from serving.backends import pixels
+    from serving.decoding import pixels
     from serving.inputs import Jpeg, jpeg_bytes
     from sightline.inference import load_module, select_device
 
@@ -103,35 +105,6 @@ def in_process_rate(images: list[bytes], batch: int, seconds: float, config) -> 
             m.postprocess(m(x).float().cpu(), top_k=config.top_k)
         done += batch
     return done / (time.perf_counter() - start)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def process_rss(pid: int) -> list[tuple[str, float]]:
-    """``(service, MiB)`` of every process of a server's tree (``watcher``: the supervisor)."""
-    import psutil
-
-    out = []
-    for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-        try:
-            cmd = p.cmdline()
-            name = (
-                cmd[cmd.index("--service-name") + 1]
-                if "--service-name" in cmd
-                else ("watcher" if p.pid == pid else p.name())
-            )
-            out.append((name, p.memory_info().rss / 2**20))
-        except (psutil.Error, IndexError):
-            continue
-    return out
-
-
-def rss_mb(pid: int) -> float:
-    return sum(mb for _, mb in process_rss(pid))
 
 
 def bad_requests() -> list[tuple[str, bytes, str]]:
@@ -244,57 +217,6 @@ def load(pool, url: str, bodies, concurrency: int, seconds: float, clients: int)
         "errors": errors,
         "requests": sum(statuses.values()),
     }
-
-
-def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 300) -> None:
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"error: the server exited with {proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"error: {url}/readyz not ready after {timeout:.0f} s")
-
-
-@contextmanager
-def serving(target: str, url: str | None = None, log: str | None = None):
-    """``(url, pid)`` of ``bentoml serve target`` on a free loopback port (or of ``url``); its
-    output goes to ``log`` when given."""
-    if url is not None:
-        yield url, None
-        return
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        target,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the server
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        wait_ready(url, proc)
-        yield url, proc.pid
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=60)
-        if log:
-            out.close()
 
 
 def spam_mail() -> list[tuple[str, bytes, str, bool]]:

@@ -208,8 +208,8 @@ def main() -> None:
     import bentoml
     import yaml
 
+    from serving.settings import load_serving_config
     from sightline.io import atomic_dir
-    from sightline.packaging import load_serving_config
     from sightline.registry import served_models
 
     config = load_serving_config(args.serving)

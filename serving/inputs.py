@@ -34,9 +34,9 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
+from serving.settings import load_serving_config
 from sightline.data import decode
 from sightline.errors import BudgetError, InputError
-from sightline.packaging import load_serving_config
 
 # serving/params.yaml beside this file (inside the Bento too); SIGHTLINE_SERVING_PARAMS names
 # another file, e.g. to try gpu: 1 without rebuilding.
@@ -66,7 +66,7 @@ Decoded = Annotated[Image, WrapSerializer(_as_is_when_pickled)]
 class Jpeg:
     """A JPEG upload the front has sized from its header but not decoded: a model service that
     decodes on its device (``services.<name>.decode``) gets its bytes, and decodes the batch
-    there (``serving.backends.upload_pixels``). It crosses the socket pickled as it is."""
+    there (``serving.decoding.upload_pixels``). It crosses the socket pickled as it is."""
 
     __slots__ = ("data",)
 

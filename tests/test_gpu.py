@@ -51,7 +51,7 @@ def test_images_are_normalised_on_the_device_as_on_the_cpu(prepared_fashion):
 
     from PIL import Image
 
-    from serving.backends import pixels
+    from serving.decoding import pixels
     from sightline.data.images import ImageDataModule
     from sightline.inference import select_device
 
@@ -75,7 +75,7 @@ def test_jpegs_decode_on_the_device_as_on_the_cpu(prepared_fashion):
     import numpy as np
     from PIL import Image
 
-    from serving.backends import jpeg_decoder, upload_pixels
+    from serving.decoding import jpeg_decoder, upload_pixels
     from serving.inputs import Jpeg
     from sightline.data.images import ImageDataModule
     from sightline.data.preprocess import ImagePreprocess

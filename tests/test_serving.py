@@ -86,7 +86,7 @@ def test_params_hash_ignores_key_order_and_sees_values():
 
 
 def test_serving_params_errors_name_the_key(tmp_path):
-    from sightline.packaging import load_serving_config
+    from serving.settings import load_serving_config
 
     assert (
         load_serving_config(Path("serving/params.yaml")).batch("classifier")["max_batch_size"] >= 1
@@ -127,7 +127,7 @@ def test_serving_params_errors_name_the_key(tmp_path):
 
 
 def _serving_params(path: Path, text: str):
-    from sightline.packaging import load_serving_config
+    from serving.settings import load_serving_config
 
     path.write_text(text)
     return load_serving_config(path)
@@ -270,7 +270,7 @@ def test_classifier_top_k_matches_the_in_process_model(client, local):
 def test_image_batches_are_normalised_on_the_models_device(local):
     """The services move uint8 pixels to the model's device and normalise there; on the CPU
     that is exactly the training preprocessing ("meta" stands in for an accelerator)."""
-    from serving.backends import pixels
+    from serving.decoding import pixels
 
     imgs = [shoe(), Image.new("RGB", (50, 40), (200, 30, 30))]
     for name in ("classifier", "vae"):
@@ -309,11 +309,11 @@ def test_jpegs_decoded_on_the_device_get_the_training_preprocessings_pixels(
     training preprocessing gives it from PIL: the same pixels where no resizing is needed, within
     one grey level where it is. A JPEG that does not decode is that item's error; the rest of the
     batch is answered."""
-    import serving.backends
-    from serving.backends import upload_pixels
+    import serving.decoding
+    from serving.decoding import upload_pixels
     from serving.inputs import Jpeg
 
-    monkeypatch.setattr(serving.backends, "_chosen", {"cpu": decoder})
+    monkeypatch.setattr(serving.decoding, "_chosen", {"cpu": decoder})
     datas = [_jpeg(img, quality=85) for img in _photos()]
     cpu = torch.device("cpu")
     for name in ("classifier", "vae"):
@@ -348,34 +348,34 @@ def test_a_service_whose_device_cannot_decode_jpegs_refuses_to_start(monkeypatch
     import torchcodec.decoders
     import torchvision.io
 
-    import serving.backends
+    import serving.decoding
     from serving.backends import ClassifierModel
     from serving.inputs import CONFIG, Jpeg
-    from sightline.packaging import ServiceConfig
+    from serving.settings import ServiceConfig
 
     me = SimpleNamespace(name="classifier", device=torch.device("cpu"))
     img = Image.new("RGB", (16, 16), (200, 30, 30))
     assert ClassifierModel.inner.uploads(me, img) == [img]  # decode: auto, no GPU
     monkeypatch.setitem(CONFIG.services, "classifier", ServiceConfig(decode="device"))
-    monkeypatch.setattr(serving.backends, "_chosen", {})
+    monkeypatch.setattr(serving.decoding, "_chosen", {})
     warm = ClassifierModel.inner.uploads(me, img)
     assert warm[0] is img and isinstance(warm[1], Jpeg)
-    assert serving.backends._chosen == {"cpu": "torchcodec"}
+    assert serving.decoding._chosen == {"cpu": "torchcodec"}
 
     def broken(*args, **kwargs):
         raise RuntimeError("nvJPEG is not available")
 
     monkeypatch.setattr(torchcodec.decoders, "decode_jpeg", broken)
-    monkeypatch.setattr(serving.backends, "_chosen", {})
-    with mock.patch.object(serving.backends.log, "warning") as warning:
+    monkeypatch.setattr(serving.decoding, "_chosen", {})
+    with mock.patch.object(serving.decoding.log, "warning") as warning:
         assert ClassifierModel.inner.uploads(me, img)[1].data == warm[1].data
-    assert serving.backends._chosen == {"cpu": "torchvision"}
+    assert serving.decoding._chosen == {"cpu": "torchvision"}
     assert "torchvision (torchcodec: RuntimeError: nvJPEG is not available)" in (
         warning.call_args.args[0] % warning.call_args.args[1:]
     )
 
     monkeypatch.setattr(torchvision.io, "decode_jpeg", broken)
-    monkeypatch.setattr(serving.backends, "_chosen", {})
+    monkeypatch.setattr(serving.decoding, "_chosen", {})
     with pytest.raises(
         RuntimeError, match="decode: JPEGs cannot be decoded on cpu .torchcodec"
     ) as e:
@@ -782,7 +782,7 @@ def test_the_bento_is_a_v2_image_with_the_wheel_and_tesseract(packaged, caplog, 
     import bentoml
     from conftest import REPO
 
-    from sightline.packaging import load_serving_config
+    from serving.settings import load_serving_config
 
     monkeypatch.chdir(REPO)
     monkeypatch.syspath_prepend(str(REPO / "pipeline"))

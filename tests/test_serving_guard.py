@@ -186,7 +186,7 @@ def test_client_errors_are_logged_in_one_line(caplog):
     from bentoml.exceptions import InvalidArgument
     from pydantic import BaseModel, ValidationError
 
-    from serving.guard import install_log_filter
+    from serving.errors import install_log_filter
 
     install_log_filter()
     logger = logging.getLogger("bentoml._internal.server.http_app")

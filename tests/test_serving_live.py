@@ -686,7 +686,7 @@ def test_jpegs_the_model_service_decodes_are_answered_as_in_process(
     import numpy as np
     import torch
 
-    from serving.backends import upload_pixels
+    from serving.decoding import upload_pixels
     from serving.inputs import Jpeg
     from sightline.inference import load_module
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from PIL import Image
 
+from sightline.data.decode import WHOLE, resize
 from sightline.models.spam.text import Words
 
 
@@ -74,3 +76,47 @@ def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
 
 def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
+
+
+@dataclass
+class Reading:
+    """What the branches make of a batch, each ``(B, D)`` vector or ``(B,)`` vote once.
+
+    ``text``: the subject and body alone; ``text_with_images``: the same read with the words in
+    the images (``text_reads_images``); ``image``: the image branch; ``vote_*``: the wide part
+    on the text's words, the images' words, and both together.
+    """
+
+    text: torch.Tensor
+    text_with_images: torch.Tensor
+    image: torch.Tensor
+    has_image: torch.Tensor
+    vote_text: torch.Tensor
+    vote_image: torch.Tensor
+    vote_both: torch.Tensor
+
+    def logits(self, module, use_text: bool = True, use_image: bool = True) -> torch.Tensor:
+        """The logit with a branch absent or not: both read the message's words together; one
+        alone reads its own; a missing branch is its learned "absent" vector and no vote."""
+        if use_text and use_image:
+            return module.fuse(self.text_with_images, self.image) + self.vote_both
+        b = self.text.shape[0]
+        if use_text:
+            return module.fuse(self.text, module.no_image.expand(b, -1)) + self.vote_text
+        return module.fuse(module.no_text.expand(b, -1), self.image) + self.vote_image
+
+
+def square_top(image: Image.Image, s: int) -> torch.Tensor:
+    """Any PIL image -> ``(1, s, s)`` in [-1, 1]: grey, scaled to the width ``s`` (aspect kept),
+    pasted at the top of a white square (a taller picture is cut at the bottom)."""
+    im = image.convert("L")
+    h = max(1, round(im.height * s / im.width))  # the height once scaled to the width s
+    kept = min(h, s)
+    if h <= WHOLE * s:  # the whole picture, cut: the pixels training has always used
+        im = resize(im, (s, h), Image.BILINEAR).crop((0, 0, s, kept))
+    else:  # only the rows that stay (PIL's box), so 1 x 100,000 costs s x s, not s x 6.4 M
+        im = resize(im, (s, kept), Image.BILINEAR, box=(0, 0, im.width, kept * im.height / h))
+    canvas = Image.new("L", (s, s), 255)
+    canvas.paste(im, (0, 0))
+    x = torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(1, s, s)
+    return x.float().div(127.5).sub(1.0)

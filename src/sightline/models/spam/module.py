@@ -3,18 +3,15 @@ calibrated after every validation epoch. See ``sightline.models.spam`` for the d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import lightning as L
 import torch
 from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from sightline.data.decode import WHOLE, resize
 from sightline.errors import ConfigError, InputError
 from sightline.mail.ocr import read_texts_or_none
-from sightline.models.spam.batch import Example, collate, to_device
+from sightline.models.spam.batch import Example, Reading, collate, square_top, to_device
 from sightline.models.spam.calibration import best_threshold, fit_temperature
 from sightline.models.spam.net import ImageBranch, TextBranch, tfidf_weights
 from sightline.models.spam.params import SpamConfig
@@ -22,36 +19,6 @@ from sightline.models.spam.text import Words, bag_of_words, char_grams, message_
 from sightline.schedules import warmup_cosine
 
 _D = SpamConfig()  # the defaults: the params schema is their one source
-
-
-@dataclass
-class Reading:
-    """What the branches make of a batch, each ``(B, D)`` vector or ``(B,)`` vote once.
-
-    ``text``: the subject and body alone; ``text_with_images``: the same read with the words in
-    the images (``text_reads_images``); ``image``: the image branch; ``vote_*``: the wide part
-    on the text's words, the images' words, and both together.
-    """
-
-    text: torch.Tensor
-    text_with_images: torch.Tensor
-    image: torch.Tensor
-    has_image: torch.Tensor
-    vote_text: torch.Tensor
-    vote_image: torch.Tensor
-    vote_both: torch.Tensor
-
-    def logits(
-        self, module: SpamModule, use_text: bool = True, use_image: bool = True
-    ) -> torch.Tensor:
-        """The logit with a branch absent or not: both read the message's words together; one
-        alone reads its own; a missing branch is its learned "absent" vector and no vote."""
-        if use_text and use_image:
-            return module.fuse(self.text_with_images, self.image) + self.vote_both
-        b = self.text.shape[0]
-        if use_text:
-            return module.fuse(self.text, module.no_image.expand(b, -1)) + self.vote_text
-        return module.fuse(module.no_text.expand(b, -1), self.image) + self.vote_image
 
 
 class SpamModule(L.LightningModule):
@@ -142,18 +109,7 @@ class SpamModule(L.LightningModule):
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         """Any PIL image -> ``(1, S, S)`` in [-1, 1]: grey, scaled to the width ``S`` (aspect
         kept), pasted at the top of a white square (a taller picture is cut at the bottom)."""
-        s = self.hparams.image_size
-        im = image.convert("L")
-        h = max(1, round(im.height * s / im.width))  # the height once scaled to the width s
-        kept = min(h, s)
-        if h <= WHOLE * s:  # the whole picture, cut: the pixels training has always used
-            im = resize(im, (s, h), Image.BILINEAR).crop((0, 0, s, kept))
-        else:  # only the rows that stay (PIL's box), so 1 x 100,000 costs s x s, not s x 6.4 M
-            im = resize(im, (s, kept), Image.BILINEAR, box=(0, 0, im.width, kept * im.height / h))
-        canvas = Image.new("L", (s, s), 255)
-        canvas.paste(im, (0, 0))
-        x = torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(1, s, s)
-        return x.float().div(127.5).sub(1.0)
+        return square_top(image, self.hparams.image_size)
 
     def encode(
         self,

@@ -1,0 +1,31 @@
+"""``vae``: the params schema of ``models.vae`` and its defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from sightline.config import ImageDataConfig, ModelParams, ScoreConfig, Strict, TrainerConfig
+
+
+class VAEConfig(Strict):
+    """``models.vae.model``: every key is a ``VAEModule`` argument."""
+
+    latent_dim: int = Field(16, ge=1, le=1024)
+    beta: float = Field(1.0, gt=0.0, le=1000.0)  # weight of the KL term (1 = the true ELBO)
+    likelihood: Literal["bernoulli", "continuous_bernoulli"] = "bernoulli"
+    channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1, max_length=5)
+    hidden: int = Field(256, gt=0)  # dense layer between the conv stack and the latent
+    negative_slope: float = Field(0.2, ge=0.0)
+    lr: float = Field(2e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_samples: int = Field(256, ge=1, le=10000)  # the most images one sample() call may make
+
+
+class VAEParams(ModelParams):
+    upstream: str = "models/classifier"  # the classifier whose features score the samples
+    data: ImageDataConfig = ImageDataConfig()
+    model: VAEConfig = VAEConfig()
+    score: ScoreConfig = ScoreConfig()
+    trainer: TrainerConfig = TrainerConfig()
