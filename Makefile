@@ -8,7 +8,7 @@ PORT   ?= 3000
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup system data run test test-slow lint format bench bench-serve bench-spam gpu-check reproduce-check compare package serve sweep experiment promote push pull clean
+.PHONY: help setup system data run test test-slow lint format docs docs-serve bench bench-serve bench-spam gpu-check reproduce-check compare package serve sweep experiment promote push pull clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -46,8 +46,16 @@ data: ## install Debian's dataset-fashion-mnist when it is missing and apt is us
 run: setup system data ## set up, then reproduce the whole pipeline (dvc repro)
 	$(BIN)/dvc repro
 
-test: setup system ## set up, then run the fast tests (tiny configs, synthetic data)
+test: setup system ## set up, then run the fast tests (tiny configs, synthetic data) and build the docs (strict)
 	$(BIN)/python -m pytest -m "not slow and not gpu"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $${TMPDIR:-/tmp}/sightline-site
+
+docs: setup ## results tables from metrics/*.json into README.md and docs/, then the site into site/ (MkDocs, strict)
+	$(BIN)/python pipeline/docs.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: setup ## preview the documentation site at http://127.0.0.1:8000
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 test-slow: setup system data ## real-data tests (several minutes)
 	$(BIN)/python -m pytest -m slow

@@ -32,10 +32,15 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from serving.errors import install_log_filter, json_response, reason_of
 from serving.forms import ClientError, boundary_of, check_parts, merge_lists, parse_multipart
+
+if TYPE_CHECKING:
+    from serving.settings import ServingConfig
 
 log = logging.getLogger("sightline.serving")
 
@@ -99,7 +104,9 @@ class Guard:
         fix_spec: ``spec -> spec``, applied to ``/docs.json``.
     """
 
-    def __init__(self, app, config, routes: dict[str, RouteSpec], fix_spec) -> None:
+    def __init__(
+        self, app: Callable, config: ServingConfig, routes: dict[str, RouteSpec], fix_spec: Callable
+    ) -> None:
         self.app, self.config, self.routes, self.fix_spec = app, config, routes, fix_spec
         self.token = os.environ.get("SIGHTLINE_API_TOKEN") or None
         public = HEALTH | (
