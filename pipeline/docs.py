@@ -1,8 +1,12 @@
 """Tables of results in README.md and docs/, written from metrics/*.json.
 
 A page holds a block per table, between ``<!-- results: NAME -->`` and ``<!-- /results -->``:
-NAME is a model (its selection and headline metrics) or ``all`` (one row per model). This
-script writes every block from the metrics files; ``--check`` only reports the blocks that
+NAME is a model (its selection and headline metrics) or ``all`` (one row per model); and a
+block of pictures, ``<!-- pictures: NAME -->`` ... ``<!-- /pictures -->``: the model's
+``reports/NAME/*.png``, its key pictures first; and ``<!-- params: NAME -->``: the model's
+``models.NAME`` section of ``params.yaml``. A figure typed in prose or a hand-made table is followed by a comment naming its source,
+``0.9788<!-- spam:test/f1 -->`` (a nested value: ``real_floor/fid``): the figure is written
+again from the metrics file, to the digits it shows. This script writes every block and figure; ``--check`` only reports the blocks that
 differ (exit 1), which the tests run, so no page can disagree with its metrics file. The
 MkDocs hook (``docs/hooks.py``) writes the same blocks when the site is built.
 
@@ -21,7 +25,7 @@ from pathlib import Path
 from sightline.leaderboard import results_table, summary_table
 
 REPO = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- results: ([\w-]+) -->\n)(.*?)(<!-- /results -->)", re.S)
+BLOCK = re.compile(r"(<!-- (results|pictures|params): ([\w-]+) -->\n)(.*?)(<!-- /\2 -->)", re.S)
 
 
 def load_metrics(root: Path = REPO) -> dict[str, dict]:
@@ -37,9 +41,72 @@ def table(name: str, metrics: dict[str, dict]) -> str:
     return results_table(name, metrics[name])
 
 
-def render(text: str, metrics: dict[str, dict]) -> str:
-    """``text`` with every results block written from ``metrics``."""
-    return BLOCK.sub(lambda m: m[1] + table(m[2], metrics) + "\n" + m[4], text)
+def pictures(name: str, root: Path = REPO) -> str:
+    """Markdown images of ``reports/<name>/*.png`` (key pictures first), linked from a page in
+    ``docs/models/``."""
+    from sightline.registry import get_evaluation
+
+    key = list(get_evaluation(name).pictures)
+    found = sorted(p.name for p in (root / "reports" / name).glob("*.png"))
+    order = [k for k in key if k in found] + [f for f in found if f not in key]
+    return "\n\n".join(
+        f"![{Path(f).stem.replace('_', ' ')}](../../reports/{name}/{f})" for f in order
+    )
+
+
+FIGURE = re.compile(r"(-?[\d,]*\d\.?\d*)(\**)<!-- ([\w-]+):([^\s>]+) -->")
+
+
+def lookup(metrics: dict, key: str):
+    """``metrics[key]``, or a nested value: ``real_floor/fid`` is ``metrics["real_floor"]["fid"]``
+    (keys may hold ``/`` themselves: ``test/acc``)."""
+    if key in metrics:
+        return metrics[key]
+    for i, ch in enumerate(key):
+        if ch == "/" and isinstance(metrics.get(key[:i]), dict):
+            return lookup(metrics[key[:i]], key[i + 1 :])
+    raise KeyError(key)
+
+
+def figure(shown: str, value) -> str:
+    """``value`` written as ``shown`` is: the same decimals, thousands separators if it has
+    them."""
+    digits = len(shown.split(".")[1]) if "." in shown else 0
+    return f"{value:,.{digits}f}" if "," in shown else f"{value:.{digits}f}"
+
+
+def params_section(name: str, root: Path = REPO) -> str:
+    """The ``models.<name>`` section of ``params.yaml`` as a YAML code block."""
+    import yaml
+
+    section = yaml.safe_load((root / "params.yaml").read_text())["models"][name]
+    dumped = yaml.safe_dump({"models": {name: section}}, sort_keys=False, width=96)
+    return f"```yaml\n{dumped}```"
+
+
+def render(text: str, metrics: dict[str, dict], root: Path = REPO) -> str:
+    """``text`` with every results and pictures block written from ``metrics`` and
+    ``reports/``, and every annotated figure from its metrics file."""
+
+    def block(m: re.Match) -> str:
+        kind, name = m[2], m[3]
+        if kind == "results":
+            body = table(name, metrics)
+        elif kind == "pictures":
+            body = pictures(name, root)
+        else:
+            body = params_section(name, root)
+        return m[1] + body + "\n" + m[5]
+
+    def one(m: re.Match) -> str:
+        model, key = m[3], m[4]
+        try:
+            value = lookup(metrics[model], key)
+        except KeyError:
+            raise SystemExit(f"figure <!-- {model}:{key} -->: no such metric") from None
+        return figure(m[1], value) + m[2] + f"<!-- {model}:{key} -->"
+
+    return FIGURE.sub(one, BLOCK.sub(block, text))
 
 
 def pages(root: Path = REPO) -> list[Path]:

@@ -208,6 +208,7 @@ def main() -> None:
     import bentoml
     import yaml
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # serving/, beside pipeline/
     from serving.settings import load_serving_config
     from sightline.io import atomic_dir
     from sightline.registry import served_models
