@@ -491,3 +491,52 @@ def test_a_list_field_may_come_as_one_part_per_item(monkeypatch, tags, sent):
     assert len(values) == 1
     assert json.loads(values[0]) == (sent if sent is not None else ["a", "b"])
     assert [p.name for p in parts][0] == "file" and bytes(parts[0].data) == b"x"
+
+
+def test_any_header_sent_twice_with_any_values_is_400(monkeypatch):
+    """Hypothesis draws a header name (any letter case) and two values: unless the header is a
+    list-valued one, the request is refused before the app sees it, on a JSON and a multipart
+    route alike."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from serving.guard import REPEATABLE
+
+    reached = []
+
+    async def app(scope, receive, send):
+        reached.append(scope)
+        await ok_app(scope, receive, send)
+
+    guard = _guard(monkeypatch, app)
+    token = st.text(
+        "abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=1, max_size=20
+    )
+    value = st.binary(min_size=0, max_size=40).filter(lambda v: b"\r" not in v and b"\n" not in v)
+
+    @settings(max_examples=200, deadline=None, derandomize=True)
+    @given(
+        name=st.one_of(
+            st.sampled_from(["Content-Type", "content-length", "AUTHORIZATION", "Host"]), token
+        ),
+        first=value,
+        second=value,
+        path=st.sampled_from(["/upload", "/echo"]),
+    )
+    def one(name, first, second, path):
+        if name.lower().encode() in REPEATABLE:
+            return
+        reached.clear()
+        base = [
+            (
+                b"content-type",
+                b"multipart/form-data; boundary=b" if path == "/upload" else b"application/json",
+            )
+        ]
+        base = [h for h in base if h[0] != name.lower().encode()]
+        headers = [*base, (name.lower().encode(), first), (name.lower().encode(), second)]
+        status, body = _asgi(guard, path, headers, [FORM if path == "/upload" else b"{}"])
+        assert status == 400 and "given 2 times" in body["error"], (name, status, body)
+        assert not reached
+
+    one()
