@@ -59,11 +59,16 @@ FIGURE = re.compile(r"(-?[\d,]*\d\.?\d*)(\**)<!-- ([\w-]+):([^\s>]+) -->")
 
 def lookup(metrics: dict, key: str):
     """``metrics[key]``, or a nested value: ``real_floor/fid`` is ``metrics["real_floor"]["fid"]``
-    (keys may hold ``/`` themselves: ``test/acc``)."""
+    and ``test/confusion/1/0`` a matrix's cell (keys may hold ``/`` themselves: ``test/acc``)."""
+    if isinstance(metrics, list):  # a matrix: test/confusion/1/0
+        head, _, rest = key.partition("/")
+        if not head.isdigit() or int(head) >= len(metrics):
+            raise KeyError(key)
+        return lookup(metrics[int(head)], rest) if rest else metrics[int(head)]
     if key in metrics:
         return metrics[key]
     for i, ch in enumerate(key):
-        if ch == "/" and isinstance(metrics.get(key[:i]), dict):
+        if ch == "/" and isinstance(metrics.get(key[:i]), dict | list):
             return lookup(metrics[key[:i]], key[i + 1 :])
     raise KeyError(key)
 
