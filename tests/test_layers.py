@@ -147,3 +147,26 @@ def test_the_closure_sees_what_a_stage_really_imports():
     assert not any("models/spam" in f or "metrics/clip" in f for f in files)
     train = {str(p.relative_to(REPO)) for p in closure(REPO / "pipeline/train.py", "spam")}
     assert "src/sightline/mail/corpus.py" in train and "src/sightline/metrics/spam.py" not in train
+
+
+def test_every_model_package_has_the_same_modules():
+    """params (schema), net (networks), module (LightningModule), data (DataModule), and the
+    SPEC in ``__init__``: a reader finds the same part in the same file of every model."""
+    from sightline.registry import list_models
+
+    root = Path(__file__).resolve().parents[1] / "src" / "sightline" / "models"
+    for name in list_models():
+        present = {p.stem for p in (root / name).glob("*.py")}
+        assert {"__init__", "params", "net", "module", "data"} <= present, (name, present)
+        assert "SPEC = ModelSpec(" in (root / name / "__init__.py").read_text(), name
+
+
+def test_no_source_file_is_over_400_lines():
+    root = Path(__file__).resolve().parents[1]
+    long = [
+        (str(p.relative_to(root)), n)
+        for folder in ("src", "serving", "pipeline", "benchmarks", "docs")
+        for p in (root / folder).rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    ]
+    assert not long, long
