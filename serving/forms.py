@@ -182,7 +182,7 @@ def check_parts(
     for name in required:
         if not any(p.name == name for p in parts):
             raise ClientError(400, f"{name}: missing (a file upload)")
-    pixels = image_pixels([p for p in parts if p.name in files])
+    pixels = image_pixels([p for p in parts if p.name in files], max_pixels)
     if pixels > max_pixels:
         raise ClientError(413, f"images: {pixels} pixels in one request; the limit is {max_pixels}")
 
@@ -225,26 +225,23 @@ def _json_list(text: str) -> bool:
         return False
 
 
-def image_pixels(parts: list[Part]) -> int:
-    """Pixels the request's image files would decode to, read from their headers only (an
-    image PIL calls a decompression bomb counts as the size its header gives)."""
-    import warnings
-
-    from PIL import Image
+def image_pixels(parts: list[Part], max_pixels: int) -> int:
+    """Pixels the request's image files would decode to, read from their headers only
+    (``sightline.data.decode.open_image``); ``ClientError`` 413 for one image over
+    ``max_pixels`` or a decompression bomb."""
+    from sightline.data.decode import open_image
+    from sightline.errors import BudgetError, InputError
 
     total = 0
     for part in parts:
         if part.filename is None or not (part.content_type or "").startswith("image/"):
             continue
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(part.data)) as im:
-                    total += im.width * im.height
-        except Image.DecompressionBombError:
-            raise ClientError(
-                413, f"{part.name}: an image over PIL's decompression-bomb limit"
-            ) from None
-        except Exception:  # noqa: BLE001 - an undecodable image is the route's 400, with its name
+            im = open_image(bytes(part.data), max_pixels, part.name)
+        except BudgetError as err:
+            raise ClientError(413, str(err)) from None
+        except InputError:  # an undecodable image is the route's 400, with its name
             continue
+        total += im.width * im.height
+        im.close()
     return total
