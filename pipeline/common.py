@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT / "src"))  # run from a checkout even before `pip in
 
 PARAMS = Path("params.yaml")
 PREPARED = Path("data/prepared")
+FEATURES = Path("data/features")  # the features stage: a frozen backbone's, per dataset
 DOWNLOADS = Path("data/downloads")
 MODELS = Path("models")
 RUNS = Path("runs")

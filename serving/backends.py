@@ -129,6 +129,17 @@ class Loaded:
             yield
 
 
+def top_labels(svc: Loaded, images: list[Upload]) -> list[list[dict] | dict]:
+    """An image classifier's answer (``classifier``, ``transfer``): per image its top-k
+    ``{label, probability}``, or ``{"error": reason}`` for a JPEG that does not decode."""
+    m = svc.m
+    x, errors = upload_pixels(m, images, svc.device)
+    with svc.infer():
+        logits = m(m.preprocess.normalize(x))
+    top = m.postprocess(logits.float().cpu(), top_k=CONFIG.top_k)
+    return [{"error": e} if e else t for t, e in zip(top, errors, strict=True)]
+
+
 @bentoml.service(**options("classifier"))
 class ClassifierModel(Loaded):
     name = "classifier"
@@ -141,12 +152,22 @@ class ClassifierModel(Loaded):
     def predict(self, images: list[Upload]) -> Annotated[list[list[dict] | dict], JSON]:
         """Images (decoded, or JPEG bytes) -> per image its top-k ``{label, probability}``, or
         ``{"error": reason}`` for a JPEG that does not decode."""
-        m = self.m
-        x, errors = upload_pixels(m, images, self.device)
-        with self.infer():
-            logits = m(m.preprocess.normalize(x))
-        top = m.postprocess(logits.float().cpu(), top_k=CONFIG.top_k)
-        return [{"error": e} if e else t for t, e in zip(top, errors, strict=True)]
+        return top_labels(self, images)
+
+
+@bentoml.service(**options("transfer"))
+class TransferModel(Loaded):
+    name = "transfer"
+    stored = bentoml.models.BentoModel(MODEL_TAGS["transfer"])
+
+    def warm_up(self, img: Image) -> None:
+        self.predict([img])
+
+    @bentoml.api(batchable=True, **CONFIG.batch("transfer"))
+    def predict(self, images: list[Upload]) -> Annotated[list[list[dict] | dict], JSON]:
+        """Decoded images -> per image its top-k ``{label, probability}``: resized to the
+        training images' size, then the whole backbone and the head."""
+        return top_labels(self, images)
 
 
 @bentoml.service(**options("spam"))
@@ -299,6 +320,7 @@ class Ocr:
 
 SERVICES = {
     "classifier": ClassifierModel,
+    "transfer": TransferModel,
     "spam": SpamModel,
     "vae": VaeModel,
     "gan": GanModel,

@@ -140,8 +140,9 @@ def _example(schema: dict, components: dict):
     return {"integer": 1, "number": 1.0, "boolean": True, "string": "text"}.get(schema.get("type"))
 
 
-DESCRIPTION = """Image classification, spam filtering, VAE and GAN generation and CLIP search,
-one route prefix per model (`/classifier`, `/spam`, `/vae`, `/gan`, `/clip`).
+DESCRIPTION = """Image classification (from scratch, and on a pretrained ImageNet backbone), spam
+filtering, VAE and GAN generation and CLIP search, one route prefix per model (`/classifier`,
+`/transfer`, `/spam`, `/vae`, `/gan`, `/clip`).
 
 Errors are JSON `{"error": reason}` (validation errors add `detail`): 400 for malformed input,
 401 without the bearer token (when the server sets one), 413 over a budget (body size, images,

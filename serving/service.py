@@ -35,6 +35,7 @@ from serving.backends import (
     GanModel,
     Ocr,
     SpamModel,
+    TransferModel,
     VaeModel,
 )
 from serving.coalesce import Coalesce
@@ -131,6 +132,7 @@ class Sightline:
     """
 
     classifier = bentoml.depends(ClassifierModel)
+    transfer = bentoml.depends(TransferModel)
     spam = bentoml.depends(SpamModel)
     vae = bentoml.depends(VaeModel)
     gan = bentoml.depends(GanModel)
@@ -167,6 +169,16 @@ class Sightline:
         Fashion-MNIST labels with probabilities."""
         items = await decoded(images, keep_jpeg=self.decodes_jpeg["classifier"])
         return answered(await self.batched["classifier", "predict"](items))
+
+    # transfer
+
+    @bentoml.api(route="/transfer/predict")
+    async def transfer_predict(self, images: ImageFiles) -> Annotated[list[list[Label]], JSON]:
+        """Each image (any size or mode; resized to the training images' size, then as the
+        backbone's ImageNet training did) -> its top-k CIFAR-10 labels with probabilities, from
+        a head on a pretrained ImageNet backbone."""
+        items = await decoded(images, keep_jpeg=False)
+        return answered(await self.batched["transfer", "predict"](items))
 
     # spam
 

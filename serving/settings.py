@@ -96,6 +96,7 @@ class ServingConfig(Strict):
         refuse such a configuration instead, naming the keys."""
         for key, model in (
             ("max_images", "classifier"),
+            ("max_images", "transfer"),
             ("max_images", "vae"),
             ("max_images", "clip"),
             ("max_texts", "clip"),

@@ -132,6 +132,10 @@ def tiny_section(
     }
     if "score" in spec.params.model_fields:
         raw["score"] = TINY_SCORE
+    if "attack" in spec.params.model_fields:
+        raw["attack"] = TINY_ATTACK
+    if "features" in spec.params.model_fields:
+        raw["features"] = TINY_FEATURES
     if upstream is not None:
         raw["upstream"] = str(upstream)
     return spec.params.model_validate(raw)
@@ -188,7 +192,9 @@ def fit_steps(module, dm, steps: int):
     return trainer
 
 
-TINY_DATA = {"clip": {"fashion_pairs": 32}}
+TINY_DATA = {"clip": {"fashion_pairs": 32}, "transfer": {"train_per_class": 4}}
+TINY_ATTACK = {"n": 10, "eps": [2, 8], "steps": 2, "batch_size": 10}
+TINY_FEATURES = {"train_per_class": 6}
 TINY_SCORE = {
     "samples": 60,
     "val_samples": 40,
@@ -214,6 +220,18 @@ def tiny_classifier(tmp_path_factory, prepared_fashion) -> Path:
         None,
     )
     return base / "model"
+
+
+@pytest.fixture(scope="session")
+def cifar_features(tmp_path_factory, prepared_cifar) -> Path:
+    """The features stage's output for the synthetic CIFAR-10 (EfficientNet-Lite0, bf16)."""
+    import torch
+
+    from sightline.models.transfer import FeaturesConfig, extract_features
+
+    out = tmp_path_factory.mktemp("features") / "cifar10"
+    extract_features(prepared_cifar, out, FeaturesConfig(**TINY_FEATURES), 0, torch.device("cpu"))
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -258,8 +276,16 @@ def repo_copy(tmp_path_factory, fashion_root, emoji_package, spam_corpus) -> Pat
         section["data"].update({"batch_size": 16, "eval_batch_size": 64, **TINY_DATA.get(name, {})})
         section["model"].update(TINY_MODEL.get(name, {}))
         section["trainer"].update(TINY_TRAINER)
-        if "score" in section:
-            section["score"].update(TINY_SCORE)
+        for key, tiny in (
+            ("score", TINY_SCORE),
+            ("attack", TINY_ATTACK),
+            ("features", TINY_FEATURES),
+        ):
+            if key in section:
+                section[key].update(tiny)
+    transfer = params["models"]["transfer"]  # on the tiny Fashion-MNIST: no CIFAR-10 copy here
+    transfer["data"]["dataset"] = "fashion_mnist"
+    transfer["upstream"] = "data/features/fashion_mnist"
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
@@ -493,12 +519,19 @@ def prepared_spam(tmp_path_factory, spam_corpus) -> Path:
     return out
 
 
-SERVED = ("classifier", "spam", "vae", "gan", "clip")
+SERVED = ("classifier", "transfer", "spam", "vae", "gan", "clip")
 
 
 @pytest.fixture(scope="session")
-def packaged(tmp_path_factory, prepared_fashion, prepared_spam, prepared_emoji) -> dict[str, Path]:
-    """``{name: models/<name>}`` of five tiny models, each also packaged into the store."""
+def packaged(
+    tmp_path_factory,
+    prepared_fashion,
+    prepared_spam,
+    prepared_emoji,
+    prepared_cifar,
+    cifar_features,
+) -> dict[str, Path]:
+    """``{name: models/<name>}`` of the tiny models, each also packaged into the store."""
     import torch
     from package import package_model
 
@@ -509,14 +542,16 @@ def packaged(tmp_path_factory, prepared_fashion, prepared_spam, prepared_emoji) 
     base = tmp_path_factory.mktemp("served")
     ckpt = base / "placeholder.ckpt"
     ckpt.write_bytes(b"")
-    data = {"spam": prepared_spam, "clip": prepared_emoji}
+    data = {"spam": prepared_spam, "clip": prepared_emoji, "transfer": prepared_cifar}
+    upstreams = {"clip": prepared_fashion, "transfer": cifar_features}
     dirs = {}
     for name in SERVED:
-        upstream = prepared_fashion if name == "clip" else None
-        section = tiny_section(name, upstream=upstream)
+        section = tiny_section(name, upstream=upstreams.get(name))
         spec = get_model(name)
         dm = spec.datamodule(section, data.get(name, prepared_fashion), 0)
         module = spec.module(**spec.module_kwargs(section, dm))
+        if name == "transfer":  # the ImageNet backbone, as training starts from
+            module.load_pretrained()
         if name == "spam":  # a threshold that is not the default, so the served one is checked
             module.threshold.fill_(0.37)
         dirs[name] = base / name

@@ -84,7 +84,7 @@ def test_every_trainer_key_is_a_trainer_argument():
 
 
 def test_registry_rejects_duplicates_and_unknown_names():
-    assert list_models() == ["classifier", "clip", "gan", "spam", "vae"]
+    assert list_models() == ["classifier", "clip", "gan", "spam", "transfer", "vae"]
     for name in list_models():
         assert get_model(name).name == name
     with pytest.raises(ConfigError, match="unknown model 'nope'"):

@@ -6,16 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
 
+from sightline.metrics.scoring import adversarial_evaluation, classification_metrics
 from sightline.spec import EvaluationSpec
+from sightline.viz.dream import class_images
 from sightline.viz.figures import confusion_matrix_figure, image_grid
 from sightline.viz.filters import feature_maps_figure, filters_figure
 
@@ -32,30 +26,6 @@ def predict_split(module, dm, split: str = "test") -> tuple[torch.Tensor, torch.
     return torch.cat(probs), torch.cat(labels)
 
 
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
-    """Accuracy, macro F1, per-class precision/recall and the confusion matrix (torchmetrics)."""
-    k = len(classes)
-    metrics = MetricCollection(
-        {
-            "acc": MulticlassAccuracy(k, average="micro"),
-            "f1_macro": MulticlassF1Score(k, average="macro"),
-            "precision": MulticlassPrecision(k, average=None),
-            "recall": MulticlassRecall(k, average=None),
-            "confusion": MulticlassConfusionMatrix(k),
-        }
-    )
-    out = metrics(probs, labels)
-    return {
-        "test/acc": round(float(out["acc"]), 6),
-        "test/f1_macro": round(float(out["f1_macro"]), 6),
-        "test/per_class": {
-            c: {"precision": round(float(p), 6), "recall": round(float(r), 6)}
-            for c, p, r in zip(classes, out["precision"], out["recall"], strict=True)
-        },
-        "confusion": out["confusion"].numpy(),
-    }
-
-
 def _stage_outputs(module, x: torch.Tensor) -> list[torch.Tensor]:
     maps = []
     h = x
@@ -68,14 +38,45 @@ def _stage_outputs(module, x: torch.Tensor) -> list[torch.Tensor]:
     return maps
 
 
-@torch.inference_mode()
+def unit_forward(module, preprocess):
+    """The classifier as a function of images in [0, 1] (what attacks and activation
+    maximisation move), normalised as in training."""
+    device = next(module.parameters()).device
+    mean = torch.tensor(preprocess.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(preprocess.std, device=device).view(1, -1, 1, 1)
+    return lambda x: module((x - mean) / std)
+
+
 def evaluate_classifier(module, dm, report_dir: Path, section, seed: int, model_dir: Path) -> dict:
-    """Metrics dict plus pictures in ``report_dir`` (``section``, ``seed`` and
-    ``model_dir`` are not needed: the test split is fixed and prediction is deterministic).
+    """Metrics dict plus pictures in ``report_dir`` (``model_dir`` is not needed).
 
     Pictures: confusion matrix, first-layer filters vs classic kernels, feature maps of a few
-    test images after each stage, and the most confident mistakes.
+    test images after each stage, the most confident mistakes, adversarial examples
+    (``section.attack``, seeded by ``seed``) and one image per class optimised from noise.
     """
+    with torch.inference_mode():
+        out = _clean_evaluation(module, dm, report_dir)
+    x_all, labels = dm.split("test").tensors
+    forward = unit_forward(module, dm.preprocess)
+    out.update(
+        adversarial_evaluation(
+            forward, x_all, labels, dm.class_names, section.attack, report_dir, seed
+        )
+    )
+    shape = (dm.preprocess.channels, *dm.preprocess.size)
+    device = next(module.parameters()).device
+    dreams = class_images(forward, len(dm.class_names), shape, device, seed=seed)
+    image_grid(
+        dreams.numpy(),
+        report_dir / "class_images.png",
+        dm.class_names,
+        ncols=min(len(dm.class_names), 10),
+        title="each class's logit maximised from noise (jitter, blur, L2)",
+    )
+    return out
+
+
+def _clean_evaluation(module, dm, report_dir: Path) -> dict:
     report_dir = Path(report_dir)
     classes = dm.class_names
     probs, labels = predict_split(module, dm, "test")
@@ -135,5 +136,5 @@ EVALUATION = EvaluationSpec(
     evaluate=evaluate_classifier,
     selection=("test/acc", "max"),
     headline=("test/acc", "test/f1_macro"),
-    pictures=("confusion_matrix.png", "filters.png"),
+    pictures=("confusion_matrix.png", "filters.png", "adversarial.png", "class_images.png"),
 )

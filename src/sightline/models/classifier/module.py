@@ -9,6 +9,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from sightline.data.preprocess import ImagePreprocess
+from sightline.models import top_labels
 from sightline.models.classifier.net import (
     ClassifierNet,
 )
@@ -51,6 +52,7 @@ class ClassifierModule(L.LightningModule):
         bn_bias_lr_scale: float = 1.0,
         ema_decay: float = 0.0,
         tta: str = "none",
+        adversarial: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -112,7 +114,25 @@ class ClassifierModule(L.LightningModule):
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
+    def adversarial_batch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """A normalised batch -> its adversarial version (``adversarial``), crafted with
+        captum's PGD on the pixels in [0, 1] against the current weights."""
+        from captum.robust import PGD
+
+        cfg = self.hparams.adversarial
+        eps, steps = cfg["eps"] / 255.0, cfg["steps"]
+        mean = torch.tensor(self.preprocess.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.preprocess.std, device=x.device).view(1, -1, 1, 1)
+        pgd = PGD(lambda v: self((v - mean) / std), lower_bound=0.0, upper_bound=1.0)
+        step = 1.25 * eps if steps == 1 else 2.5 * eps / steps
+        unit = (x.float() * std + mean).clamp(0, 1)
+        adv = pgd.perturb(unit, eps, step, steps, y, random_start=True, norm="Linf").detach()
+        return ((adv - mean) / std).to(x.dtype)
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self.hparams.adversarial:
+            x, y = batch
+            batch = (self.adversarial_batch(x, y), y)
         return self._common_step(batch, "train", self.train_acc)
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -121,19 +141,9 @@ class ClassifierModule(L.LightningModule):
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self(batch[0]).float().softmax(-1)
 
-    @torch.no_grad()
     def postprocess(self, logits: torch.Tensor, top_k: int = 5) -> list[list[dict]]:
         """Logits ``(B, K)`` -> per image, the ``top_k`` ``{"label", "probability"}`` dicts."""
-        probs = logits.float().softmax(-1)
-        values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-        names = self.hparams.class_names
-        return [
-            [
-                {"label": names[i], "probability": round(float(p), 6)}
-                for p, i in zip(v, ix, strict=True)
-            ]
-            for v, ix in zip(values.tolist(), indices.tolist(), strict=True)
-        ]
+        return top_labels(logits, self.hparams.class_names, top_k)
 
     def param_groups(self) -> list[dict] | list[nn.Parameter]:
         """The trainable parameters; with ``bn_bias_lr_scale`` != 1, BatchNorm biases apart

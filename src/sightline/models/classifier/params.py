@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from sightline.config import ImageDataConfig, ModelParams, Strict, TrainerConfig
+from sightline.robust import AttackConfig
 
 
 def stage_block_counts(blocks_per_stage: int | list[int], channels: list[int]) -> list[int]:
@@ -21,6 +22,18 @@ def stage_block_counts(blocks_per_stage: int | list[int], channels: list[int]) -
             f"blocks_per_stage {blocks_per_stage!r} needs one count >= 1 per entry of channels {channels!r}"
         )
     return counts
+
+
+class AdversarialConfig(Strict):
+    """``models.classifier.model.adversarial``: train on adversarial images (Madry et al.).
+
+    Each training batch is replaced by its L-infinity adversarial version within ``eps`` (in
+    255ths of the pixel range): ``steps`` 1 is FGSM from a random start with step 1.25 eps
+    ("fast adversarial training", Wong et al. 2020), more is PGD with step 2.5 eps / steps.
+    """
+
+    eps: float = Field(gt=0.0, le=255.0)
+    steps: int = Field(1, ge=1)
 
 
 class ClassifierConfig(Strict):
@@ -52,6 +65,7 @@ class ClassifierConfig(Strict):
     bn_bias_lr_scale: float = Field(1.0, gt=0.0)  # BatchNorm biases: lr x this, weight decay / this
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # > 0: validate and export an EMA of the weights
     tta: Literal["none", "flip", "flip_shift"] = "none"  # test-time augmentation in eval mode
+    adversarial: AdversarialConfig | None = None  # adversarial training; null: clean images
 
     @model_validator(mode="after")
     def _blocks_match_channels(self) -> ClassifierConfig:
@@ -62,4 +76,5 @@ class ClassifierConfig(Strict):
 class ClassifierParams(ModelParams):
     data: ImageDataConfig = ImageDataConfig()
     model: ClassifierConfig = ClassifierConfig()
+    attack: AttackConfig = AttackConfig()  # the adversarial evaluation
     trainer: TrainerConfig = TrainerConfig()

@@ -1,0 +1,129 @@
+"""``transfer``: the backbone's input preprocessing, the head, and backbone + head as one net."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sightline.data.preprocess import ImagePreprocess
+from sightline.models.transfer.backbone import empty_backbone
+
+
+@dataclass(frozen=True)
+class BackbonePreprocess(ImagePreprocess):
+    """The dataset's images (``to_uint8``: its channels and size, as in training) fed to the
+    backbone as its ImageNet training did: upscaled to ``input_size`` (``interpolation``) and
+    normalised with ``input_mean``/``input_std``. The features stage, training and serving all call
+    ``normalize``; ``mean``/``std`` stay the dataset's (for pictures)."""
+
+    input_size: tuple[int, int] = (224, 224)
+    input_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    input_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BackbonePreprocess:
+        return cls(
+            int(d["channels"]),
+            tuple(d["size"]),
+            tuple(d["mean"]),
+            tuple(d["std"]),
+            tuple(d["input_size"]),
+            tuple(d["input_mean"]),
+            tuple(d["input_std"]),
+            d["interpolation"],
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            **super().to_dict(),
+            "input_size": list(self.input_size),
+            "input_mean": list(self.input_mean),
+            "input_std": list(self.input_std),
+            "interpolation": self.interpolation,
+        }
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, C, h, w)`` (or floats in [0, 1]) -> the backbone's float input
+        ``(B, 3, H, W)`` on ``x``'s device; grey images are repeated to three channels."""
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        return self.normalize_unit(x)
+
+    def normalize_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] ``(B, C, h, w)`` -> the backbone's input (differentiable: the
+        attacks and activation maximisation work in [0, 1] pixels)."""
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if tuple(x.shape[-2:]) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode=self.interpolation, align_corners=False)
+            x = x.clamp(0.0, 1.0)
+        mean = torch.tensor(self.input_mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.input_std, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+def make_head(features: int, classes: int, head: str, hidden: int, dropout: float) -> nn.Module:
+    """A linear layer, or a one-hidden-layer MLP (GELU), after dropout on the features."""
+    if head == "linear":
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(features, classes))
+    return nn.Sequential(
+        nn.Dropout(dropout), nn.Linear(features, hidden), nn.GELU(), nn.Linear(hidden, classes)
+    )
+
+
+class TransferNet(nn.Module):
+    """Backbone (pooled features) + head.
+
+    Args:
+        backbone: a ``BACKBONES`` name; its weights are loaded apart (``TransferModule``).
+        classes: output classes.
+        head, hidden, dropout: see ``make_head``.
+        trainable_blocks: the backbone's last blocks (of all its blocks, counted from the top,
+            with its head conv) that train; the rest is frozen, BatchNorm statistics included.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        classes: int,
+        head: str = "linear",
+        hidden: int = 512,
+        dropout: float = 0.0,
+        trainable_blocks: int = 0,
+    ) -> None:
+        super().__init__()
+        self.backbone = empty_backbone(backbone)
+        self.head = make_head(self.backbone.num_features, classes, head, hidden, dropout)
+        self.trainable_blocks = trainable_blocks
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        for module in self.trainable():
+            for p in module.parameters():
+                p.requires_grad_(True)
+
+    def trainable(self) -> list[nn.Module]:
+        """The backbone's parts that train: its last ``trainable_blocks`` blocks and its head
+        conv (with its BatchNorm); none when ``trainable_blocks`` is 0."""
+        if not self.trainable_blocks:
+            return []
+        blocks = [b for stage in self.backbone.blocks for b in stage]
+        return [*blocks[-self.trainable_blocks :], self.backbone.conv_head, self.backbone.bn2]
+
+    def train(self, mode: bool = True) -> TransferNet:
+        """Frozen parts stay in eval mode (their BatchNorm statistics never move)."""
+        super().train(mode)
+        self.backbone.eval()
+        for module in self.trainable():
+            module.train(mode)
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's input ``(B, 3, H, W)`` -> pooled features ``(B, F)``."""
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's input ``(B, 3, H, W)`` -> logits ``(B, K)``."""
+        return self.head(self.features(x))

