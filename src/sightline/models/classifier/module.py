@@ -130,7 +130,7 @@ class ClassifierModule(L.LightningModule):
         return ((adv - mean) / std).to(x.dtype)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if self.hparams.adversarial:
+        if (self.hparams.adversarial or {}).get("eps", 0.0) > 0:
             x, y = batch
             batch = (self.adversarial_batch(x, y), y)
         return self._common_step(batch, "train", self.train_acc)

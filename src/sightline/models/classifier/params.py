@@ -32,7 +32,7 @@ class AdversarialConfig(Strict):
     ("fast adversarial training", Wong et al. 2020), more is PGD with step 2.5 eps / steps.
     """
 
-    eps: float = Field(gt=0.0, le=255.0)
+    eps: float = Field(0.0, ge=0.0, le=255.0)  # 0: clean training
     steps: int = Field(1, ge=1)
 
 
@@ -65,7 +65,7 @@ class ClassifierConfig(Strict):
     bn_bias_lr_scale: float = Field(1.0, gt=0.0)  # BatchNorm biases: lr x this, weight decay / this
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # > 0: validate and export an EMA of the weights
     tta: Literal["none", "flip", "flip_shift"] = "none"  # test-time augmentation in eval mode
-    adversarial: AdversarialConfig | None = None  # adversarial training; null: clean images
+    adversarial: AdversarialConfig = AdversarialConfig()  # adversarial training (eps 0: none)
 
     @model_validator(mode="after")
     def _blocks_match_channels(self) -> ClassifierConfig:
