@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, make_email
+from conftest import REPO, SERVED, make_email
 from PIL import Image
 
 from sightline.errors import ConfigError
 
-NAMES = ("classifier", "spam", "vae", "gan", "clip")
+NAMES = SERVED
 
 
 def _png(img: Image.Image) -> bytes:
@@ -141,7 +141,7 @@ def test_jpeg_uploads_are_decoded_on_the_device_where_a_service_has_a_gpu(tmp_pa
     assert cpu.service("classifier").decode == "auto"
     assert not any(cpu.service(n).decodes_jpeg for n in (*NAMES, "ocr"))
     gpu = _serving_params(path, "gpu: 1\nservices: {vae: {decode: front}}\n")
-    assert [gpu.service(n).decodes_jpeg for n in NAMES] == [True, False, False, False, False]
+    assert [gpu.service(n).decodes_jpeg for n in NAMES] == [n == "classifier" for n in NAMES]
     assert _serving_params(path, "services: {vae: {decode: device}}\n").service("vae").decodes_jpeg
     with pytest.raises(ConfigError, match="services.clip.decode: only classifier and vae"):
         _serving_params(path, "services: {clip: {decode: device}}\n")
@@ -811,3 +811,23 @@ def test_the_bento_is_a_v2_image_with_the_wheel_and_tesseract(packaged, caplog, 
     modules = sorted(p.name for p in (REPO / "serving").glob("*.py"))  # every one it imports
     assert "coalesce.py" in modules
     assert sorted(p.name for p in (root / "src/serving").glob("*.py")) == modules
+
+
+def test_transfer_predicts_cifar_labels_through_the_whole_backbone(client, packaged):
+    """Any image -> top-5 CIFAR-10 labels; the probabilities are the packaged module's own
+    on the same image (the route adds nothing of its own)."""
+    import torch
+
+    from sightline.inference import load_module
+
+    img = Image.new("RGB", (50, 40), (200, 30, 30))
+    resp = client.post("/transfer/predict", files=upload(_png(img)))
+    assert resp.status_code == 200, resp.text
+    top = resp.json()[0]
+    module = load_module(packaged["transfer"], "transfer")
+    assert {t["label"] for t in top} <= set(module.hparams.class_names) and len(top) == 5
+    with torch.no_grad():
+        logits = module(module.preprocess(list([img])))
+    expected = module.postprocess(logits, top_k=5)[0]
+    assert [t["label"] for t in top] == [t["label"] for t in expected]
+    assert_client_error(client.post("/transfer/predict", files=upload(b"junk")), 400, "images")
