@@ -8,7 +8,7 @@ PORT   ?= 3000
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup system data run test test-slow lint format docs docs-serve bench bench-serve bench-spam gpu-check reproduce-check compare package serve sweep experiment promote push pull clean
+.PHONY: help setup system data run test test-slow lint format docs docs-serve bench bench-serve bench-spam bench-features gpu-check reproduce-check compare package serve sweep experiment curve promote push pull clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -83,6 +83,9 @@ sweep: setup ## Optuna search of sweeps.MODEL in params.yaml, one DVC experiment
 experiment: setup ## one DVC experiment from a params profile: PROFILE=params/cifar10.yaml; MODELS="classifier" runs only those models; NAME=, QUEUE=1
 	$(BIN)/python pipeline/experiment.py $(or $(PROFILE),params/cifar10.yaml) $(if $(MODELS),--models $(MODELS)) $(if $(NAME),--name $(NAME)) $(if $(QUEUE),--queue)
 
+curve: setup ## the transfer model's learning curve (from scratch, frozen, fine-tuned; 10 to all images per class) -> reports/transfer/learning_curve.{json,png}; SIZES="10 100", METHODS="frozen"
+	$(BIN)/python pipeline/learning_curve.py $(if $(SIZES),--sizes $(SIZES)) $(if $(METHODS),--methods $(METHODS))
+
 promote: setup ## serve the best DVC experiment of MODEL (or EXP=<name>; FORCE=1 if it is worse)
 	$(BIN)/python pipeline/promote.py $(MODEL) $(if $(EXP),--exp $(EXP)) $(if $(FORCE),--force)
 
@@ -91,6 +94,9 @@ bench-serve: setup ## load test of the served classifier vs the in-process model
 
 gpu-check: $(if $(USE_PYTHON),,setup) ## on a CUDA machine: every model trains a few steps there, then the served classifier under load with gpu: 1 (slow on a CPU); USE_PYTHON=python3: an interpreter that has the Bento's packages and pytest, no .venv, nothing installed
 	$(if $(USE_PYTHON),PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(USE_PYTHON),$(BIN)/python) -m pytest -m gpu -s -q -p no:cacheprovider tests/test_gpu.py tests/test_models.py
+
+bench-features: setup ## the transfer features stage's images/s beside its backbone's forward rate, one run (after dvc repro features)
+	$(BIN)/python benchmarks/transfer_features.py
 
 bench-spam: setup system ## the served spam filter on image spam: latency, errors, words read (after make package)
 	$(BIN)/python benchmarks/serve_spam.py

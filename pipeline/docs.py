@@ -4,7 +4,8 @@ A page holds a block per table, between ``<!-- results: NAME -->`` and ``<!-- /r
 NAME is a model (its selection and headline metrics) or ``all`` (one row per model); and a
 block of pictures, ``<!-- pictures: NAME -->`` ... ``<!-- /pictures -->``: the model's
 ``reports/NAME/*.png``, its key pictures first; and ``<!-- params: NAME -->``: the model's
-``models.NAME`` section of ``params.yaml``. A figure typed in prose or a hand-made table is followed by a comment naming its source,
+``models.NAME`` section of ``params.yaml``; ``<!-- curve: NAME -->``: the table of
+``reports/NAME/learning_curve.json`` (``make curve``). A figure typed in prose or a hand-made table is followed by a comment naming its source,
 ``0.9788<!-- spam:test/f1 -->`` (a nested value: ``real_floor/fid``): the figure is written
 again from the metrics file, to the digits it shows. This script writes every block and figure; ``--check`` only reports the blocks that
 differ (exit 1), which the tests run, so no page can disagree with its metrics file. The
@@ -25,7 +26,9 @@ from pathlib import Path
 from sightline.leaderboard import results_table, summary_table
 
 REPO = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- (results|pictures|params): ([\w-]+) -->\n)(.*?)(<!-- /\2 -->)", re.S)
+BLOCK = re.compile(
+    r"(<!-- (results|pictures|params|curve): ([\w-]+) -->\n)(.*?)(<!-- /\2 -->)", re.S
+)
 
 
 def load_metrics(root: Path = REPO) -> dict[str, dict]:
@@ -89,6 +92,27 @@ def params_section(name: str, root: Path = REPO) -> str:
     return f"```yaml\n{dumped}```"
 
 
+CURVE_METHODS = {"scratch": "from scratch", "frozen": "frozen + head", "finetune": "fine-tuned"}
+
+
+def curve_table(name: str, root: Path = REPO) -> str:
+    """Test (validation) accuracy and training seconds per labelled images per class, from
+    ``reports/<name>/learning_curve.json``; a point not run is a dash."""
+    path = root / "reports" / name / "learning_curve.json"
+    if not path.is_file():
+        raise SystemExit(f"curve block {name!r}: no {path.relative_to(root)} (make curve)")
+    rows = json.loads(path.read_text())
+    head = "| per class | images | " + " | ".join(CURVE_METHODS.values()) + " |"
+    lines = [head, "|" + "---|" * (2 + len(CURVE_METHODS))]
+    for r in rows:
+        cells = [
+            f"{r[m]:.4f} ({r[f'{m}_val']:.4f}), {r[f'{m}_s']:,.0f} s" if m in r else "-"
+            for m in CURVE_METHODS
+        ]
+        lines.append(f"| {r['per_class']:,} | {r['images']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render(text: str, metrics: dict[str, dict], root: Path = REPO) -> str:
     """``text`` with every results and pictures block written from ``metrics`` and
     ``reports/``, and every annotated figure from its metrics file."""
@@ -99,6 +123,8 @@ def render(text: str, metrics: dict[str, dict], root: Path = REPO) -> str:
             body = table(name, metrics)
         elif kind == "pictures":
             body = pictures(name, root)
+        elif kind == "curve":
+            body = curve_table(name, root)
         else:
             body = params_section(name, root)
         return m[1] + body + "\n" + m[5]

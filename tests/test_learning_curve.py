@@ -1,0 +1,55 @@
+"""The learning-curve command on the tiny Fashion-MNIST copy: every method trains on the same
+nested subsets, the results file grows by call, and the picture is written."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from conftest import run_cli
+
+
+def test_curve_trains_each_method_per_size_and_keeps_earlier_points(repo_copy, tmp_path):
+    assert run_cli(["python", "pipeline/prepare.py", "fashion_mnist"], repo_copy).returncode == 0
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(
+        yaml.safe_dump({"models": {"classifier": {"data": {"dataset": "fashion_mnist"}}}})
+    )
+    out = tmp_path / "report"
+    common = [
+        "--profile",
+        str(profile),
+        "--out",
+        str(out),
+        "--scratch-images",
+        "64",
+        "--finetune-images",
+        "0",
+    ]
+    first = run_cli(
+        ["python", "pipeline/learning_curve.py", "--sizes", "2", "--finetune-epochs", "1", *common],
+        repo_copy,
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    rows = json.loads((out / "learning_curve.json").read_text())
+    assert [r["per_class"] for r in rows] == [2]
+    assert rows[0]["images"] == 20  # 2 of each of the 10 classes
+    for method in ("scratch", "frozen", "finetune"):
+        assert 0.0 <= rows[0][method] <= 1.0 and 0.0 <= rows[0][f"{method}_val"] <= 1.0
+    assert (out / "learning_curve.png").stat().st_size > 0
+
+    second = run_cli(
+        ["python", "pipeline/learning_curve.py", "--sizes", "4", "--methods", "frozen", *common],
+        repo_copy,
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    rows = json.loads((out / "learning_curve.json").read_text())
+    assert [r["per_class"] for r in rows] == [2, 4]
+    assert "scratch" in rows[0] and set(rows[1]) >= {"frozen", "frozen_val", "images"}
+    assert "scratch" not in rows[1]
+
+
+def test_curve_rejects_a_bad_size_in_one_line(repo_copy):
+    result = run_cli(["python", "pipeline/learning_curve.py", "--sizes", "ten"], repo_copy)
+    assert result.returncode != 0 and "--sizes" in result.stderr
+    assert "Traceback" not in result.stderr
