@@ -1,7 +1,8 @@
 """The features stage against its backbone, in one run: images/s of the whole stage's path
 (prepared uint8 images -> upscale + normalise -> frozen backbone -> pooled features) beside the
 backbone's own forward rate on inputs already at its resolution, and the head's training time
-on the cached features. ``make bench-features``; ``--images`` and ``--batch-sizes`` to vary.
+on the cached features. ``make bench-features``; ``--images``, ``--batch-sizes`` and
+``--backbone`` to vary.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
+    p.add_argument("--backbone", help="another BACKBONES name than params.yaml's")
     args = p.parse_args()
 
     from sightline.data.splits import load_meta, load_prepared
@@ -38,6 +40,8 @@ def main() -> None:
 
     _, section = load_section(common.PARAMS, "transfer")
     cfg = section.features
+    if args.backbone:
+        cfg = cfg.model_copy(update={"backbone": args.backbone})
     prepared = common.PREPARED / section.data.dataset
     device = select_device()
     x = torch.as_tensor(load_prepared(prepared, "val")[0][: args.images])
