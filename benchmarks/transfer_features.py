@@ -8,6 +8,7 @@ on the cached features. ``make bench-features``; ``--images``, ``--batch-sizes``
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -67,11 +68,9 @@ def main() -> None:
             f"batch {bs:4d}: features path {stage:7.1f} images/s, backbone forward "
             f"{backbone:7.1f} images/s, ratio {stage / backbone:.2f}"
         )
-    model = Path(common.MODELS / "transfer" / "train.json")
-    if model.is_file():
-        import json
-
-        info = json.loads(model.read_text())
+    trained = common.MODELS / "transfer" / "train.json"
+    if trained.is_file():
+        info = json.loads(trained.read_text())
         print(f"head training on the cached features (models/transfer): {info['train_time_s']} s")
 
 

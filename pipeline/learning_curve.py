@@ -13,7 +13,7 @@ each point trained on the same seeded, stratified subset (the first ``n`` of eve
   the images, for ``--finetune-epochs`` or until it has seen ``--finetune-images``.
 
 Features of the largest subset are computed once into ``runs/curve/`` and reused by later
-calls. Results are written after every point, so an interrupted run keeps what it finished and
+calls with the same features settings. Results are written after every point, so an interrupted run keeps what it finished and
 a later call with other ``--sizes``/``--methods`` adds to the same file.
 """
 
@@ -128,8 +128,8 @@ def scratch_values(base: dict, images: int, min_images: int) -> dict:
 
 
 class ValidateEvery(L.Callback):
-    """Validate every ``n`` epochs (and at the last): a 400-epoch run on 100 images would
-    otherwise spend most of its time scoring the 5,000 validation images."""
+    """Validate every ``n`` epochs: a 200-epoch run on 100 images would otherwise spend most
+    of its time scoring the 5,000 validation images."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -186,22 +186,26 @@ def main() -> None:
     from sightline.params import read_params
 
     raw = read_params(args.params)
-    params, transfer = common.load_all(args.params)[0], section_with(raw, "transfer", {})
-    seed, dataset = params.seed, transfer.data.dataset
+    transfer = section_with(raw, "transfer", {})
+    seed, dataset = common.load(args.params).seed, transfer.data.dataset
     prepared = common.PREPARED / dataset
     labels = load_prepared(prepared, "train")[1]
     order = per_class_order(labels, seed)
     whole = int(np.bincount(labels).min())
+    if any(n is not None and n > whole for n in sizes):
+        raise ConfigError(f"--sizes: {dataset} has {whole} training images per class (or say all)")
     biggest = None if None in sizes else max(sizes)
 
-    features = WORK / "features"
+    features, stamp = WORK / "features", WORK / "features.json"
     cfg = transfer.features.model_copy(update={"train_per_class": biggest})
-    meta = json.loads((features / "meta.json").read_text()) if features.is_dir() else {}
-    have = meta.get("counts", {}).get("train", -1)
+    made = {**cfg.model_dump(exclude={"train_per_class"}), "dataset": dataset, "seed": seed}
+    have = np.load(features / "train_y.npy").size if (features / "train_y.npy").is_file() else -1
     need = len(labels) if biggest is None else biggest * len(np.unique(labels))
-    if set(args.methods) != {"scratch"} and (meta.get("backbone") != cfg.backbone or have < need):
+    cached = stamp.is_file() and json.loads(stamp.read_text()) == made and have >= need
+    if set(args.methods) != {"scratch"} and not cached:
         print(f"curve: features of {need} training images ({cfg.backbone}) -> {features}")
         extract_features(prepared, features, cfg, seed, select_device())
+        atomic_write_text(stamp, json.dumps(made) + "\n")
 
     scratch_base = profile_values(args.profile, "classifier")
     recipe = section_with(raw, "classifier", scratch_base)
