@@ -39,25 +39,28 @@ def exp_entry(
 
 def fabricated() -> list[dict]:
     head = exp_entry(
-        "a" * 40, "main", {"classifier": {"test/acc": 0.90}, "vae": {"test/nelbo": 240.0}}
+        "a" * 40, "main", {"classifier": {"val/acc": 0.90}, "vae": {"val/nelbo": 240.0}}
     )
     exps = [
-        ("wide", {"classifier": {"test/acc": 0.93}, "vae": {"test/nelbo": 250.0}}, None),
-        ("deep", {"classifier": {"test/acc": 0.95}, "vae": {"test/nelbo": 230.0}}, None),
-        ("broken", {"classifier": {"test/acc": 0.99}}, "stage failed"),  # failed: never ranked
-        ("no-vae", {"classifier": {"test/acc": "n/a"}}, None),  # metric missing or not a number
+        ("wide", {"classifier": {"val/acc": 0.93}, "vae": {"val/nelbo": 250.0}}, None),
+        ("deep", {"classifier": {"val/acc": 0.95}, "vae": {"val/nelbo": 230.0}}, None),
+        ("broken", {"classifier": {"val/acc": 0.99}}, "stage failed"),  # failed: never ranked
+        ("no-vae", {"classifier": {"val/acc": "n/a"}}, None),  # metric missing or not a number
     ]
     head["experiments"] = [
         {"name": n, "revs": [exp_entry(f"{i}" * 40, n, m, e)]}
         for i, (n, m, e) in enumerate(exps, 1)
     ]
-    return [exp_entry("workspace", None, {"classifier": {"test/acc": 0.5}}), head]
+    return [exp_entry("workspace", None, {"classifier": {"val/acc": 0.5}}), head]
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_declares_how_it_is_judged(name):
     evaluation = get_evaluation(name)
-    assert evaluation.selection[1] in ("max", "min") and evaluation.selection[0]
+    assert evaluation.selection[1] in ("max", "min")
+    assert evaluation.selection[0].startswith("val/") and evaluation.test.startswith(
+        ("test/", "fid")
+    )
     assert all(pic.endswith(".png") for pic in evaluation.pictures)
 
 
@@ -81,7 +84,7 @@ def test_ranks_max_and_min_metrics_with_failed_and_missing_last():
     nelbo = rank(exps, "vae")  # lower is better
     assert [e.name for e, _ in nelbo] == ["deep", "main", "wide", "broken", "no-vae"]
     assert exps[3].error == "stage failed"
-    plain = exp_entry("b" * 40, "plain-error", {"classifier": {"test/acc": 0.97}})
+    plain = exp_entry("b" * 40, "plain-error", {"classifier": {"val/acc": 0.97}})
     plain["error"] = "killed"  # an error given as a bare string
     assert parse_exp_show([plain])[0].error == "killed"
     with pytest.raises(ConfigError, match="unknown model 'nosuchmodel'"):
@@ -104,13 +107,13 @@ def test_changed_params_lists_only_real_changes():
 
 def test_markdown_marks_failed_experiments():
     md = markdown(
-        {"classifier": {"test/acc": 0.9, "train_time_s": 12.5, "params": 1000}},
+        {"classifier": {"val/acc": 0.9, "train_time_s": 12.5, "params": 1000}},
         {},
         parse_exp_show(fabricated()),
     )
     assert "| 1 | deep | 2222222 | 0.9500 |" in md
-    assert "| — | broken | 3333333 | — | failed |" in md
-    assert "## vae: experiments by `test/nelbo` (min)" in md
+    assert "| — | broken | 3333333 | — | — | failed |" in md
+    assert "## vae: experiments by `val/nelbo` (min)" in md
 
 
 def test_compare_command_writes_markdown_and_html(tmp_path):
@@ -139,9 +142,43 @@ def test_experiment_rows_show_what_each_experiment_changed_from_its_commit():
     params = {"models": {"vae": {"model": {"latent_dim": 16, "beta": 1.0}}}}
     changed = {"models": {"vae": {"model": {"latent_dim": 32, "beta": 1.0}}}}
     exps = [
-        Experiment("main", "a" * 40, params, {"vae": {"test/nelbo": 237.2}}, baseline=True),
-        Experiment("z32", "b" * 40, changed, {"vae": {"test/nelbo": 236.0}}),
+        Experiment("main", "a" * 40, params, {"vae": {"val/nelbo": 237.2}}, baseline=True),
+        Experiment("z32", "b" * 40, changed, {"vae": {"val/nelbo": 236.0}}),
     ]
     rows = experiment_rows(exps, "vae")
     assert [r[1] for r in rows] == ["z32", "main (commit)"]
-    assert rows[0][5] == "model.latent_dim=32" and rows[1][5] == "—"
+    assert rows[0][6] == "model.latent_dim=32" and rows[1][6] == "—"
+
+
+def test_experiments_are_ranked_on_validation_with_test_shown_beside():
+    """A run with the better test figure but the worse validation figure ranks below: picking
+    the best of many runs by a test figure would select on the test split."""
+    head = exp_entry("a" * 40, "main", {"classifier": {"val/acc": 0.90, "test/acc": 0.80}})
+    head["experiments"] = [
+        {
+            "name": "val-best",
+            "revs": [
+                exp_entry("1" * 40, "val-best", {"classifier": {"val/acc": 0.95, "test/acc": 0.85}})
+            ],
+        },
+        {
+            "name": "test-best",
+            "revs": [
+                exp_entry(
+                    "2" * 40, "test-best", {"classifier": {"val/acc": 0.92, "test/acc": 0.99}}
+                )
+            ],
+        },
+    ]
+    exps = parse_exp_show([head])
+    assert [e.name for e, _ in rank(exps, "classifier")] == ["val-best", "test-best", "main"]
+    md = markdown({}, {}, exps)
+    assert "| 1 | val-best | 1111111 | 0.9500 | 0.8500 |" in md
+    assert "| 2 | test-best | 2222222 | 0.9200 | 0.9900 |" in md
+
+
+def test_a_test_figure_cannot_be_a_selection_metric():
+    from sightline.spec import EvaluationSpec
+
+    with pytest.raises(ConfigError, match="validation figure"):
+        EvaluationSpec(evaluate=lambda *a: {}, selection=("test/acc", "max"), test="test/acc")

@@ -458,7 +458,7 @@ SPEC = ModelSpec(
 )
 '''
 
-TOY_METRICS = '''"""Evaluation of ``toy``: test accuracy."""
+TOY_METRICS = '''"""Evaluation of ``toy``: validation and test accuracy."""
 
 from __future__ import annotations
 
@@ -469,12 +469,17 @@ from sightline.spec import EvaluationSpec
 
 @torch.no_grad()
 def evaluate_toy(module, dm, report_dir, section, seed: int, model_dir) -> dict:
-    x, y = dm.split("test").tensors
-    acc = float((module(x.to(module.device)).argmax(-1).cpu() == y).float().mean())
-    return {"test/acc": round(acc, 6), "test/n": len(y)}
+    out = {}
+    for split in ("val", "test"):
+        x, y = dm.split(split).tensors
+        acc = float((module(x.to(module.device)).argmax(-1).cpu() == y).float().mean())
+        out |= {f"{split}/acc": round(acc, 6), f"{split}/n": len(y)}
+    return out
 
 
-EVALUATION = EvaluationSpec(evaluate=evaluate_toy, selection=("test/acc", "max"), headline=("test/acc",))
+EVALUATION = EvaluationSpec(
+    evaluate=evaluate_toy, selection=("val/acc", "max"), test="test/acc", headline=("test/acc",)
+)
 '''
 
 
@@ -526,8 +531,8 @@ def test_a_sixth_model_is_three_files_and_a_params_section(reproduced, tmp_path)
     result = run_cli(["python", "pipeline/compare.py"], repo)
     assert result.returncode == 0, result.stderr[-2000:]
     board = (repo / "reports/leaderboard.md").read_text()
-    assert "## toy: experiments by `test/acc` (max)" in board
-    assert "| toy | test/acc (max) **" in board
+    assert "## toy: experiments by `val/acc` (max)" in board
+    assert "| toy | val/acc (max) **" in board
 
 
 def test_a_profile_runs_as_one_experiment_of_only_the_models_named(reproduced, tmp_path):
@@ -646,7 +651,7 @@ def test_a_profile_moves_the_image_models_to_cifar10_in_one_experiment(reproduce
 
 
 def test_experiments_are_ranked_in_the_leaderboard(reproduced):
-    """Two real `dvc exp run` variants of the classifier appear ranked by test/acc, and the
+    """Two real `dvc exp run` variants of the classifier appear ranked by val/acc, and the
     winner is promoted to the served Bento (last test: it changes the copy's workspace)."""
     for name, dropout in (("drop-a", 0.3), ("drop-b", 0.6)):
         result = run_cli(
@@ -657,7 +662,7 @@ def test_experiments_are_ranked_in_the_leaderboard(reproduced):
     result = run_cli(["python", "pipeline/compare.py"], reproduced)
     assert result.returncode == 0, result.stderr[-2000:]
     board = (reproduced / "reports/leaderboard.md").read_text()
-    section = board.split("## classifier: experiments by `test/acc` (max)")[1].split("##")[0]
+    section = board.split("## classifier: experiments by `val/acc` (max)")[1].split("##")[0]
     rows = [
         r.strip("| ").split(" | ")
         for r in section.splitlines()
@@ -678,7 +683,7 @@ def test_experiments_are_ranked_in_the_leaderboard(reproduced):
     result = run_cli(["python", "pipeline/promote.py", "classifier"], reproduced)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (
-        json.loads((reproduced / "metrics/classifier.json").read_text())["test/acc"] == best_value
+        json.loads((reproduced / "metrics/classifier.json").read_text())["val/acc"] == best_value
     )
     bento = json.loads((reproduced / "bento/bento.json").read_text())
     experiment = best_name if best_name in ("drop-a", "drop-b") else "workspace"
@@ -687,7 +692,7 @@ def test_experiments_are_ranked_in_the_leaderboard(reproduced):
 
     model = bentoml.models.get(bento["models"]["classifier"])
     assert model.info.labels["experiment"] == experiment
-    assert model.info.metadata["metrics"]["test/acc"] == best_value
+    assert model.info.metadata["metrics"]["val/acc"] == best_value
     assert bentoml.bentos.get(bento["bento"]) is not None
     status = run_cli(["dvc", "status", "--json"], reproduced)
     assert json.loads(status.stdout or "{}") == {}, status.stdout

@@ -1,8 +1,12 @@
 """Compare the models and their DVC experiments: a leaderboard in Markdown and HTML.
 
 Each model declares in its metrics module (``EVALUATION``) one selection metric, the number its
-experiments are ranked by and a promotion must beat, its headline metrics and its key pictures. Experiments come from ``dvc exp show --json`` (``pipeline/`` runs it); a failed
-experiment, or one without the metric, is listed last and never ranked above a scored one.
+experiments are ranked by and a promotion must beat, its headline metrics and its key pictures.
+The selection metric is a validation figure of the run's chosen checkpoint; its test counterpart
+is shown beside it, for reading only (ranking many experiments by a test figure would select on
+the test split and bias the figure published). Experiments come from ``dvc exp show --json``
+(``pipeline/`` runs it); a failed experiment, or one without the metric, is listed last and never
+ranked above a scored one.
 """
 
 from __future__ import annotations
@@ -89,14 +93,24 @@ def parse_exp_show(rows: list[dict]) -> list[Experiment]:
     return out
 
 
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return None
+    return float(value)
+
+
 def score(exp: Experiment, model: str) -> float | None:
     """The model's selection metric in ``exp``, or ``None`` (failed, missing, not a number)."""
     if exp.error:
         return None
-    value = exp.metrics.get(model, {}).get(selection(model)[0])
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    return _number(exp.metrics.get(model, {}).get(selection(model)[0]))
+
+
+def shown_test(exp: Experiment, model: str) -> float | None:
+    """The test counterpart of the selection metric in ``exp`` (shown, never ranked)."""
+    if exp.error:
         return None
-    return float(value)
+    return _number(exp.metrics.get(model, {}).get(get_evaluation(model).test))
 
 
 def rank(experiments: list[Experiment], model: str) -> list[tuple[Experiment, float | None]]:
@@ -170,9 +184,7 @@ def model_rows(metrics: dict[str, dict], changed: dict[str, dict]) -> list[list[
     for model in sorted(metrics):
         m = metrics[model]
         key, mode = selection(model)
-        heads = ", ".join(
-            f"{k} {_fmt(m.get(k))}" for k in get_evaluation(model).headline if k != key
-        )
+        heads = ", ".join(f"{k} {_fmt(m.get(k))}" for k in get_evaluation(model).headline)
         diff = (
             ", ".join(f"{k}={v}" for k, v in sorted(changed.get(model, {}).items())) or "defaults"
         )
@@ -214,11 +226,12 @@ def experiment_rows(experiments: list[Experiment], model: str) -> list[list[str]
                 exp.name + (" (commit)" if exp.baseline else ""),
                 exp.rev[:7],
                 _fmt(value),
+                _fmt(shown_test(exp, model)),
                 status,
                 diff or "—",
             ]
         )
-    return rows if rows else [["—", "no experiments", "", "", "", ""]]
+    return rows if rows else [["—", "no experiments", "", "", "", "", ""]]
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -232,13 +245,21 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 MODEL_HEADER = [
     "model",
-    "selection metric",
-    "headline",
+    "selection metric (validation)",
+    "headline (test)",
     "train s",
     "parameters",
     "params changed from defaults",
 ]
-EXP_HEADER = ["rank", "experiment", "rev", "score", "status", "params changed from its commit"]
+EXP_HEADER = [
+    "rank",
+    "experiment",
+    "rev",
+    "validation score",
+    "test (read only)",
+    "status",
+    "params changed from its commit",
+]
 
 
 def markdown(
@@ -315,7 +336,8 @@ def results_table(model: str, metrics: dict) -> str:
     """A model's selection and headline metrics (and its training time) as a markdown table,
     from its metrics file: what the docs pages and the README show, so they cannot drift."""
     key, mode = selection(model)
-    keys = [key, *(k for k in get_evaluation(model).headline if k != key)]
+    evaluation = get_evaluation(model)
+    keys = [key, evaluation.test, *(k for k in evaluation.headline if k != evaluation.test)]
     rows = [
         [f"`{k}`" + (f" (selection, {mode})" if k == key else ""), _fmt(metrics.get(k))]
         for k in keys
@@ -325,12 +347,21 @@ def results_table(model: str, metrics: dict) -> str:
 
 
 def summary_table(metrics: dict[str, dict]) -> str:
-    """One row per model: its dataset and its selection metric, as a markdown table."""
+    """One row per model: its dataset, its selection metric and the test counterpart, as a
+    markdown table."""
     rows = []
     for model in sorted(metrics):
         key, mode = selection(model)
+        test = get_evaluation(model).test
         m = metrics[model]
         rows.append(
-            [f"`{model}`", str(m.get("dataset", "—")), f"`{key}` ({mode})", _fmt(m.get(key))]
+            [
+                f"`{model}`",
+                str(m.get("dataset", "—")),
+                f"`{key}` ({mode})",
+                _fmt(m.get(key)),
+                f"`{test}` {_fmt(m.get(test))}",
+            ]
         )
-    return "\n".join(_md_table(["model", "data", "selection metric", "value"], rows))
+    header = ["model", "data", "selection metric (validation)", "value", "test"]
+    return "\n".join(_md_table(header, rows))

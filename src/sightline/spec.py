@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sightline.errors import ConfigError
+
 
 def _no_callbacks(section: Any, datamodule: Any, seed: int) -> list:
     return []
@@ -52,12 +54,22 @@ class EvaluationSpec:
         evaluate: ``(module, datamodule, report_dir, section, seed, model_dir) -> metrics``; the
             pictures it writes into ``report_dir`` are the model's reports.
         selection: ``(metric, "max" | "min")``: what its experiments are ranked by and what a
-            promotion must beat.
+            promotion must beat. A validation figure (``val/...``) of the chosen checkpoint:
+            ranking many experiments by a test figure would select on the test split.
+        test: the test-split counterpart of ``selection``, shown beside it for reading only.
         headline: further metrics the leaderboard and the packaged model's metadata show.
         pictures: the report pictures the leaderboard page shows.
     """
 
     evaluate: Callable[..., dict]
     selection: tuple[str, Literal["max", "min"]]
+    test: str
     headline: tuple[str, ...] = ()
     pictures: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.selection[0].startswith("val/"):
+            raise ConfigError(
+                f"selection metric {self.selection[0]!r}: experiments are ranked on a validation "
+                "figure ('val/...'); put the test figure in `test`"
+            )

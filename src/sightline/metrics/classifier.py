@@ -79,6 +79,8 @@ def evaluate_classifier(module, dm, report_dir: Path, section, seed: int, model_
 def _clean_evaluation(module, dm, report_dir: Path) -> dict:
     report_dir = Path(report_dir)
     classes = dm.class_names
+    val_probs, val_labels = predict_split(module, dm, "val")
+    val_acc = float((val_probs.argmax(-1) == val_labels).float().mean())
     probs, labels = predict_split(module, dm, "test")
     m = classification_metrics(probs, labels, classes)
     cm = m.pop("confusion")
@@ -125,6 +127,8 @@ def _clean_evaluation(module, dm, report_dir: Path) -> dict:
         )
 
     return {
+        "val/acc": round(val_acc, 6),
+        "val/n": len(val_labels),
         **m,
         "test/n": len(labels),
         "test/errors": int((pred != labels).sum()),
@@ -134,7 +138,8 @@ def _clean_evaluation(module, dm, report_dir: Path) -> dict:
 
 EVALUATION = EvaluationSpec(
     evaluate=evaluate_classifier,
-    selection=("test/acc", "max"),
+    selection=("val/acc", "max"),
+    test="test/acc",
     headline=("test/acc", "test/f1_macro"),
     pictures=("confusion_matrix.png", "filters.png", "adversarial.png", "class_images.png"),
 )

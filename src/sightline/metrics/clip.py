@@ -40,6 +40,9 @@ def evaluate_clip(module, dm, report_dir: Path, section, seed: int, model_dir: P
     the top-5 held-out images for a few text queries."""
     report_dir = Path(report_dir)
     dm.attach(module)
+    vx, _, vcaptions = dm.split("val")
+    val_sim = _embed_arrays(module, vx) @ _embed_texts(module, vcaptions).T
+    val_i2t, val_t2i = recall_at_k(val_sim, (5,)), recall_at_k(val_sim.T, (5,))
     x, cats, captions = dm.split("test")
     img, txt = _embed_arrays(module, x), _embed_texts(module, captions)
     sim = img @ txt.T  # (N images, N captions)
@@ -76,6 +79,9 @@ def evaluate_clip(module, dm, report_dir: Path, section, seed: int, model_dir: P
     majority = float(np.bincount(cats).max() / len(cats))
     r = lambda v: round(v, 6)  # noqa: E731
     return {
+        "val/n_pairs": len(vcaptions),
+        "val/i2t_recall@5": r(val_i2t[5]),
+        "val/t2i_recall@5": r(val_t2i[5]),
         "test/n_pairs": n,
         **{f"test/i2t_recall@{k}": r(v) for k, v in i2t.items()},
         **{f"test/t2i_recall@{k}": r(v) for k, v in t2i.items()},
@@ -93,7 +99,8 @@ def evaluate_clip(module, dm, report_dir: Path, section, seed: int, model_dir: P
 
 EVALUATION = EvaluationSpec(
     evaluate=evaluate_clip,
-    selection=("test/t2i_recall@5", "max"),
+    selection=("val/t2i_recall@5", "max"),
+    test="test/t2i_recall@5",
     headline=("test/t2i_recall@5", "test/i2t_recall@5", "zero_shot/fashion_mnist_acc"),
     pictures=("similarity_matrix.png", "retrieval.png"),
 )

@@ -93,7 +93,8 @@ def evaluate_gan(module, dm, report_dir: Path, section, seed: int, model_dir: Pa
 
 EVALUATION = EvaluationSpec(
     evaluate=evaluate_gan,
-    selection=("fid", "min"),
+    selection=("val/fid", "min"),
+    test="fid",
     headline=("fid", "kid", "inception_score"),
     pictures=("samples.png", "progress.png"),
 )

@@ -185,6 +185,9 @@ def evaluate_spam(module, dm, report_dir: Path, section, seed: int, model_dir: P
     for mode, (use_text, use_image) in MODES.items():
         if mode == "fused":
             temperature, threshold = float(module.temperature), float(module.threshold)
+            val_logits, val_labels = split_logits(module, dm, "val", use_text, use_image)
+            v = scores(torch.sigmoid(val_logits / temperature), val_labels, threshold)
+            metrics |= {"val/n": len(val_labels), "val/f1": v["f1"], "val/pr_auc": v.get("pr_auc")}
         else:
             val_logits, val_labels = split_logits(module, dm, "val", use_text, use_image)
             temperature = fit_temperature(val_logits, val_labels)
@@ -236,7 +239,8 @@ def evaluate_spam(module, dm, report_dir: Path, section, seed: int, model_dir: P
 
 EVALUATION = EvaluationSpec(
     evaluate=evaluate_spam,
-    selection=("test/f1", "max"),
+    selection=("val/f1", "max"),
+    test="test/f1",
     headline=("test/f1", "test/roc_auc", "evasion/fused/recall"),
     pictures=("curves.png", "confusion_matrix.png"),
 )

@@ -149,7 +149,8 @@ def _pictures(module, classes: list[str], report_dir: Path, seed: int) -> None:
 
 EVALUATION = EvaluationSpec(
     evaluate=evaluate_transfer,
-    selection=("test/acc", "max"),
+    selection=("val/acc", "max"),
+    test="test/acc",
     headline=("test/acc", "val/acc"),
     pictures=("confusion_matrix.png", "adversarial.png", "class_images.png", "channels.png"),
 )

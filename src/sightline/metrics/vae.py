@@ -20,13 +20,15 @@ LIKELIHOODS = {
 
 
 @torch.no_grad()
-def test_terms(
-    module, dm, seed: int
+def split_terms(
+    module, dm, seed: int, split: str = "test"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(recon, kl, mu, labels)`` over the test split; one seeded posterior sample per image."""
+    """``(recon, kl, mu, labels)`` over a split (``"val"`` or ``"test"``); one seeded posterior
+    sample per image."""
     L.seed_everything(seed, verbose=False)
     recon, kl, mus, labels = [], [], [], []
-    for x, y in dm.test_dataloader():
+    loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
+    for x, y in loader:
         x = dm.preprocess.normalize(x.to(module.device))
         r, k, mu = module.terms(x)
         recon.append(r.cpu())
@@ -61,7 +63,8 @@ def evaluate_vae(module, dm, report_dir: Path, section, seed: int, model_dir: Pa
     interpolations, the latent space coloured by class and the class coverage of samples."""
     report_dir = Path(report_dir)
     classes = dm.class_names
-    recon, kl, mu, labels = test_terms(module, dm, seed)
+    val_recon, val_kl, _, _ = split_terms(module, dm, seed, "val")
+    recon, kl, mu, labels = split_terms(module, dm, seed)
     active = int((mu.var(0) > ACTIVE_THRESHOLD).sum())
     nelbo = float((recon + kl).mean())
     scores, fake = score_generator(module, dm, section.upstream, section.score, seed)
@@ -109,6 +112,7 @@ def evaluate_vae(module, dm, report_dir: Path, section, seed: int, model_dir: Pa
     return {
         "likelihood": section.model.likelihood,
         "likelihood_note": LIKELIHOODS[section.model.likelihood],
+        "val/nelbo": round(float((val_recon + val_kl).mean()), 4),
         "test/nelbo": round(nelbo, 4),
         "test/recon": round(float(recon.mean()), 4),
         "test/kl": round(float(kl.mean()), 4),
@@ -121,7 +125,8 @@ def evaluate_vae(module, dm, report_dir: Path, section, seed: int, model_dir: Pa
 
 EVALUATION = EvaluationSpec(
     evaluate=evaluate_vae,
-    selection=("test/nelbo", "min"),
+    selection=("val/nelbo", "min"),
+    test="test/nelbo",
     headline=("test/nelbo", "fid", "latent/active_units"),
     pictures=("reconstructions.png", "samples.png", "interpolation.png"),
 )

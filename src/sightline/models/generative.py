@@ -274,7 +274,8 @@ def subset(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 
 def score_generator(module, dm, upstream: str, score, seed: int) -> tuple[dict, torch.Tensor]:
-    """Sample-quality metrics of a generative model against the test split, and the floor.
+    """Sample-quality metrics of a generative model against the test split, its FID against
+    the validation split (``val/fid``, for ranking experiments), and the floor.
 
     The same number ``N`` of images is used on every side: ``N`` generated vs ``N`` test, and
     ``N`` validation vs ``N`` test for the real-vs-real floor (FID is biased by ``N``).
@@ -294,9 +295,16 @@ def score_generator(module, dm, upstream: str, score, seed: int) -> tuple[dict, 
     for batch, real in progress(batches, "scoring real and generated images", unit="batches"):
         scorer.update(batch, real=real)
     gen = scorer.compute(seed)
+    # The same samples against validation images: what experiments are ranked by.
+    val_scorer = SampleScorer(clf, full=False)
+    for batch in real_val.split(score.batch_size):
+        val_scorer.update(batch, real=True)
+    for batch in fake.split(score.batch_size):
+        val_scorer.update(batch, real=False)
     floor = real_floor(clf, real_test, real_val, score.kid_subsets, size, score.batch_size, seed)
     names = dm.class_names
     metrics = {
+        "val/fid": val_scorer.compute()["fid"],
         "fid": gen["fid"],
         "kid": gen["kid"],
         "kid_std": gen["kid_std"],
