@@ -682,9 +682,7 @@ def test_experiments_are_ranked_in_the_leaderboard(reproduced):
     best_name, best_value = scored[0][1], float(scored[0][3])
     result = run_cli(["python", "pipeline/promote.py", "classifier"], reproduced)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (
-        json.loads((reproduced / "metrics/classifier.json").read_text())["val/acc"] == best_value
-    )
+    assert json.loads((reproduced / "metrics/classifier.json").read_text())["val/acc"] == best_value
     bento = json.loads((reproduced / "bento/bento.json").read_text())
     experiment = best_name if best_name in ("drop-a", "drop-b") else "workspace"
     assert bento["experiment"] == experiment, (best_name, bento)
