@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import fixed_batch_losses, tiny_section
+from conftest import fit_steps, fixed_batch_losses, tiny_section
 from PIL import Image
 
 from sightline.errors import CheckpointError, ConfigError, DataError
@@ -129,7 +129,7 @@ def test_head_learns_on_cached_features(cifar_features, prepared_cifar):
 
 def test_finetune_trains_only_the_top_blocks(cifar_features, prepared_cifar):
     """Fine-tuning: images through the backbone; the unfrozen blocks and the head move, the
-    frozen blocks and their BatchNorm statistics do not."""
+    frozen blocks do not, and no BatchNorm statistics move (ImageNet's are kept)."""
     section = tiny_section("transfer", upstream=cifar_features, model={"finetune_blocks": 1})
     spec = get_model("transfer")
     dm = spec.datamodule(section, prepared_cifar, 0)
@@ -149,8 +149,33 @@ def test_finetune_trains_only_the_top_blocks(cifar_features, prepared_cifar):
     assert any(k.startswith("net.backbone.conv_head.") for k in changed)
     frozen = [k for k in changed if k.startswith(("net.backbone.blocks.0.", "net.backbone.bn1."))]
     assert not frozen
-    stats = [k for k in changed if "running_" in k and "blocks.6.0." not in k and "bn2" not in k]
-    assert not stats  # frozen BatchNorm layers stay in eval mode
+    assert not [k for k in changed if "running_" in k or "num_batches" in k]
+
+
+def test_finetuning_starts_from_a_head_fitted_on_the_cached_features(
+    cifar_features, prepared_cifar
+):
+    """LP-FT through a real Trainer: before the first step the head is fitted on the cached
+    features of the same subset (it classifies them far better than a random head), and the
+    backbone stays in eval mode: no BatchNorm statistics move, frozen blocks stay as loaded."""
+    section = tiny_section(
+        "transfer", upstream=cifar_features, model={"finetune_blocks": 1, "probe_epochs": 100}
+    )
+    spec = get_model("transfer")
+    dm = spec.datamodule(section, prepared_cifar, 0)
+    module = spec.module(**spec.module_kwargs(section, dm))
+    x, y = dm.cached_train()
+    assert x.shape == (4 * 10, 1280) and torch.equal(y, dm.split("train").tensors[1])
+    loss = lambda: float(torch.nn.functional.cross_entropy(module.net.head(x), y))  # noqa: E731
+    before = loss()
+    module.load_pretrained()
+    loaded = {k: v.clone() for k, v in module.net.backbone.state_dict().items()}
+    fit_steps(module, dm, 1)
+    assert loss() < 0.5 * before
+    after = module.net.backbone.state_dict()
+    moved = {k for k in loaded if not torch.equal(loaded[k], after[k])}
+    assert not [k for k in moved if "running_" in k or "num_batches" in k], sorted(moved)[:5]
+    assert moved and all(k.startswith(("blocks.6.0.", "conv_head.", "bn2.")) for k in moved)
 
 
 def test_datamodule_errors_name_the_missing_thing(cifar_features, prepared_cifar, tmp_path):

@@ -209,6 +209,12 @@ class TransferDataModule(L.LightningDataModule):
             self._sets[name] = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
         return self._sets[name]
 
+    def cached_train(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training subset's cached features ``(N, F)`` float32 and labels, whichever of
+        features or images the loaders serve (fine-tuning starts from a head fitted on them)."""
+        x, y = load_features(self.features_dir, "train")
+        return torch.from_numpy(x[self.keep]).float(), torch.from_numpy(y[self.keep])
+
     def _loader(self, name: str, shuffle: bool, batch_size: int) -> DataLoader:
         return DataLoader(
             self.split(name), batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers

@@ -49,6 +49,7 @@ class TransferModule(L.LightningModule):
         label_smoothing: float = 0.0,
         finetune_blocks: int = 0,
         finetune_lr_scale: float = 0.1,
+        probe_epochs: int = 100,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -67,9 +68,36 @@ class TransferModule(L.LightningModule):
         self.net.backbone.load_state_dict(state, strict=True)
 
     def setup(self, stage: str) -> None:
-        """Before fitting (and before a resumed run's weights are loaded over them)."""
+        """Before fitting (and before a resumed run's weights are loaded over them): the
+        pretrained backbone and, to fine-tune, a head first fitted on the cached features."""
         if stage == "fit":
             self.load_pretrained()
+            if self.hparams.finetune_blocks and self.hparams.probe_epochs:
+                x, y = self.trainer.datamodule.cached_train()
+                self.fit_probe(x, y)
+
+    def on_fit_start(self) -> None:
+        # Lightning keeps each submodule's mode as it finds it: make sure the backbone's is eval
+        self.net.train()
+
+    def fit_probe(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> None:
+        """Fit the head on cached features ``(N, F)`` as the frozen recipe does (AdamW at
+        ``lr``, cosine to zero over ``probe_epochs``, seeded by the global seed): fine-tuning
+        then starts from a head that already fits the features (LP-FT, Kumar et al. 2022)
+        instead of a random one whose large gradients would first distort them."""
+        hp = self.hparams
+        head = self.net.head.train()
+        opt = torch.optim.AdamW(head.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        steps = hp.probe_epochs * -(-len(x) // batch_size)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        with torch.enable_grad():
+            for _ in range(hp.probe_epochs):
+                for idx in torch.randperm(len(x)).split(batch_size):
+                    loss = F.cross_entropy(head(x[idx]), y[idx], label_smoothing=hp.label_smoothing)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    sched.step()
 
     @contextmanager
     def full_precision(self):
@@ -119,9 +147,11 @@ class TransferModule(L.LightningModule):
         return top_labels(logits, self.hparams.class_names, top_k)
 
     def configure_optimizers(self):
-        """AdamW, cosine to zero over the run; the unfrozen blocks at ``lr`` x scale."""
+        """AdamW, cosine to zero over the run; the unfrozen blocks at ``lr`` x scale, and the
+        head too when it starts fitted (``probe_epochs``)."""
         hp = self.hparams
-        groups = [{"params": list(self.net.head.parameters())}]
+        head_lr = hp.lr * hp.finetune_lr_scale if hp.finetune_blocks and hp.probe_epochs else hp.lr
+        groups = [{"params": list(self.net.head.parameters()), "lr": head_lr}]
         if hp.finetune_blocks:
             groups.append(
                 {

@@ -103,6 +103,7 @@ class TransferNet(nn.Module):
         for module in self.trainable():
             for p in module.parameters():
                 p.requires_grad_(True)
+        self.train()  # a new nn.Module is in train mode throughout; the backbone must not be
 
     def trainable(self) -> list[nn.Module]:
         """The backbone's parts that train: its last ``trainable_blocks`` blocks and its head
@@ -113,11 +114,12 @@ class TransferNet(nn.Module):
         return [*blocks[-self.trainable_blocks :], self.backbone.conv_head, self.backbone.bn2]
 
     def train(self, mode: bool = True) -> TransferNet:
-        """Frozen parts stay in eval mode (their BatchNorm statistics never move)."""
+        """The backbone stays in eval mode, its fine-tuned blocks included: BatchNorm keeps its
+        ImageNet statistics (a small fine-tuning set's batch statistics would shift every
+        feature the head was fitted on), while the unfrozen blocks' weights, BatchNorm scales
+        and shifts included, still train."""
         super().train(mode)
         self.backbone.eval()
-        for module in self.trainable():
-            module.train(mode)
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,9 @@ class TransferConfig(Strict):
     # fine-tune: unfreeze the top blocks and train through the backbone on the images
     finetune_blocks: int = Field(0, ge=0)  # 0: frozen features only (the cached ones)
     finetune_lr_scale: float = Field(0.1, gt=0.0)  # the unfrozen blocks' lr: lr x this
+    # fine-tune from a head first fitted on the cached features for this many epochs (LP-FT);
+    # 0: from a random head
+    probe_epochs: int = Field(100, ge=0)
 
 
 class TransferParams(ModelParams):
