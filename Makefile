@@ -8,7 +8,7 @@ PORT   ?= 3000
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup system data run test test-slow lint format docs docs-serve bench bench-serve bench-spam bench-features gpu-check reproduce-check compare package serve sweep experiment curve promote push pull clean
+.PHONY: help setup system data run test test-slow lint format docs docs-serve bench bench-serve bench-spam bench-features gpu-check reproduce-check compare package serve sweep experiment curve spread promote push pull clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -86,8 +86,11 @@ experiment: setup ## one DVC experiment from a params profile: PROFILE=params/ci
 curve: setup ## the transfer model's learning curve (from scratch, frozen, fine-tuned; 10 to all images per class) -> reports/transfer/learning_curve.{json,png}; SIZES="10 100", METHODS="frozen"
 	$(BIN)/python pipeline/learning_curve.py $(if $(SIZES),--sizes $(SIZES)) $(if $(METHODS),--methods $(METHODS))
 
-promote: setup ## serve the best DVC experiment of MODEL (or EXP=<name>; FORCE=1 if it is worse)
+promote: setup ## serve the best DVC experiment of MODEL (or EXP=<name>; FORCE=1 if it is worse or inside the seed spread)
 	$(BIN)/python pipeline/promote.py $(MODEL) $(if $(EXP),--exp $(EXP)) $(if $(FORCE),--force)
+
+spread: setup ## train and evaluate MODEL with SEEDS (3) seeds -> metrics/spread/MODEL.json (the ± of make compare)
+	$(BIN)/python pipeline/spread.py $(MODEL) --seeds $(or $(SEEDS),3)
 
 bench-serve: setup ## load test of the served classifier vs the in-process model
 	$(BIN)/python benchmarks/serve_load.py

@@ -3,7 +3,8 @@
 One row per model from ``metrics/*.json`` (headline metrics, training time, parameter count, the
 params that differ from the schema's defaults), then, per model, the DVC experiments of the
 current commit (``dvc exp show --json``; ``--all-commits`` for every commit) ranked by that
-model's selection metric. Not a DVC stage: experiments live in git refs, not in files a stage
+model's selection metric, with its seed spread (``metrics/spread/<model>.json``, ``make spread``)
+as ``±``. Not a DVC stage: experiments live in git refs, not in files a stage
 could depend on.
 """
 
@@ -43,13 +44,15 @@ def main() -> None:
         name: changed_params(raw["models"][name], get_model(name).params().model_dump(mode="json"))
         for name in sections
     }
+    spreads = {name: common.read_spread(name) for name in sections}
     rows = common.exp_show_rows(args.exp_json, args.all_commits)
     experiments = parse_exp_show(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "leaderboard.md", markdown(metrics, changed, experiments))
+    atomic_write_text(out / "leaderboard.md", markdown(metrics, changed, experiments, spreads))
     atomic_write_text(
-        out / "leaderboard.html", html_page(metrics, changed, experiments, common.REPORTS, out)
+        out / "leaderboard.html",
+        html_page(metrics, changed, experiments, common.REPORTS, out, spreads),
     )
     print(
         f"wrote {out / 'leaderboard.md'} and {out / 'leaderboard.html'}: {len(metrics)} models, {len(experiments)} commits and experiments"

@@ -3,7 +3,8 @@
 Chooses the DVC experiment with the best selection metric for ``<name>`` (``dvc exp show``;
 the metric is the model's ``EVALUATION.selection``, in ``sightline/metrics/<name>.py``), or the one named by ``--exp``.
 It compares it with the model served by the committed Bento (HEAD's
-``bento/bento.json``): promoting a worse one needs ``--force``. It then runs
+``bento/bento.json``): promoting a worse one needs ``--force``, and so does one whose gain is
+inside the selection metric's seed spread (``metrics/spread/<model>.json``, ``make spread``). It then runs
 ``dvc exp apply <exp>``, which brings the experiment's checkpoint, metrics, params and
 ``dvc.lock`` into the workspace, and ``dvc repro package``, which packages the models with the
 experiment's name in their labels and builds the Bento. Last, it makes sure that Bento is in the local BentoML store. Commit the
@@ -79,7 +80,15 @@ def main() -> None:
     args = p.parse_args()
 
     from sightline.errors import InputError
-    from sightline.leaderboard import better, choose, parse_exp_show, selection
+    from sightline.leaderboard import (
+        SPREAD_FACTOR,
+        better,
+        choose,
+        inside_spread,
+        parse_exp_show,
+        selection,
+        selection_spread,
+    )
 
     experiments = parse_exp_show(common.exp_show_rows(args.exp_json))
     exp, value = choose(experiments, args.model, args.exp)
@@ -90,8 +99,21 @@ def main() -> None:
         raise InputError(
             f"{exp.name} has {key} {value:g}, worse than the served {served[0]} ({served[1]:g}); pass --force (FORCE=1) to promote it anyway"
         )
+    std = selection_spread(args.model, common.read_spread(args.model))
+    if (
+        served is not None
+        and better(args.model, value, served[1])
+        and inside_spread(args.model, value, served[1], std)
+        and not args.force
+    ):
+        raise InputError(
+            f"{exp.name} has {key} {value:g} against the served {served[1]:g}: the gain is inside "
+            f"the seed spread (std {std:g}, metrics/spread/{args.model}.json; a gain must exceed "
+            f"{SPREAD_FACTOR:g} x); run `make spread` for it, or pass --force (FORCE=1) to promote it anyway"
+        )
     print(
         f"{args.model}: {exp.name} ({exp.rev[:7]}), {key} {value:g}; served now: {f'{served[0]} ({served[1]:g})' if served else 'nothing'}"
+        + (f"; seed spread ± {std:g}" if std is not None else "")
     )
     if args.dry_run:
         return

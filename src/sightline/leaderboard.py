@@ -121,6 +121,40 @@ def rank(experiments: list[Experiment], model: str) -> list[tuple[Experiment, fl
     return good + [p for p in scored if p[1] is None]
 
 
+SPREAD_FACTOR = 2.0  # a gain must exceed this many seed standard deviations to count
+
+
+def spread_summary(runs: list[dict]) -> dict[str, dict]:
+    """Per numeric metric present in every run: mean, sample standard deviation and values."""
+    import statistics
+
+    out = {}
+    for key in runs[0] if runs else ():
+        values = [r.get(key) for r in runs]
+        if all(_number(v) is not None for v in values) and len(values) > 1:
+            out[key] = {
+                "mean": round(statistics.fmean(values), 6),
+                "std": round(statistics.stdev(values), 6),
+                "values": values,
+            }
+    return out
+
+
+def selection_spread(model: str, spread: dict | None) -> float | None:
+    """The seed standard deviation of ``model``'s selection metric in a ``make spread`` file."""
+    entry = ((spread or {}).get("metrics") or {}).get(selection(model)[0]) or {}
+    return _number(entry.get("std"))
+
+
+def inside_spread(model: str, value: float, served: float, std: float | None) -> bool:
+    """Whether ``value``'s gain over ``served`` is no larger than ``SPREAD_FACTOR`` seed
+    standard deviations (a worse value is inside too); ``std`` ``None``: nothing is."""
+    if std is None:
+        return False
+    gain = value - served if selection(model)[1] == "max" else served - value
+    return gain <= SPREAD_FACTOR * std
+
+
 def better(model: str, a: float, b: float) -> bool:
     """Whether ``a`` beats ``b`` on the model's selection metric (strictly)."""
     return a > b if selection(model)[1] == "max" else a < b
@@ -178,8 +212,18 @@ def _fmt(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
-def model_rows(metrics: dict[str, dict], changed: dict[str, dict]) -> list[list[str]]:
-    """One row per model: name, selection metric, headline metrics, time, params, changes."""
+def spread_note(model: str, spreads: dict[str, dict] | None) -> str:
+    """`` ± 0.0012 (3 seeds)`` from the model's ``make spread`` file, or ``""``."""
+    spread = (spreads or {}).get(model)
+    std = selection_spread(model, spread)
+    return "" if std is None else f" ± {_fmt(std)} ({len(spread.get('seeds', []))} seeds)"
+
+
+def model_rows(
+    metrics: dict[str, dict], changed: dict[str, dict], spreads: dict[str, dict] | None = None
+) -> list[list[str]]:
+    """One row per model: name, selection metric (± its seed spread), headline metrics, time,
+    params, changes."""
     rows = []
     for model in sorted(metrics):
         m = metrics[model]
@@ -191,7 +235,7 @@ def model_rows(metrics: dict[str, dict], changed: dict[str, dict]) -> list[list[
         rows.append(
             [
                 model,
-                f"{key} ({mode}) **{_fmt(m.get(key))}**",
+                f"{key} ({mode}) **{_fmt(m.get(key))}**{spread_note(model, spreads)}",
                 heads,
                 _fmt(m.get("train_time_s")),
                 _fmt(m.get("params")),
@@ -263,14 +307,18 @@ EXP_HEADER = [
 
 
 def markdown(
-    metrics: dict[str, dict], changed: dict[str, dict], experiments: list[Experiment]
+    metrics: dict[str, dict],
+    changed: dict[str, dict],
+    experiments: list[Experiment],
+    spreads: dict[str, dict] | None = None,
 ) -> str:
+    """The leaderboard in Markdown; ``spreads``: ``make spread`` files by model."""
     lines = [
         "# Leaderboard",
         "",
         "Workspace models (`metrics/*.json`):",
         "",
-        *_md_table(MODEL_HEADER, model_rows(metrics, changed)),
+        *_md_table(MODEL_HEADER, model_rows(metrics, changed, spreads)),
         "",
     ]
     for model in sorted(
@@ -278,7 +326,7 @@ def markdown(
     ):
         key, mode = selection(model)
         lines += [
-            f"## {model}: experiments by `{key}` ({mode})",
+            f"## {model}: experiments by `{key}` ({mode}){spread_note(model, spreads)}",
             "",
             *_md_table(EXP_HEADER, experiment_rows(experiments, model)),
             "",
@@ -301,6 +349,7 @@ def html_page(
     experiments: list[Experiment],
     reports: Path,
     page_dir: Path,
+    spreads: dict[str, dict] | None = None,
 ) -> str:
     """The same tables plus each model's key pictures (linked relative to ``page_dir``)."""
     import os
@@ -309,14 +358,14 @@ def html_page(
         "<!doctype html><meta charset='utf-8'><title>sightline leaderboard</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}img{max-height:320px;margin:4px;border:1px solid #eee}</style>",
         "<h1>Leaderboard</h1>",
-        _html_table(MODEL_HEADER, model_rows(metrics, changed)),
+        _html_table(MODEL_HEADER, model_rows(metrics, changed, spreads)),
     ]
     for model in sorted(
         set(metrics) | {m for e in experiments for m in e.metrics} & set(list_models())
     ):
         key, mode = selection(model)
         parts += [
-            f"<h2>{html.escape(model)}: experiments by {html.escape(key)} ({mode})</h2>",
+            f"<h2>{html.escape(model)}: experiments by {html.escape(key)} ({mode}){html.escape(spread_note(model, spreads))}</h2>",
             _html_table(EXP_HEADER, experiment_rows(experiments, model)),
         ]
         for pic in get_evaluation(model).pictures:

@@ -1,0 +1,76 @@
+"""Seed spread: `make spread` trains a model once per seed and stores each metric's spread;
+`make compare` shows it as ± and a promotion whose gain is inside it is refused."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli
+
+from sightline.leaderboard import (
+    inside_spread,
+    markdown,
+    parse_exp_show,
+    selection_spread,
+    spread_summary,
+)
+
+
+def test_spread_summary_has_mean_std_and_values_of_numbers_only():
+    runs = [
+        {"val/acc": 0.90, "model": "classifier", "epochs": 3},
+        {"val/acc": 0.92, "model": "classifier", "epochs": 3},
+        {"val/acc": 0.94, "model": "classifier", "epochs": 3},
+    ]
+    out = spread_summary(runs)
+    assert set(out) == {"val/acc", "epochs"}  # strings are not spread
+    assert out["val/acc"] == {"mean": 0.92, "std": 0.02, "values": [0.90, 0.92, 0.94]}
+    assert out["epochs"]["std"] == 0.0
+    assert spread_summary(runs[:1]) == {}  # one run has no spread
+
+
+def test_a_gain_inside_twice_the_seed_std_does_not_count():
+    spread = {"seeds": [42, 43, 44], "metrics": {"val/acc": {"std": 0.004}}}
+    std = selection_spread("classifier", spread)
+    assert std == 0.004
+    assert inside_spread("classifier", 0.906, 0.900, std)  # +0.006 <= 2 x 0.004
+    assert not inside_spread("classifier", 0.910, 0.900, std)  # +0.010 > 0.008
+    assert not inside_spread("classifier", 0.906, 0.900, None)  # no spread measured
+    # lower is better: the gain is the drop
+    vae = {"metrics": {"val/nelbo": {"std": 0.5}}}
+    assert inside_spread("vae", 236.5, 237.2, selection_spread("vae", vae))
+    assert not inside_spread("vae", 235.0, 237.2, selection_spread("vae", vae))
+
+
+def test_leaderboard_shows_the_spread_beside_the_selection_metric():
+    head = {
+        "rev": "a" * 40,
+        "name": "main",
+        "data": {"metrics": {"metrics/classifier.json": {"data": {"val/acc": 0.9}}}},
+    }
+    spreads = {"classifier": {"seeds": [42, 43, 44], "metrics": {"val/acc": {"std": 0.0031}}}}
+    md = markdown({"classifier": {"val/acc": 0.9}}, {}, parse_exp_show([head]), spreads)
+    assert "## classifier: experiments by `val/acc` (max) ± 0.0031 (3 seeds)" in md
+    assert "**0.9000** ± 0.0031 (3 seeds)" in md
+
+
+def test_spread_command_trains_each_seed_and_compare_shows_it(repo_copy, tmp_path):
+    assert run_cli(["python", "pipeline/prepare.py", "fashion_mnist"], repo_copy).returncode == 0
+    out = tmp_path / "spread"
+    result = run_cli(
+        ["python", "pipeline/spread.py", "classifier", "--seeds", "2", "--out", str(out)],
+        repo_copy,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    spread = json.loads((out / "classifier.json").read_text())
+    assert spread["seeds"] == [42, 43] and spread["section"]["data"]["dataset"] == "fashion_mnist"
+    acc = spread["metrics"]["val/acc"]
+    assert len(acc["values"]) == 2 and all(0.0 <= v <= 1.0 for v in acc["values"])
+    assert acc["std"] >= 0.0 and "test/acc" in spread["metrics"]
+    assert "spread: classifier val/acc" in result.stdout
+
+    bad = run_cli(["python", "pipeline/spread.py", "classifier", "--seeds", "1"], repo_copy)
+    assert bad.returncode != 0 and "--seeds 1" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    unknown = run_cli(["python", "pipeline/spread.py", "nosuchmodel"], repo_copy)
+    assert unknown.returncode != 0 and "unknown model 'nosuchmodel'" in unknown.stderr
