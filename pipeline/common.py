@@ -103,22 +103,6 @@ def exp_show_rows(exp_json: str | Path | None = None, all_commits: bool = False)
     return json.loads(result.stdout or "[]")
 
 
-def read_spread(model: str) -> dict | None:
-    """``metrics/spread/<model>.json`` (``make spread``: the seed spread of its metrics), or
-    ``None``; a damaged file is a one-line error naming it."""
-    import json
-
-    from sightline.errors import InputError
-
-    path = METRICS / "spread" / f"{model}.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not JSON ({err}); re-run `make spread MODEL={model}`") from None
-
-
 def model_stage(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None):
     """Parse ``<model> [--params FILE]`` (plus ``extra`` options) for a per-model stage.
 

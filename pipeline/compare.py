@@ -31,7 +31,13 @@ def main() -> None:
     import yaml
 
     from sightline.io import atomic_write_text
-    from sightline.leaderboard import changed_params, html_page, markdown, parse_exp_show
+    from sightline.leaderboard import (
+        changed_params,
+        html_page,
+        load_spread,
+        markdown,
+        parse_exp_show,
+    )
     from sightline.registry import get_model
 
     metrics = {}
@@ -44,7 +50,7 @@ def main() -> None:
         name: changed_params(raw["models"][name], get_model(name).params().model_dump(mode="json"))
         for name in sections
     }
-    spreads = {name: common.read_spread(name) for name in sections}
+    spreads = {name: load_spread(common.METRICS / "spread" / f"{name}.json") for name in sections}
     rows = common.exp_show_rows(args.exp_json, args.all_commits)
     experiments = parse_exp_show(rows)
     out = Path(args.out)

@@ -85,6 +85,7 @@ def main() -> None:
         better,
         choose,
         inside_spread,
+        load_spread,
         parse_exp_show,
         selection,
         selection_spread,
@@ -99,7 +100,9 @@ def main() -> None:
         raise InputError(
             f"{exp.name} has {key} {value:g}, worse than the served {served[0]} ({served[1]:g}); pass --force (FORCE=1) to promote it anyway"
         )
-    std = selection_spread(args.model, common.read_spread(args.model))
+    std = selection_spread(
+        args.model, load_spread(common.METRICS / "spread" / f"{args.model}.json")
+    )
     if (
         served is not None
         and better(args.model, value, served[1])

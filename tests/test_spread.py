@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import run_cli
 
 from sightline.leaderboard import (
@@ -74,3 +75,14 @@ def test_spread_command_trains_each_seed_and_compare_shows_it(repo_copy, tmp_pat
     assert len(bad.stderr.strip().splitlines()) == 1
     unknown = run_cli(["python", "pipeline/spread.py", "nosuchmodel"], repo_copy)
     assert unknown.returncode != 0 and "unknown model 'nosuchmodel'" in unknown.stderr
+
+
+def test_a_damaged_spread_file_is_one_line_naming_it(tmp_path):
+    from sightline.errors import InputError
+    from sightline.leaderboard import load_spread
+
+    assert load_spread(tmp_path / "none.json") is None
+    bad = tmp_path / "gan.json"
+    bad.write_text("{oops")
+    with pytest.raises(InputError, match="gan.json: not JSON"):
+        load_spread(bad)

@@ -140,6 +140,20 @@ def spread_summary(runs: list[dict]) -> dict[str, dict]:
     return out
 
 
+def load_spread(path: Path) -> dict | None:
+    """A ``make spread`` file (``metrics/spread/<model>.json``), or ``None`` where there is
+    none; a damaged one is an ``InputError`` naming it."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not JSON ({err}); run `make spread` again") from None
+
+
 def selection_spread(model: str, spread: dict | None) -> float | None:
     """The seed standard deviation of ``model``'s selection metric in a ``make spread`` file."""
     entry = ((spread or {}).get("metrics") or {}).get(selection(model)[0]) or {}
