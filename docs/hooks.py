@@ -16,8 +16,9 @@ from docs import load_metrics, render  # noqa: E402
 
 
 def on_files(files, config):
-    """``reports/<name>/*.png`` join the site as ``reports/<name>/...``."""
-    for png in sorted((REPO / "reports").glob("*/*.png")):
+    """``reports/<name>/*.png`` (and ``reports/curves/<name>/*.png``) join the site at the
+    same paths."""
+    for png in sorted([*(REPO / "reports").glob("*/*.png"), *(REPO / "reports").glob("*/*/*.png")]):
         rel = png.relative_to(REPO).as_posix()
         files.append(File(rel, str(REPO), config["site_dir"], config["use_directory_urls"]))
     return files

@@ -5,7 +5,7 @@ NAME is a model (its selection and headline metrics) or ``all`` (one row per mod
 block of pictures, ``<!-- pictures: NAME -->`` ... ``<!-- /pictures -->``: the model's
 ``reports/NAME/*.png``, its key pictures first; and ``<!-- params: NAME -->``: the model's
 ``models.NAME`` section of ``params.yaml``; ``<!-- curve: NAME -->``: the table of
-``reports/NAME/learning_curve.json`` (``make curve``). A figure typed in prose or a hand-made table is followed by a comment naming its source,
+``reports/curves/NAME/learning_curve.json`` (``make curve``). A figure typed in prose or a hand-made table is followed by a comment naming its source,
 ``0.9788<!-- spam:test/f1 -->`` (a nested value: ``real_floor/fid``): the figure is written
 again from the metrics file, to the digits it shows. This script writes every block and figure; ``--check`` only reports the blocks that
 differ (exit 1), which the tests run, so no page can disagree with its metrics file. The
@@ -97,8 +97,8 @@ CURVE_METHODS = {"scratch": "from scratch", "frozen": "frozen + head", "finetune
 
 def curve_table(name: str, root: Path = REPO) -> str:
     """Test (validation) accuracy and training seconds per labelled images per class, from
-    ``reports/<name>/learning_curve.json``; a point not run is a dash."""
-    path = root / "reports" / name / "learning_curve.json"
+    ``reports/curves/<name>/learning_curve.json``; a point not run is a dash."""
+    path = root / "reports" / "curves" / name / "learning_curve.json"
     if not path.is_file():
         raise SystemExit(f"curve block {name!r}: no {path.relative_to(root)} (make curve)")
     rows = json.loads(path.read_text())

@@ -1,4 +1,4 @@
-"""``make curve``: the transfer model's learning curve -> reports/transfer/learning_curve.{json,png}.
+"""``make curve``: the transfer model's learning curve -> reports/curves/transfer/learning_curve.{json,png}.
 
 Carved-test (and validation) accuracy against labelled training images per class, three ways,
 each point trained on the same seeded, stratified subset (the first ``n`` of every class in
@@ -171,7 +171,7 @@ def main() -> None:
     p.add_argument("--finetune-blocks", type=int, default=2)
     p.add_argument("--finetune-epochs", type=int, default=8)
     p.add_argument("--finetune-images", type=int, default=8_000)
-    p.add_argument("--out", type=Path, default=common.REPORTS / "transfer")
+    p.add_argument("--out", type=Path, default=common.REPORTS / "curves" / "transfer")
     args = p.parse_args()
     sizes = [per_class_arg(s) for s in args.sizes]
 
