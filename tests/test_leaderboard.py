@@ -182,3 +182,14 @@ def test_a_test_figure_cannot_be_a_selection_metric():
 
     with pytest.raises(ConfigError, match="validation figure"):
         EvaluationSpec(evaluate=lambda *a: {}, selection=("test/acc", "max"), test="test/acc")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_results_table_lists_each_metric_once_selection_then_test(name):
+    from sightline.leaderboard import results_table
+
+    evaluation = get_evaluation(name)
+    rows = [r for r in results_table(name, {}).splitlines()[2:]]
+    keys = [r.split("`")[1] for r in rows]
+    assert keys[:2] == [evaluation.selection[0], evaluation.test]
+    assert len(keys) == len(set(keys))

@@ -400,7 +400,11 @@ def results_table(model: str, metrics: dict) -> str:
     from its metrics file: what the docs pages and the README show, so they cannot drift."""
     key, mode = selection(model)
     evaluation = get_evaluation(model)
-    keys = [key, evaluation.test, *(k for k in evaluation.headline if k != evaluation.test)]
+    keys = [
+        key,
+        evaluation.test,
+        *(k for k in evaluation.headline if k not in (key, evaluation.test)),
+    ]
     rows = [
         [f"`{k}`" + (f" (selection, {mode})" if k == key else ""), _fmt(metrics.get(k))]
         for k in keys
