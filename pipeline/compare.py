@@ -31,14 +31,9 @@ def main() -> None:
     import yaml
 
     from sightline.io import atomic_write_text
-    from sightline.leaderboard import (
-        changed_params,
-        html_page,
-        load_spread,
-        markdown,
-        parse_exp_show,
-    )
+    from sightline.leaderboard import changed_params, html_page, markdown, parse_exp_show
     from sightline.registry import get_model
+    from sightline.spread import load_spread
 
     metrics = {}
     for name in sections:

@@ -80,16 +80,8 @@ def main() -> None:
     args = p.parse_args()
 
     from sightline.errors import InputError
-    from sightline.leaderboard import (
-        SPREAD_FACTOR,
-        better,
-        choose,
-        inside_spread,
-        load_spread,
-        parse_exp_show,
-        selection,
-        selection_spread,
-    )
+    from sightline.leaderboard import better, choose, parse_exp_show, selection
+    from sightline.spread import SPREAD_FACTOR, inside_spread, load_spread, selection_spread
 
     experiments = parse_exp_show(common.exp_show_rows(args.exp_json))
     exp, value = choose(experiments, args.model, args.exp)

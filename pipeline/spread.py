@@ -35,8 +35,8 @@ def main() -> None:
     from sightline.errors import ConfigError, InputError
     from sightline.evaluation import evaluate
     from sightline.io import atomic_write_text
-    from sightline.leaderboard import spread_summary
     from sightline.registry import list_models
+    from sightline.spread import spread_summary
     from sightline.training import train
 
     if args.model not in list_models():

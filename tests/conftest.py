@@ -556,7 +556,14 @@ def packaged(
             module.threshold.fill_(0.37)
         dirs[name] = base / name
         export_model(module, name, ckpt, dirs[name], {})
-        metrics = {"dataset": section.data.dataset, "test/acc": 0.5, "test/f1": 0.25, "fid": 9.0}
+        metrics = {
+            "dataset": section.data.dataset,
+            "val/acc": 0.5,
+            "test/acc": 0.5,
+            "test/f1": 0.25,
+            "val/fid": 9.0,
+            "fid": 9.0,
+        }
         extra = spec.index(module.eval(), prepared_emoji) if spec.index is not None else None
         package_model(
             name,

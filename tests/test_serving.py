@@ -75,7 +75,7 @@ def test_packaged_models_hold_safetensors_json_and_provenance(packaged):
         ).read_bytes()
     assert bentoml.models.get("classifier:latest").info.metadata["metrics"]["test/acc"] == 0.5
     assert len(bentoml.models.get("classifier:latest").info.metadata["class_names"]) == 10
-    assert bentoml.models.get("gan:latest").info.metadata["metrics"] == {"fid": 9.0}
+    assert bentoml.models.get("gan:latest").info.metadata["metrics"] == {"val/fid": 9.0, "fid": 9.0}
 
 
 def test_params_hash_ignores_key_order_and_sees_values():
@@ -678,7 +678,7 @@ def _exp_rows(values: dict[str, float | None], failed: str | None = None) -> lis
 
     def data(v):
         return {
-            "metrics": {} if v is None else {"metrics/classifier.json": {"data": {"test/acc": v}}},
+            "metrics": {} if v is None else {"metrics/classifier.json": {"data": {"val/acc": v}}},
             "params": {},
         }
 
@@ -722,7 +722,7 @@ def _promote(tmp_path, rows, *args):
 def test_promotion_picks_the_best_and_refuses_a_worse_one_without_force(packaged, tmp_path):
     import bentoml
 
-    served = str(bentoml.models.get("classifier:latest").tag)  # packaged with test/acc 0.5
+    served = str(bentoml.models.get("classifier:latest").tag)  # packaged with val/acc 0.5
     (tmp_path / "bento").mkdir(parents=True)
     (tmp_path / "bento/bento.json").write_text(
         json.dumps({"bento": "sightline:x", "models": {"classifier": served}})
@@ -746,7 +746,7 @@ def test_promotion_picks_the_best_and_refuses_a_worse_one_without_force(packaged
             "unknown experiment 'nosuchexp' (experiments: good, broken)",
         ),
         (["classifier", "--exp", "broken"], "experiment 'broken' failed: boom"),
-        (["gan"], "no experiment has gan's fid"),
+        (["gan"], "no experiment has gan's val/fid"),
     ],
 )
 def test_promotion_refuses_unknown_or_unscored_choices_in_one_line(tmp_path, args, needle):
@@ -761,10 +761,10 @@ def test_choose_follows_each_models_direction():
 
     exps = [
         Experiment(
-            "a", "a" * 40, metrics={"vae": {"test/nelbo": 240.0}, "classifier": {"test/acc": 0.9}}
+            "a", "a" * 40, metrics={"vae": {"val/nelbo": 240.0}, "classifier": {"val/acc": 0.9}}
         ),
         Experiment(
-            "b", "b" * 40, metrics={"vae": {"test/nelbo": 230.0}, "classifier": {"test/acc": 0.8}}
+            "b", "b" * 40, metrics={"vae": {"val/nelbo": 230.0}, "classifier": {"val/acc": 0.8}}
         ),
     ]
     assert choose(exps, "vae")[0].name == "b" and choose(exps, "classifier")[0].name == "a"

@@ -8,13 +8,8 @@ import json
 import pytest
 from conftest import run_cli
 
-from sightline.leaderboard import (
-    inside_spread,
-    markdown,
-    parse_exp_show,
-    selection_spread,
-    spread_summary,
-)
+from sightline.leaderboard import markdown, parse_exp_show
+from sightline.spread import inside_spread, selection_spread, spread_summary
 
 
 def test_spread_summary_has_mean_std_and_values_of_numbers_only():
@@ -79,7 +74,7 @@ def test_spread_command_trains_each_seed_and_compare_shows_it(repo_copy, tmp_pat
 
 def test_a_damaged_spread_file_is_one_line_naming_it(tmp_path):
     from sightline.errors import InputError
-    from sightline.leaderboard import load_spread
+    from sightline.spread import load_spread
 
     assert load_spread(tmp_path / "none.json") is None
     bad = tmp_path / "gan.json"

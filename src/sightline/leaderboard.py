@@ -12,13 +12,13 @@ ranked above a scored one.
 from __future__ import annotations
 
 import html
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sightline.errors import InputError
 from sightline.registry import get_evaluation, list_models
+from sightline.spread import as_number, selection_spread
 
 
 def selection(model: str) -> tuple[str, str]:
@@ -93,24 +93,18 @@ def parse_exp_show(rows: list[dict]) -> list[Experiment]:
     return out
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        return None
-    return float(value)
-
-
 def score(exp: Experiment, model: str) -> float | None:
     """The model's selection metric in ``exp``, or ``None`` (failed, missing, not a number)."""
     if exp.error:
         return None
-    return _number(exp.metrics.get(model, {}).get(selection(model)[0]))
+    return as_number(exp.metrics.get(model, {}).get(selection(model)[0]))
 
 
 def shown_test(exp: Experiment, model: str) -> float | None:
     """The test counterpart of the selection metric in ``exp`` (shown, never ranked)."""
     if exp.error:
         return None
-    return _number(exp.metrics.get(model, {}).get(get_evaluation(model).test))
+    return as_number(exp.metrics.get(model, {}).get(get_evaluation(model).test))
 
 
 def rank(experiments: list[Experiment], model: str) -> list[tuple[Experiment, float | None]]:
@@ -119,54 +113,6 @@ def rank(experiments: list[Experiment], model: str) -> list[tuple[Experiment, fl
     scored = [(e, score(e, model)) for e in experiments]
     good = sorted((p for p in scored if p[1] is not None), key=lambda p: sign * p[1])
     return good + [p for p in scored if p[1] is None]
-
-
-SPREAD_FACTOR = 2.0  # a gain must exceed this many seed standard deviations to count
-
-
-def spread_summary(runs: list[dict]) -> dict[str, dict]:
-    """Per numeric metric present in every run: mean, sample standard deviation and values."""
-    import statistics
-
-    out = {}
-    for key in runs[0] if runs else ():
-        values = [r.get(key) for r in runs]
-        if all(_number(v) is not None for v in values) and len(values) > 1:
-            out[key] = {
-                "mean": round(statistics.fmean(values), 6),
-                "std": round(statistics.stdev(values), 6),
-                "values": values,
-            }
-    return out
-
-
-def load_spread(path: Path) -> dict | None:
-    """A ``make spread`` file (``metrics/spread/<model>.json``), or ``None`` where there is
-    none; a damaged one is an ``InputError`` naming it."""
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not JSON ({err}); run `make spread` again") from None
-
-
-def selection_spread(model: str, spread: dict | None) -> float | None:
-    """The seed standard deviation of ``model``'s selection metric in a ``make spread`` file."""
-    entry = ((spread or {}).get("metrics") or {}).get(selection(model)[0]) or {}
-    return _number(entry.get("std"))
-
-
-def inside_spread(model: str, value: float, served: float, std: float | None) -> bool:
-    """Whether ``value``'s gain over ``served`` is no larger than ``SPREAD_FACTOR`` seed
-    standard deviations (a worse value is inside too); ``std`` ``None``: nothing is."""
-    if std is None:
-        return False
-    gain = value - served if selection(model)[1] == "max" else served - value
-    return gain <= SPREAD_FACTOR * std
 
 
 def better(model: str, a: float, b: float) -> bool:

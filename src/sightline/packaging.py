@@ -32,7 +32,13 @@ def headline(name: str, metrics: dict) -> dict[str, float]:
 
     evaluation = get_evaluation(name)
     flat = flatten(metrics)
-    keys = (evaluation.selection[0], *evaluation.headline, "train_time_s", "params")
+    keys = (
+        evaluation.selection[0],
+        evaluation.test,
+        *evaluation.headline,
+        "train_time_s",
+        "params",
+    )
     return {k: flat[k] for k in dict.fromkeys(keys) if isinstance(flat.get(k), int | float)}
 
 

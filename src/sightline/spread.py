@@ -1,0 +1,66 @@
+"""Seed spread: how much a model's metrics move with the training seed (``make spread``), and
+whether a gain over the served model is larger than that."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from sightline.errors import InputError
+from sightline.registry import get_evaluation
+
+
+def as_number(value: Any) -> float | None:
+    """``value`` as a float, or ``None`` for a non-number, a bool or NaN."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return None
+    return float(value)
+
+
+SPREAD_FACTOR = 2.0  # a gain must exceed this many seed standard deviations to count
+
+
+def spread_summary(runs: list[dict]) -> dict[str, dict]:
+    """Per numeric metric present in every run: mean, sample standard deviation and values."""
+    import statistics
+
+    out = {}
+    for key in runs[0] if runs else ():
+        values = [r.get(key) for r in runs]
+        if all(as_number(v) is not None for v in values) and len(values) > 1:
+            out[key] = {
+                "mean": round(statistics.fmean(values), 6),
+                "std": round(statistics.stdev(values), 6),
+                "values": values,
+            }
+    return out
+
+
+def load_spread(path: Path) -> dict | None:
+    """A ``make spread`` file (``metrics/spread/<model>.json``), or ``None`` where there is
+    none; a damaged one is an ``InputError`` naming it."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not JSON ({err}); run `make spread` again") from None
+
+
+def selection_spread(model: str, spread: dict | None) -> float | None:
+    """The seed standard deviation of ``model``'s selection metric in a ``make spread`` file."""
+    entry = ((spread or {}).get("metrics") or {}).get(get_evaluation(model).selection[0]) or {}
+    return as_number(entry.get("std"))
+
+
+def inside_spread(model: str, value: float, served: float, std: float | None) -> bool:
+    """Whether ``value``'s gain over ``served`` is no larger than ``SPREAD_FACTOR`` seed
+    standard deviations (a worse value is inside too); ``std`` ``None``: nothing is."""
+    if std is None:
+        return False
+    gain = value - served if get_evaluation(model).selection[1] == "max" else served - value
+    return gain <= SPREAD_FACTOR * std
