@@ -291,6 +291,10 @@ def test_a_header_sent_twice_is_400_on_every_route(live_server, name):
         "Host": ["127.0.0.1", "example.com"],
         "X-Anything": ["1", "2"],
     }[name]
+    if name == "Host":
+        # refused by the HTTP parser before the body is read: a body left unread when the server
+        # closes makes its kernel reset the connection, which can discard the 400 on its way
+        body = b""
     for path in ROUTES:
         conn = http.client.HTTPConnection(host, port, timeout=30)
         conn.putrequest("POST", path, skip_host=name == "Host")
