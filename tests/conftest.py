@@ -136,6 +136,8 @@ def tiny_section(
         raw["attack"] = TINY_ATTACK
     if "features" in spec.params.model_fields:
         raw["features"] = TINY_FEATURES
+    if "iwae" in spec.params.model_fields:
+        raw["iwae"] = TINY_IWAE
     if upstream is not None:
         raw["upstream"] = str(upstream)
     return spec.params.model_validate(raw)
@@ -195,6 +197,7 @@ def fit_steps(module, dm, steps: int):
 TINY_DATA = {"clip": {"fashion_pairs": 32}, "transfer": {"train_per_class": 4}}
 TINY_ATTACK = {"n": 10, "eps": [2, 8], "steps": 2, "batch_size": 10}
 TINY_FEATURES = {"train_per_class": 6}
+TINY_IWAE = {"samples": 50, "images": 20}
 TINY_SCORE = {
     "samples": 60,
     "val_samples": 40,
@@ -280,6 +283,7 @@ def repo_copy(tmp_path_factory, fashion_root, emoji_package, spam_corpus) -> Pat
             ("score", TINY_SCORE),
             ("attack", TINY_ATTACK),
             ("features", TINY_FEATURES),
+            ("iwae", TINY_IWAE),
         ):
             if key in section:
                 section[key].update(tiny)

@@ -16,6 +16,7 @@ from sightline.artifacts import CKPT_FILE, WEIGHTS_FILE
 from sightline.errors import CheckpointError, ConfigError, InputError
 from sightline.evaluation import evaluate
 from sightline.inference import load_module
+from sightline.metrics.vae import iwae_nll
 from sightline.models.generative import SampleScorer, load_classifier
 from sightline.models.vae import kl_divergence, reparameterize
 from sightline.params import parse_params
@@ -95,6 +96,37 @@ def test_vae_loss_is_recon_plus_beta_kl(likelihood, prepared_fashion):
     recon, kl, _ = module.terms(x)
     assert torch.allclose(loss, (recon + 2.5 * kl).mean())
     assert recon.shape == kl.shape == (len(x),) and (kl >= 0).all()
+
+
+def test_iwae_bound_is_exact_when_the_posterior_is_the_prior(prepared_fashion):
+    # q(z | x) = N(0, I) = p(z) and logits that ignore z: every importance weight is p(x | z),
+    # so the bound is -log p(x | z) whatever the samples, and equals the ELBO.
+    module, dm = build("vae", prepared_fashion)
+    module.eval()
+    torch.nn.init.zeros_(module.net.to_stats.weight)
+    torch.nn.init.zeros_(module.net.to_stats.bias)
+    torch.nn.init.zeros_(module.net.decoder[-1].weight)
+    x = first_batch(dm)[:4]
+    with torch.no_grad():
+        recon, kl, _ = module.terms(x)
+        bound = iwae_nll(module, x, 7, torch.Generator().manual_seed(0))
+    assert torch.allclose(kl, torch.zeros(4)) and torch.allclose(bound, recon, rtol=1e-5)
+
+
+def test_iwae_bound_tightens_with_more_samples(prepared_fashion):
+    torch.manual_seed(0)
+    module, dm = build("vae", prepared_fashion)
+    x = first_batch(dm)
+    opt = torch.optim.Adam(module.parameters(), lr=5e-3)
+    fixed_batch_losses(lambda: sum(t.mean() for t in module.terms(x)[:2]), opt, 60)
+    module.eval()  # a posterior that is no longer the prior, so samples matter
+    with torch.no_grad():
+        recon, kl, _ = module.terms(x)
+        bounds = [
+            iwae_nll(module, x, k, torch.Generator().manual_seed(0)).mean() for k in (1, 10, 1500)
+        ]
+    assert bounds[2] < bounds[1] < bounds[0]
+    assert bounds[2] < (recon + kl).mean()  # below the ELBO, which it bounds from below in log p
 
 
 def test_vae_loss_goes_down_on_a_fixed_batch(prepared_fashion):
@@ -275,6 +307,8 @@ def test_train_and_evaluate_write_scores_and_pictures(
             metrics["test/recon"] + metrics["test/kl"], abs=1e-3
         )
         assert 0 <= metrics["latent/active_units"] <= 4
+        assert metrics["test/iwae_k"] == 50 and 0 < metrics["test/iwae_n"] <= 20
+        assert metrics["test/iwae_nll"] < metrics["test/iwae_nelbo"]
         assert {"reconstructions.png", "latent_space.png"} <= pictures
     else:  # the FID callback chose the best epoch; the fixed noise was saved every epoch
         assert info["best_val/fid"] > 0 and metrics["best_epoch"] in (1, 2)

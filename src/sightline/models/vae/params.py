@@ -23,9 +23,21 @@ class VAEConfig(Strict):
     max_samples: int = Field(256, ge=1, le=10000)  # the most images one sample() call may make
 
 
+class IWAEConfig(Strict):
+    """``models.vae.iwae``: the importance-weighted bound on the test negative log-likelihood.
+
+    ``images`` test images (a seeded subset, the same number per class) get ``samples``
+    posterior samples each; the cost is ``images x samples`` decoder passes.
+    """
+
+    samples: int = Field(1000, ge=1, le=100_000)  # k; Burda et al. publish k = 5,000
+    images: int = Field(1000, ge=0)  # 0: no bound
+
+
 class VAEParams(ModelParams):
     upstream: str = "models/classifier"  # the classifier whose features score the samples
     data: ImageDataConfig = ImageDataConfig()
     model: VAEConfig = VAEConfig()
     score: ScoreConfig = ScoreConfig()
+    iwae: IWAEConfig = IWAEConfig()
     trainer: TrainerConfig = TrainerConfig()
