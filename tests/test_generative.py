@@ -16,6 +16,7 @@ from sightline.artifacts import CKPT_FILE, WEIGHTS_FILE
 from sightline.errors import CheckpointError, ConfigError, InputError
 from sightline.evaluation import evaluate
 from sightline.inference import load_module
+from sightline.metrics.generative import precision_recall
 from sightline.metrics.vae import iwae_nll
 from sightline.models.generative import SampleScorer, load_classifier
 from sightline.models.vae import kl_divergence, reparameterize
@@ -281,6 +282,22 @@ def test_fid_is_zero_against_itself_and_grows_with_noise(tiny_classifier, prepar
     assert fids[0] < fids[1] < fids[2]
 
 
+def test_precision_and_recall_separate_fidelity_from_diversity():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(600, 8, generator=g)
+    collapsed = 0.1 * torch.randn(600, 8, generator=g)  # inside the real cloud, one mode
+    shifted = torch.randn(600, 8, generator=g) + 6.0  # as diverse, elsewhere
+    same = torch.randn(600, 8, generator=g)
+    pr = {
+        name: precision_recall(real, f)
+        for name, f in [("c", collapsed), ("s", shifted), ("r", same)]
+    }
+    assert pr["c"]["precision"] > 0.95 and pr["c"]["recall"] < 0.1
+    assert pr["s"]["precision"] < 0.05 and pr["s"]["recall"] < 0.05
+    assert pr["r"]["precision"] > 0.6 and pr["r"]["recall"] > 0.6
+    assert precision_recall(real, real) == {"precision": 1.0, "recall": 1.0}
+
+
 def test_scoring_refuses_a_classifier_of_other_images(tiny_classifier, prepared_cifar):
     dm = get_model("classifier").datamodule(tiny_section("classifier"), prepared_cifar, 0)
     with pytest.raises(CheckpointError, match="trained on other images"):
@@ -300,6 +317,8 @@ def test_train_and_evaluate_write_scores_and_pictures(
     assert metrics["samples"] == 60 and metrics["fid"] > 0 and metrics["real_floor"]["fid"] >= 0
     assert sum(metrics["class_counts"].values()) == 60
     assert 0 <= metrics["classes_covered"] <= 10 and metrics["inception_score"] >= 1.0
+    for side in (metrics, metrics["real_floor"]):
+        assert 0 <= side["precision"] <= 1 and 0 <= side["recall"] <= 1
     pictures = {p.name for p in (tmp_path / "report").glob("*.png")}
     assert {"samples.png", "interpolation.png", "class_coverage.png"} <= pictures
     if name == "vae":

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sightline.models.generative import score_generator
+from sightline.metrics.generative import score_generator
 from sightline.spec import EvaluationSpec
 from sightline.viz.figures import class_counts_figure, image_rows, sample_grid
 
@@ -95,6 +95,6 @@ EVALUATION = EvaluationSpec(
     evaluate=evaluate_gan,
     selection=("val/fid", "min"),
     test="fid",
-    headline=("fid", "kid", "inception_score"),
+    headline=("fid", "kid", "inception_score", "precision", "recall"),
     pictures=("samples.png", "progress.png"),
 )

@@ -11,7 +11,7 @@ import torch
 from torch.distributions import Normal
 
 from sightline.data.splits import cap_per_class
-from sightline.models.generative import score_generator
+from sightline.metrics.generative import score_generator
 from sightline.progress import progress
 from sightline.spec import EvaluationSpec
 from sightline.viz.figures import class_counts_figure, image_rows, sample_grid, scatter_figure

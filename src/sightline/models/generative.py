@@ -1,5 +1,6 @@
 """Shared by the generative models: request checks, and sample quality on the project's own
-classifier (FID, KID, Inception Score, mode coverage).
+classifier (FID, KID, Inception Score, mode coverage; evaluation adds precision and recall in
+``sightline.metrics.generative``).
 
 Inception weights cannot be downloaded offline, so the feature extractor is the trained
 ``classifier`` (its penultimate layer for FID/KID, its logits for the Inception Score). These
@@ -209,6 +210,14 @@ class SampleScorer:
         if self.inception is not None:
             self.inception.update(images)
 
+    def features(self, real: bool) -> torch.Tensor:
+        """The classifier features ``(N, D)`` of every image added so far on one side (kept by
+        KID; needs ``full``): for precision and recall on the same features."""
+        if self.kid is None:
+            raise ValueError("features are kept only by a full SampleScorer")
+        kept = self.kid.real_features if real else self.kid.fake_features
+        return torch.cat(kept).float()
+
     def reset_fake(self) -> None:
         """Forget the generated images, keep the real ones (one FID per validation epoch)."""
         for metric in (self.fid, self.kid, self.inception):
@@ -238,24 +247,6 @@ class SampleScorer:
         return out
 
 
-def real_floor(
-    classifier: nn.Module,
-    first: torch.Tensor,
-    second: torch.Tensor,
-    kid_subsets: int,
-    kid_subset_size: int,
-    batch_size: int,
-    seed: int,
-) -> dict:
-    """FID/KID between two sets of real uint8 images (e.g. validation vs test): the floor a
-    perfect generator would reach with this many samples."""
-    scorer = SampleScorer(classifier, kid_subsets, kid_subset_size)
-    for images, real in ((first, True), (second, False)):
-        for batch in images.split(batch_size):
-            scorer.update(batch, real=real)
-    return scorer.compute(seed)
-
-
 @torch.no_grad()
 def generate_uint8(module, n: int, batch_size: int, seed: int) -> torch.Tensor:
     """``n`` images ``(n, C, H, W)`` uint8 from ``module.sample`` in seeded batches (CPU)."""
@@ -271,63 +262,3 @@ def subset(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """A seeded random subset of ``n`` rows (all rows, shuffled, when ``n >= len``)."""
     g = torch.Generator().manual_seed(seed)
     return images[torch.randperm(len(images), generator=g)[:n]]
-
-
-def score_generator(module, dm, upstream: str, score, seed: int) -> tuple[dict, torch.Tensor]:
-    """Sample-quality metrics of a generative model against the test split, its FID against
-    the validation split (``val/fid``, for ranking experiments), and the floor.
-
-    The same number ``N`` of images is used on every side: ``N`` generated vs ``N`` test, and
-    ``N`` validation vs ``N`` test for the real-vs-real floor (FID is biased by ``N``).
-
-    Returns:
-        ``(metrics, generated uint8 images)``.
-    """
-    val, test = dm.split("val").tensors[0], dm.split("test").tensors[0]
-    n = min(score.samples, len(val), len(test))
-    clf = load_classifier(upstream, dm.class_names, dm.preprocess, module.device)
-    size = min(score.kid_subset_size, n)
-    real_test, real_val = subset(test, n, seed), subset(val, n, seed)
-    fake = generate_uint8(module, n, score.batch_size, seed)
-    scorer = SampleScorer(clf, score.kid_subsets, size)
-    batches = [(b, True) for b in real_test.split(score.batch_size)]
-    batches += [(b, False) for b in fake.split(score.batch_size)]
-    for batch, real in progress(batches, "scoring real and generated images", unit="batches"):
-        scorer.update(batch, real=real)
-    gen = scorer.compute(seed)
-    # The same samples against validation images: what experiments are ranked by.
-    val_scorer = SampleScorer(clf, full=False)
-    for batch in real_val.split(score.batch_size):
-        val_scorer.update(batch, real=True)
-    for batch in fake.split(score.batch_size):
-        val_scorer.update(batch, real=False)
-    floor = real_floor(clf, real_test, real_val, score.kid_subsets, size, score.batch_size, seed)
-    names = dm.class_names
-    metrics = {
-        "val/fid": val_scorer.compute()["fid"],
-        "fid": gen["fid"],
-        "kid": gen["kid"],
-        "kid_std": gen["kid_std"],
-        "inception_score": gen["inception_score"],
-        "inception_score_std": gen["inception_score_std"],
-        "classes_covered": gen["classes_covered"],
-        "num_classes": len(names),
-        "class_counts": dict(zip(names, gen["class_counts"], strict=True)),
-        "samples": n,
-        "kid_subset_size": size,
-        "feature_extractor": "classifier (penultimate layer)",
-        "real_floor": {
-            "fid": floor["fid"],
-            "kid": floor["kid"],
-            "inception_score": floor["inception_score"],
-            "class_counts": dict(zip(names, floor["class_counts"], strict=True)),
-        },
-    }
-    return _rounded(metrics), fake
-
-
-def _rounded(d: dict) -> dict:
-    return {
-        k: _rounded(v) if isinstance(v, dict) else round(v, 6) if isinstance(v, float) else v
-        for k, v in d.items()
-    }
