@@ -138,6 +138,8 @@ def tiny_section(
         raw["features"] = TINY_FEATURES
     if "iwae" in spec.params.model_fields:
         raw["iwae"] = TINY_IWAE
+    if "dream" in spec.params.model_fields:
+        raw["dream"] = TINY_DREAM
     if upstream is not None:
         raw["upstream"] = str(upstream)
     return spec.params.model_validate(raw)
@@ -198,6 +200,7 @@ TINY_DATA = {"clip": {"fashion_pairs": 32}, "transfer": {"train_per_class": 4}}
 TINY_ATTACK = {"n": 10, "eps": [2, 8], "steps": 2, "batch_size": 10}
 TINY_FEATURES = {"train_per_class": 6}
 TINY_IWAE = {"samples": 50, "images": 20}
+TINY_DREAM = {"size": 32, "class_steps": 3, "channel_steps": 3}
 TINY_SCORE = {
     "samples": 60,
     "val_samples": 40,
@@ -284,6 +287,7 @@ def repo_copy(tmp_path_factory, fashion_root, emoji_package, spam_corpus) -> Pat
             ("attack", TINY_ATTACK),
             ("features", TINY_FEATURES),
             ("iwae", TINY_IWAE),
+            ("dream", TINY_DREAM),
         ):
             if key in section:
                 section[key].update(tiny)

@@ -17,7 +17,6 @@ from sightline.viz.figures import confusion_matrix_figure, image_grid, image_row
 
 LAYERS = {"early": 1, "middle": 3, "late": 5}  # backbone stages whose channels are drawn
 CHANNELS = 8  # channels drawn per layer
-SIZE, STEPS = 128, 64  # their images: wide enough for the late stage's parts; cheap on a CPU
 
 
 @torch.inference_mode()
@@ -67,7 +66,7 @@ def evaluate_transfer(module, dm, report_dir: Path, section, seed: int, model_di
             )
         )
         out.update(_public_backbone_attack(module, images, image_labels, section, seed))
-        _pictures(module, classes, report_dir, seed)
+        _pictures(module, classes, report_dir, seed, section.dream)
     return out
 
 
@@ -108,18 +107,24 @@ def _public_backbone_attack(module, images, labels, section, seed: int) -> dict:
     }
 
 
-def _pictures(module, classes: list[str], report_dir: Path, seed: int) -> None:
+def _pictures(module, classes: list[str], report_dir: Path, seed: int, dream) -> None:
     prep = module.preprocess
     device = next(module.parameters()).device
     forward = lambda x: module(prep.normalize_unit(x))  # noqa: E731
-    shape = (prep.channels, *prep.size)
-    dreams = class_images(forward, len(classes), shape, device, seed=seed, steps=STEPS)
+    shape = (
+        prep.channels,
+        dream.size,
+        dream.size,
+    )  # the backbone sees 224 px whatever the data's size
+    fourier = {"parameterisation": "fourier", "seed": seed}
+    dreams = class_images(forward, len(classes), shape, device, steps=dream.class_steps, **fourier)
     image_grid(
         dreams.numpy(),
         report_dir / "class_images.png",
         classes,
-        ncols=min(len(classes), 10),
-        title="each class's logit maximised from noise, at the dataset's size (jitter, blur, L2)",
+        ncols=min(len(classes), 5),
+        title=f"each class's logit maximised from noise ({dream.size} px; 1/f spectrum, decorrelated"
+        " colour, random shift, scale and rotation)",
     )
     backbone = module.net.backbone
     rows, labels = [], []
@@ -132,10 +137,10 @@ def _pictures(module, classes: list[str], report_dir: Path, seed: int) -> None:
         imgs = channel_images(
             lambda x, trunk=trunk: trunk((x - mean) / std),
             chans,
-            (3, SIZE, SIZE),
+            (3, dream.size, dream.size),
             device,
-            seed=seed,
-            steps=STEPS,
+            steps=dream.channel_steps,
+            **fourier,
         )
         rows.append(imgs.numpy())
         labels.append(f"{name}\nstage {stage + 1}")

@@ -53,9 +53,19 @@ class TransferConfig(Strict):
     probe_epochs: int = Field(100, ge=0)
 
 
+class DreamConfig(Strict):
+    """``models.transfer.dream``: the activation-maximisation pictures of the evaluation (the
+    backbone sees 224 px whatever ``size``; the cost is steps x backbone passes)."""
+
+    size: int = Field(128, ge=16, le=512)  # side of the optimised images, in pixels
+    class_steps: int = Field(128, ge=1)  # one image per class, through backbone and head
+    channel_steps: int = Field(64, ge=1)  # eight channels at each of three backbone stages
+
+
 class TransferParams(ModelParams):
     features: FeaturesConfig = FeaturesConfig()
     data: TransferDataConfig = TransferDataConfig()
     model: TransferConfig = TransferConfig()
     attack: AttackConfig = AttackConfig(n=40)  # the backbone at 224 px: ~1 min on 2 cores
+    dream: DreamConfig = DreamConfig()
     trainer: TrainerConfig = TrainerConfig()
