@@ -10,6 +10,7 @@ framework's conventions for the same two loops.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -30,10 +31,15 @@ def attack(
     """
     from captum.robust import FGSM, PGD
 
-    if steps == 1:
-        return FGSM(forward, lower_bound=0.0, upper_bound=1.0).perturb(x, eps, y)
-    pgd = PGD(forward, lower_bound=0.0, upper_bound=1.0)
-    return pgd.perturb(x, eps, 2.5 * eps / steps, steps, y, random_start=True, norm="Linf")
+    x = x.detach().requires_grad_(True)
+    with warnings.catch_warnings():
+        # captum's PGD hands each step's detached images to FGSM, which warns every step that
+        # it had to turn their gradients on (it does so correctly)
+        warnings.filterwarnings("ignore", "Input Tensor 0 did not already require gradients")
+        if steps == 1:
+            return FGSM(forward, lower_bound=0.0, upper_bound=1.0).perturb(x, eps, y)
+        pgd = PGD(forward, lower_bound=0.0, upper_bound=1.0)
+        return pgd.perturb(x, eps, 2.5 * eps / steps, steps, y, random_start=True, norm="Linf")
 
 
 def _predict(forward: Forward, x: torch.Tensor, batch_size: int) -> torch.Tensor:
