@@ -8,7 +8,7 @@ PORT   ?= 3000
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup system data run test test-slow lint format docs docs-serve bench bench-serve bench-spam bench-features bench-tta gpu-check reproduce-check compare package serve sweep experiment curve spread promote push pull clean
+.PHONY: help setup system data run test test-slow lint format docs docs-serve bench bench-serve bench-spam bench-features bench-tta bench-peers gpu-check reproduce-check compare package serve sweep experiment curve spread promote push pull clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -73,6 +73,8 @@ bench: setup data ## Lightning vs plain PyTorch training throughput
 
 bench-tta: setup data ## time to accuracy: each model's recipe beside HEAD's params (BASELINE=<rev>, MODELS=...), one run
 	$(BIN)/python benchmarks/time_to_accuracy.py --baseline $(or $(BASELINE),HEAD) $(if $(MODELS),--models $(MODELS))
+bench-peers: setup data ## the VAE and the GAN beside their reference peers (pytorch/examples, Lightning), same data and wall time
+	$(BIN)/python benchmarks/peers.py $(if $(MODELS),--models $(MODELS))
 
 package: setup ## BentoML models + the sightline Bento from the trained models (dvc repro package)
 	$(BIN)/dvc repro package
