@@ -73,6 +73,7 @@ bench: setup data ## Lightning vs plain PyTorch training throughput
 
 bench-tta: setup data ## time to accuracy: each model's recipe beside HEAD's params (BASELINE=<rev>, MODELS=...), one run
 	$(BIN)/python benchmarks/time_to_accuracy.py --baseline $(or $(BASELINE),HEAD) $(if $(MODELS),--models $(MODELS))
+
 bench-peers: setup data ## the VAE and the GAN beside their reference peers (pytorch/examples, Lightning), same data and wall time
 	$(BIN)/python benchmarks/peers.py $(if $(MODELS),--models $(MODELS))
 
