@@ -39,6 +39,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pipeline"))
 import common  # noqa: E402
 
+from docs import peer_table  # noqa: E402
+
 PEERS = ("vae", "gan")
 ROWS = {
     "vae": ("test/nelbo", "test/iwae_nll", "fid", "kid", "inception_score", "precision", "recall"),
@@ -188,19 +190,13 @@ def evaluate_peer(name: str, peer: nn.Module, section, dm, seed: int) -> dict:
     return out | scores
 
 
-def table(name: str, ours: dict, peer: dict) -> str:
-    lines = [f"| {name} | ours | peer | floor |", "|---|---|---|---|"]
-    for key in ROWS[name]:
-        floor = peer.get("floor/nelbo") if key == "test/nelbo" else peer["real_floor"].get(key)
-        cells = [ours.get(key), peer.get(key), floor]
-        arrow = "lower" if key in LOWER_IS_BETTER else "higher"
-        lines.append(
-            f"| {key} ({arrow} is better) | "
-            + " | ".join("-" if v is None else f"{v:.4g}" for v in cells)
-            + " |"
-        )
-    lines.append(f"| training time, s | {ours.get('train_time_s')} | {peer['train_time_s']} | |")
-    return "\n".join(lines)
+def floors(name: str, peer: dict) -> dict:
+    """The floor of each row: the soft targets' entropy for the NELBO, the real-vs-real scores
+    for the sample scores, none for the IWAE bound (its floor is the same entropy)."""
+    return {
+        k: peer.get("floor/nelbo") if k == "test/nelbo" else peer["real_floor"].get(k)
+        for k in ROWS[name]
+    }
 
 
 def main() -> None:
@@ -241,10 +237,13 @@ def main() -> None:
         scores = evaluate_peer(name, peer, section, dm, params.seed)
         scores |= {"train_time_s": took, "epochs": epochs, "steps": steps}
         report[name] = {
-            "ours": {k: ours.get(k) for k in (*ROWS[name], "train_time_s")},
+            "rows": list(ROWS[name]),
+            "lower_is_better": [k for k in ROWS[name] if k in LOWER_IS_BETTER],
             "peer": scores,
+            "floor": floors(name, scores),
+            "ours_at_run": {k: ours.get(k) for k in (*ROWS[name], "train_time_s")},
         }
-        print(table(name, ours, scores), flush=True)
+        print(peer_table(name, ours, report[name]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(f"peers: -> {args.out}")

@@ -5,7 +5,8 @@ NAME is a model (its selection and headline metrics) or ``all`` (one row per mod
 block of pictures, ``<!-- pictures: NAME -->`` ... ``<!-- /pictures -->``: the model's
 ``reports/NAME/*.png``, its key pictures first; and ``<!-- params: NAME -->``: the model's
 ``models.NAME`` section of ``params.yaml``; ``<!-- curve: NAME -->``: the table of
-``reports/curves/NAME/learning_curve.json`` (``make curve``). A figure typed in prose or a hand-made table is followed by a comment naming its source,
+``reports/curves/NAME/learning_curve.json`` (``make curve``); ``<!-- peers: NAME -->``: the
+model beside its reference peer (``reports/bench/peers.json``, ``make bench-peers``). A figure typed in prose or a hand-made table is followed by a comment naming its source,
 ``0.9788<!-- spam:test/f1 -->`` (a nested value: ``real_floor/fid``): the figure is written
 again from the metrics file, to the digits it shows. This script writes every block and figure; ``--check`` only reports the blocks that
 differ (exit 1), which the tests run, so no page can disagree with its metrics file. The
@@ -27,7 +28,7 @@ from sightline.leaderboard import results_table, summary_table
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(
-    r"(<!-- (results|pictures|params|curve): ([\w-]+) -->\n)(.*?)(<!-- /\2 -->)", re.S
+    r"(<!-- (results|pictures|params|curve|peers): ([\w-]+) -->\n)(.*?)(<!-- /\2 -->)", re.S
 )
 
 
@@ -113,6 +114,33 @@ def curve_table(name: str, root: Path = REPO) -> str:
     return "\n".join(lines)
 
 
+def peer_table(name: str, ours: dict, entry: dict) -> str:
+    """Ours (``metrics/<name>.json``), the peer's and the floor, one row per score of ``entry``
+    (a model's part of ``reports/bench/peers.json``)."""
+    peer, floor = entry["peer"], entry["floor"]
+    lines = [f"| {name} | ours | peer | floor |", "|---|---|---|---|"]
+    for key in entry["rows"]:
+        better = "lower" if key in entry["lower_is_better"] else "higher"
+        cells = [ours.get(key), peer.get(key), floor.get(key)]
+        shown = " | ".join("-" if v is None else f"{v:.4g}" for v in cells)
+        lines.append(f"| {key} ({better} is better) | {shown} |")
+    lines.append(
+        f"| training, s | {ours.get('train_time_s', '-')} | {peer['train_time_s']} "
+        f"({peer['epochs']} epochs) | |"
+    )
+    return "\n".join(lines)
+
+
+def peers_block(name: str, metrics: dict[str, dict], root: Path = REPO) -> str:
+    path = root / "reports" / "bench" / "peers.json"
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    if name not in report:
+        raise SystemExit(
+            f"peers block {name!r}: not in {path.relative_to(root)} (make bench-peers)"
+        )
+    return peer_table(name, metrics.get(name, {}), report[name])
+
+
 def render(text: str, metrics: dict[str, dict], root: Path = REPO) -> str:
     """``text`` with every results and pictures block written from ``metrics`` and
     ``reports/``, and every annotated figure from its metrics file."""
@@ -125,6 +153,8 @@ def render(text: str, metrics: dict[str, dict], root: Path = REPO) -> str:
             body = pictures(name, root)
         elif kind == "curve":
             body = curve_table(name, root)
+        elif kind == "peers":
+            body = peers_block(name, metrics, root)
         else:
             body = params_section(name, root)
         return m[1] + body + "\n" + m[5]

@@ -43,8 +43,13 @@ def test_a_peer_trains_for_its_time_and_gets_every_score(name, prepared_fashion,
     if name == "vae":
         assert _vae_loss(peer, images[:64].float()) < before  # it learned
         assert scores["floor/nelbo"] < scores["test/iwae_nll"] < scores["test/iwae_nelbo"]
-    scores["train_time_s"] = took
-    assert f"| {name} | ours | peer | floor |" in peers.table(name, {}, scores)
+    scores |= {"train_time_s": took, "epochs": epochs}
+    entry = {"rows": list(peers.ROWS[name]), "lower_is_better": ["fid"], "peer": scores}
+    entry["floor"] = peers.floors(name, scores)
+    shown = peers.peer_table(name, {"fid": 1.5}, entry)
+    assert (
+        f"| {name} | ours | peer | floor |" in shown and "| fid (lower is better) | 1.5 |" in shown
+    )
 
 
 def test_an_unknown_peer_is_a_one_line_error(repo_copy):
