@@ -33,7 +33,7 @@ def main() -> None:
     from sightline.io import atomic_write_text
     from sightline.leaderboard import changed_params, html_page, markdown, parse_exp_show
     from sightline.registry import get_model
-    from sightline.spread import load_spread
+    from sightline.spread import load_spread, params_differ
 
     metrics = {}
     for name in sections:
@@ -46,6 +46,9 @@ def main() -> None:
         for name in sections
     }
     spreads = {name: load_spread(common.METRICS / "spread" / f"{name}.json") for name in sections}
+    for name, spread in spreads.items():  # a spread of another recipe is named as such
+        if spread is not None:
+            spread["differs"] = params_differ(spread, sections[name].model_dump(mode="json"))
     rows = common.exp_show_rows(args.exp_json, args.all_commits)
     experiments = parse_exp_show(rows)
     out = Path(args.out)

@@ -81,7 +81,13 @@ def main() -> None:
 
     from sightline.errors import InputError
     from sightline.leaderboard import better, choose, parse_exp_show, selection
-    from sightline.spread import SPREAD_FACTOR, inside_spread, load_spread, selection_spread
+    from sightline.spread import (
+        SPREAD_FACTOR,
+        inside_spread,
+        load_spread,
+        params_differ,
+        selection_spread,
+    )
 
     experiments = parse_exp_show(common.exp_show_rows(args.exp_json))
     exp, value = choose(experiments, args.model, args.exp)
@@ -92,9 +98,16 @@ def main() -> None:
         raise InputError(
             f"{exp.name} has {key} {value:g}, worse than the served {served[0]} ({served[1]:g}); pass --force (FORCE=1) to promote it anyway"
         )
-    std = selection_spread(
-        args.model, load_spread(common.METRICS / "spread" / f"{args.model}.json")
+    spread = load_spread(common.METRICS / "spread" / f"{args.model}.json")
+    std = selection_spread(args.model, spread)
+    differs = params_differ(
+        spread, common.load_all(args.params)[1][args.model].model_dump(mode="json")
     )
+    if std is not None and differs:
+        print(
+            f"{args.model}: note: metrics/spread/{args.model}.json was measured with other params "
+            f"({', '.join(differs[:3])}{', ...' if len(differs) > 3 else ''}); `make spread` measures today's"
+        )
     if (
         served is not None
         and better(args.model, value, served[1])

@@ -9,7 +9,7 @@ import pytest
 from conftest import run_cli
 
 from sightline.leaderboard import markdown, parse_exp_show
-from sightline.spread import inside_spread, selection_spread, spread_summary
+from sightline.spread import inside_spread, params_differ, selection_spread, spread_summary
 
 
 def test_spread_summary_has_mean_std_and_values_of_numbers_only():
@@ -48,6 +48,23 @@ def test_leaderboard_shows_the_spread_beside_the_selection_metric():
     md = markdown({"classifier": {"val/acc": 0.9}}, {}, parse_exp_show([head]), spreads)
     assert "## classifier: experiments by `val/acc` (max) ± 0.0031 (3 seeds)" in md
     assert "**0.9000** ± 0.0031 (3 seeds)" in md
+
+
+def test_a_spread_of_other_params_is_named_as_such():
+    section = {"model": {"lr": 0.004, "channels": [32, 64]}, "trainer": {"max_epochs": 12}}
+    spread = {
+        "seeds": [42, 43, 44],
+        "section": {"model": {"lr": 0.002, "channels": [32, 64]}, "trainer": {"max_epochs": 12}},
+        "metrics": {"val/acc": {"std": 0.0031}},
+    }
+    assert params_differ(spread, section) == ["model.lr"]
+    assert params_differ({**spread, "section": section}, section) == []
+    assert params_differ(None, section) == [] and params_differ({"seeds": []}, section) == []
+    new_key = {**section, "model": {**section["model"], "ema": 0.9}}
+    assert params_differ({**spread, "section": section}, new_key) == ["model.ema"]
+    spread["differs"] = params_differ(spread, section)
+    md = markdown({"classifier": {"val/acc": 0.9}}, {}, parse_exp_show([]), {"classifier": spread})
+    assert "± 0.0031 (3 seeds; measured with other params: model.lr)" in md
 
 
 def test_spread_command_trains_each_seed_and_compare_shows_it(repo_copy, tmp_path):

@@ -173,10 +173,16 @@ def _fmt(value: Any) -> str:
 
 
 def spread_note(model: str, spreads: dict[str, dict] | None) -> str:
-    """`` ± 0.0012 (3 seeds)`` from the model's ``make spread`` file, or ``""``."""
+    """`` ± 0.0012 (3 seeds)`` from the model's ``make spread`` file, or ``""``; the file's
+    ``differs`` (keys of today's params it was not measured with) are named after it."""
     spread = (spreads or {}).get(model)
     std = selection_spread(model, spread)
-    return "" if std is None else f" ± {_fmt(std)} ({len(spread.get('seeds', []))} seeds)"
+    if std is None:
+        return ""
+    differs = spread.get("differs") or []
+    shown = ", ".join(differs[:3]) + (", ..." if len(differs) > 3 else "")
+    other = f"; measured with other params: {shown}" if differs else ""
+    return f" ± {_fmt(std)} ({len(spread.get('seeds', []))} seeds{other})"
 
 
 def model_rows(

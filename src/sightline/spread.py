@@ -64,3 +64,23 @@ def inside_spread(model: str, value: float, served: float, std: float | None) ->
         return False
     gain = value - served if get_evaluation(model).selection[1] == "max" else served - value
     return gain <= SPREAD_FACTOR * std
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def params_differ(spread: dict | None, section: dict) -> list[str]:
+    """The keys (dotted, e.g. ``model.lr``) where the params ``section`` (``model_dump(mode=
+    "json")``) differs from the one the spread was measured with: a spread of another recipe
+    may not say how much this one moves. Empty without a spread or its section."""
+    if not spread or not isinstance(spread.get("section"), dict):
+        return []
+    then, now = _flat(spread["section"]), _flat(section)
+    return sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
