@@ -127,6 +127,34 @@ def test_head_learns_on_cached_features(cifar_features, prepared_cifar):
     assert losses[-1] < 0.2 * losses[0]
 
 
+@pytest.mark.parametrize("images", [False, True])
+def test_loaders_give_a_plain_dataloaders_batches_read_whole(
+    images, cifar_features, prepared_cifar
+):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    section = tiny_section(
+        "transfer", upstream=cifar_features, model={"finetune_blocks": int(images)}
+    )
+    dm = get_model("transfer").datamodule(section, prepared_cifar, 0)
+    dm.batch_size = dm.eval_batch_size = 7  # a last, smaller batch too
+    plain = TensorDataset(*dm.split("train").tensors)
+    for loader, reference in (
+        (dm.train_dataloader, lambda: DataLoader(plain, batch_size=7, shuffle=True)),
+        (
+            dm.val_dataloader,
+            lambda: DataLoader(TensorDataset(*dm.split("val").tensors), batch_size=7),
+        ),
+    ):
+        torch.manual_seed(3)
+        ours = list(loader())
+        torch.manual_seed(3)
+        theirs = list(reference())
+        assert len(ours) == len(theirs) > 1
+        for (x, y), (x0, y0) in zip(ours, theirs, strict=True):
+            assert torch.equal(x, x0) and torch.equal(y, y0)
+
+
 def test_finetune_trains_only_the_top_blocks(cifar_features, prepared_cifar):
     """Fine-tuning: images through the backbone; the unfrozen blocks and the head move, the
     frozen blocks do not, and no BatchNorm statistics move (ImageNet's are kept)."""

@@ -9,7 +9,13 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+)
 
 from sightline.data.augment import augment_batch
 from sightline.data.splits import load_meta, load_prepared
@@ -21,6 +27,20 @@ from sightline.models.transfer.params import FeaturesConfig, TransferParams
 from sightline.progress import Progress
 
 SPLITS = ("train", "val", "test")
+
+
+class BatchedTensors(TensorDataset):
+    """A ``TensorDataset`` a ``DataLoader`` reads one batch at a time: one indexing per tensor,
+    no Python per item and no collation. The head's steps are so cheap that per-item loading
+    was most of their time."""
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        index = torch.as_tensor(indices)
+        return tuple(t[index] for t in self.tensors)
+
+
+def _as_is(batch):
+    return batch
 
 
 def per_class_order(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -188,13 +208,13 @@ class TransferDataModule(L.LightningDataModule):
                 f"{train_per_class}; raise models.transfer.features.train_per_class"
             )
         self.keep = first_per_class(cached, np.arange(len(cached)), train_per_class)
-        self._sets: dict[str, TensorDataset] = {}
+        self._sets: dict[str, BatchedTensors] = {}
 
     @property
     def class_names(self) -> list[str]:
         return list(self.meta["classes"])
 
-    def split(self, name: str) -> TensorDataset:
+    def split(self, name: str) -> BatchedTensors:
         """Features ``(N, F)`` float16 (or uint8 images) and labels of one split."""
         if name not in self._sets:
             if self.images:
@@ -206,7 +226,7 @@ class TransferDataModule(L.LightningDataModule):
                 x, y = load_features(self.features_dir, name)
                 if name == "train":
                     x, y = x[self.keep], y[self.keep]
-            self._sets[name] = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+            self._sets[name] = BatchedTensors(torch.from_numpy(x), torch.from_numpy(y))
         return self._sets[name]
 
     def cached_train(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,8 +236,15 @@ class TransferDataModule(L.LightningDataModule):
         return torch.from_numpy(x[self.keep]).float(), torch.from_numpy(y[self.keep])
 
     def _loader(self, name: str, shuffle: bool, batch_size: int) -> DataLoader:
+        # the batches of DataLoader(shuffle=shuffle, batch_size=batch_size), read whole; Lightning
+        # still swaps in a DistributedSampler under DDP
+        data = self.split(name)
+        order = RandomSampler(data) if shuffle else SequentialSampler(data)
         return DataLoader(
-            self.split(name), batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers
+            data,
+            batch_sampler=BatchSampler(order, batch_size, drop_last=False),
+            num_workers=self.num_workers,
+            collate_fn=_as_is,
         )
 
     def train_dataloader(self) -> DataLoader:
