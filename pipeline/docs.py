@@ -114,6 +114,10 @@ def curve_table(name: str, root: Path = REPO) -> str:
     return "\n".join(lines)
 
 
+def _score(v) -> str:
+    return "-" if v is None else f"{v:.2f}" if abs(v) >= 10 else f"{v:.4g}"
+
+
 def peer_table(name: str, ours: dict, entry: dict) -> str:
     """Ours (``metrics/<name>.json``), the peer's and the floor, one row per score of ``entry``
     (a model's part of ``reports/bench/peers.json``)."""
@@ -122,7 +126,7 @@ def peer_table(name: str, ours: dict, entry: dict) -> str:
     for key in entry["rows"]:
         better = "lower" if key in entry["lower_is_better"] else "higher"
         cells = [ours.get(key), peer.get(key), floor.get(key)]
-        shown = " | ".join("-" if v is None else f"{v:.4g}" for v in cells)
+        shown = " | ".join(_score(v) for v in cells)
         lines.append(f"| {key} ({better} is better) | {shown} |")
     lines.append(
         f"| training, s | {ours.get('train_time_s', '-')} | {peer['train_time_s']} "
