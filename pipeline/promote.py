@@ -100,10 +100,11 @@ def main() -> None:
         )
     spread = load_spread(common.METRICS / "spread" / f"{args.model}.json")
     std = selection_spread(args.model, spread)
-    differs = params_differ(
-        spread, common.load_all(args.params)[1][args.model].model_dump(mode="json")
-    )
-    if std is not None and differs:
+    differs = []
+    if std is not None and args.params.is_file():  # the note compares with today's params
+        section = common.load_all(args.params)[1][args.model]
+        differs = params_differ(spread, section.model_dump(mode="json"))
+    if differs:
         print(
             f"{args.model}: note: metrics/spread/{args.model}.json was measured with other params "
             f"({', '.join(differs[:3])}{', ...' if len(differs) > 3 else ''}); `make spread` measures today's"
