@@ -737,6 +737,32 @@ def test_promotion_picks_the_best_and_refuses_a_worse_one_without_force(packaged
     assert forced.returncode == 0 and "classifier: worse" in forced.stdout
 
 
+def test_promotion_names_a_spread_measured_with_other_params(tmp_path):
+    import yaml
+    from conftest import REPO
+
+    from sightline.params import load_section
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    _, section = load_section(REPO / "params.yaml", "classifier")
+    (tmp_path / "metrics/spread").mkdir(parents=True)
+    spread = {
+        "seeds": [42, 43, 44],
+        "section": section.model_dump(mode="json"),
+        "metrics": {"val/acc": {"std": 0.001}},
+    }
+    (tmp_path / "metrics/spread/classifier.json").write_text(json.dumps(spread))
+    rows = _exp_rows({"good": 0.61})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    same = _promote(tmp_path, rows, "classifier")
+    assert same.returncode == 0 and "other params" not in same.stdout, same.stderr
+    raw["models"]["classifier"]["model"]["lr"] *= 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    other = _promote(tmp_path, rows, "classifier")
+    assert other.returncode == 0, other.stderr
+    assert "was measured with other params (model.lr)" in other.stdout
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [
