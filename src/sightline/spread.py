@@ -76,11 +76,20 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def params_differ(spread: dict | None, section: dict) -> list[str]:
+def params_differ(spread: dict | None, section: dict, defaults: dict | None = None) -> list[str]:
     """The keys (dotted, e.g. ``model.lr``) where the params ``section`` (``model_dump(mode=
     "json")``) differs from the one the spread was measured with: a spread of another recipe
-    may not say how much this one moves. Empty without a spread or its section."""
+    may not say how much this one moves. Empty without a spread or its section.
+
+    A key the spread's section lacks was added to the schema after it; set to its default
+    (``defaults``, the schema's own ``model_dump``), it is the recipe the spread measured, since
+    a new option's default keeps the earlier behaviour."""
     if not spread or not isinstance(spread.get("section"), dict):
         return []
     then, now = _flat(spread["section"]), _flat(section)
-    return sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
+    base = _flat(defaults or {})
+    return sorted(
+        k
+        for k in then.keys() | now.keys()
+        if then.get(k) != now.get(k) and not (k not in then and k in base and now[k] == base[k])
+    )

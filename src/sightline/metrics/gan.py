@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from sightline.metrics.generative import score_generator
+from sightline.models.generative import SampleScorer, load_classifier, quantize
 from sightline.spec import EvaluationSpec
 from sightline.viz.figures import class_counts_figure, image_rows, sample_grid
 
@@ -36,6 +37,34 @@ def _progress_figure(progress, best_epoch: int | None, path: Path) -> None:
         for i in keep
     ]
     image_rows(rows, path, labels, "gan: the same fixed noise after each epoch (first -> last)")
+
+
+@torch.no_grad()
+def per_class_fid(module, dm, upstream: str, batch_size: int, seed: int) -> dict:
+    """A class-conditional GAN's FID per class: as many images of each class, from a seeded
+    noise, as the test split has of it, against those test images.
+
+    Returns:
+        ``{"fid_per_class": {name: fid}, "fid_per_class_mean": mean}``.
+    """
+    images, labels = dm.split("test").tensors[:2]
+    clf = load_classifier(upstream, dm.class_names, dm.preprocess, module.device)
+    g = torch.Generator().manual_seed(seed + 2)
+    out = {}
+    for c, name in enumerate(dm.class_names):
+        scorer = SampleScorer(clf, full=False)
+        real = images[labels == c]
+        for batch in real.split(batch_size):
+            scorer.update(batch, real=True)
+        for start in range(0, len(real), batch_size):
+            k = min(batch_size, len(real) - start)
+            fake = module.sample(k, g, check=False, labels=torch.full((k,), c))
+            scorer.update(quantize(fake), real=False)
+        out[name] = round(scorer.compute()["fid"], 4)
+    return {
+        "fid_per_class": out,
+        "fid_per_class_mean": round(float(np.mean(list(out.values()))), 4),
+    }
 
 
 @torch.no_grad()
@@ -83,6 +112,8 @@ def evaluate_gan(module, dm, report_dir: Path, section, seed: int, model_dir: Pa
         if (model_dir / "train.json").is_file()
         else {}
     )
+    if module.num_classes:
+        scores |= per_class_fid(module, dm, section.upstream, section.score.batch_size, seed)
     return {
         **scores,
         "best_epoch": None if best_epoch is None else best_epoch + 1,

@@ -4,6 +4,9 @@ ImageNet backbone alone, and what the backbone's channels and the head's classes
 
 from __future__ import annotations
 
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -59,15 +62,27 @@ def evaluate_transfer(module, dm, report_dir: Path, section, seed: int, model_di
     prep = module.preprocess
     images, image_labels = _test_images(dm)
     forward = lambda x: module(prep.normalize_unit(x))  # noqa: E731
+    a, d = section.attack, section.dream
     with module.full_precision():
-        out.update(
-            adversarial_evaluation(
-                forward, images, image_labels, classes, section.attack, report_dir, seed
+        with _part(f"FGSM and PGD-{a.steps} at {len(a.eps)} radii on {a.n} test images"):
+            out.update(
+                adversarial_evaluation(forward, images, image_labels, classes, a, report_dir, seed)
             )
-        )
-        out.update(_public_backbone_attack(module, images, image_labels, section, seed))
-        _pictures(module, classes, report_dir, seed, section.dream)
+        with _part(f"PGD-{a.steps} crafted on the public backbone alone, {a.n} images"):
+            out.update(_public_backbone_attack(module, images, image_labels, section, seed))
+        with _part(f"class and channel images ({d.size} px, {d.class_steps} steps)"):
+            _pictures(module, classes, report_dir, seed, d)
     return out
+
+
+@contextmanager
+def _part(what: str):
+    """A line on stderr when a part of the evaluation starts and when it ends: each takes
+    minutes through the full backbone."""
+    print(f"evaluate@transfer: {what} ...", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    yield
+    print(f"evaluate@transfer: {what}: done in {time.monotonic() - start:.0f} s", file=sys.stderr)
 
 
 def _test_images(dm) -> tuple[torch.Tensor, torch.Tensor]:

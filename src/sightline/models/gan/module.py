@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from sightline.artifacts import artifacts_dir
 from sightline.data.preprocess import ImagePreprocess
+from sightline.errors import InputError
 from sightline.models.gan.net import Discriminator, Generator
 from sightline.models.gan.params import PROGRESS
 from sightline.models.generative import (
@@ -25,7 +26,8 @@ from sightline.models.generative import (
 
 class GANModule(L.LightningModule):
     """DCGAN with the non-saturating (or hinge) loss, trained by manual optimisation (one D
-    step, then one G step per batch).
+    step, then one G step per batch). With ``conditional`` both networks see the label: the
+    generator makes the batch's real labels, and ``sample`` takes the classes to draw.
 
     Args:
         class_names: label names of the training data (for scoring).
@@ -50,20 +52,24 @@ class GANModule(L.LightningModule):
         discriminator_norm: str = "batch",
         loss: str = "bce",
         ema_decay: float = 0.0,
+        conditional: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.preprocess = ImagePreprocess.from_dict(preprocess)
         c, size = self.preprocess.channels, self.preprocess.size
-        self.generator = Generator(latent_dim, c, size, list(generator_channels))
+        self.num_classes = len(class_names) if conditional else 0
+        self.generator = Generator(latent_dim, c, size, list(generator_channels), self.num_classes)
         self.discriminator = Discriminator(
-            c, size, list(discriminator_channels), negative_slope, discriminator_norm
-        )
+            c, size, list(discriminator_channels), negative_slope, discriminator_norm,
+            self.num_classes,
+        )  # fmt: skip
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Noise ``(B, D)`` -> images ``(B, C, H, W)`` in [-1, 1]."""
-        return self.generator(z)
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Noise ``(B, D)`` (and, when conditional, labels ``(B,)``) -> images ``(B, C, H, W)``
+        in [-1, 1]."""
+        return self.generator(z, labels)
 
     def _bce(self, logits: torch.Tensor, target: float) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(
@@ -85,14 +91,15 @@ class GANModule(L.LightningModule):
         return self._bce(d_fake, 1.0)
 
     def training_step(self, batch, batch_idx: int) -> None:
-        real, _ = batch
+        real, y = batch
+        y = y if self.num_classes else None  # conditional: fakes of the real batch's classes
         opt_g, opt_d = self.optimizers()
         z = torch.randn(real.shape[0], self.hparams.latent_dim, device=self.device)
-        fake = self.generator(z)
+        fake = self.generator(z, y)
 
         # Discriminator: real -> 1, fake -> 0 (the generator is frozen by the toggle).
         self.toggle_optimizer(opt_d)
-        d_real, d_fake = self.discriminator(real), self.discriminator(fake.detach())
+        d_real, d_fake = self.discriminator(real, y), self.discriminator(fake.detach(), y)
         d_loss = self.d_loss(d_real, d_fake)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
@@ -101,7 +108,7 @@ class GANModule(L.LightningModule):
 
         # Generator: with bce, non-saturating (maximise log D(G(z)), not minimise log(1 - D(G(z)))).
         self.toggle_optimizer(opt_g)
-        g_loss = self.g_loss(self.discriminator(fake))
+        g_loss = self.g_loss(self.discriminator(fake, y))
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(g_loss)
         opt_g.step()
@@ -121,8 +128,9 @@ class GANModule(L.LightningModule):
         )
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        real, _ = batch  # how sure D is about held-out real images (FID is the selection metric)
-        self.log("val/d_real", self.discriminator(real).float().sigmoid().mean(), sync_dist=True)
+        real, y = batch  # how sure D is about held-out real images (FID is the selection metric)
+        d_real = self.discriminator(real, y if self.num_classes else None)
+        self.log("val/d_real", d_real.float().sigmoid().mean(), sync_dist=True)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -135,16 +143,34 @@ class GANModule(L.LightningModule):
 
     @torch.no_grad()
     def sample(
-        self, n: int, generator: torch.Generator | None = None, check: bool = True
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        check: bool = True,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``n`` images ``(n, C, H, W)`` in [0, 1] from z ~ N(0, I).
 
         Args:
             n: how many; 1..``max_samples`` (``InputError`` otherwise) unless ``check=False``.
             generator: a CPU ``torch.Generator``; the same seed gives the same images.
+            labels: conditional only: the class index of each image ``(n,)``; by default drawn
+                uniformly from ``generator`` after z.
         """
         z = draw_latents(self, n, generator, check)
-        return (self.generator(z).float() + 1) / 2
+        return (self.generator(z, self._labels(n, generator, labels)).float() + 1) / 2
+
+    def _labels(self, n: int, generator, labels) -> torch.Tensor | None:
+        if not self.num_classes:
+            if labels is not None:
+                raise InputError("this gan is not class-conditional: it takes no labels")
+            return None
+        if labels is None:
+            labels = torch.randint(self.num_classes, (n,), generator=generator)
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        if labels.numel() != n or labels.min() < 0 or labels.max() >= self.num_classes:
+            raise InputError(f"labels: {n} class indices in 0..{self.num_classes - 1} expected")
+        return labels.to(self.device)
 
     @torch.no_grad()
     def interpolate_noise(
@@ -154,7 +180,9 @@ class GANModule(L.LightningModule):
         check_count(steps, self.hparams.max_samples, "interpolation steps")
         a, b = torch.randn(2, self.hparams.latent_dim, generator=generator).to(self.device)
         t = torch.linspace(0, 1, steps, device=self.device)[:, None]
-        return (self.generator((1 - t) * a + t * b).float() + 1) / 2
+        label = self._labels(1, generator, None)  # conditional: one class along the line
+        labels = None if label is None else label.expand(steps)
+        return (self.generator((1 - t) * a + t * b, labels).float() + 1) / 2
 
     @torch.no_grad()
     def postprocess(self, images: torch.Tensor) -> list:

@@ -32,6 +32,7 @@ class GANConfig(Strict):
     discriminator_norm: Literal["batch", "spectral"] = "batch"  # spectral: SNGAN, no BatchNorm
     loss: Literal["bce", "hinge"] = "bce"  # bce: non-saturating; hinge: SNGAN's
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # > 0: validate, export and sample an EMA
+    conditional: bool = False  # both networks see the label (cGAN, projection discriminator)
 
 
 class GANParams(ModelParams):
