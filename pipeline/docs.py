@@ -103,7 +103,11 @@ def curve_table(name: str, root: Path = REPO) -> str:
     if not path.is_file():
         raise SystemExit(f"curve block {name!r}: no {path.relative_to(root)} (make curve)")
     rows = json.loads(path.read_text())
-    head = "| per class | images | " + " | ".join(CURVE_METHODS.values()) + " |"
+    backbones = sorted({r["backbone"] for r in rows if "backbone" in r})
+    names = dict(CURVE_METHODS)
+    for m in ("frozen", "finetune"):  # the backbone the transfer points were measured with
+        names[m] += f" ({', '.join(backbones)})" if backbones else ""
+    head = "| per class | images | " + " | ".join(names.values()) + " |"
     lines = [head, "|" + "---|" * (2 + len(CURVE_METHODS))]
     for r in rows:
         cells = [

@@ -198,6 +198,16 @@ def main() -> None:
 
     features, stamp = WORK / "features", WORK / "features.json"
     cfg = transfer.features.model_copy(update={"train_per_class": biggest})
+    result = args.out / "learning_curve.json"
+    rows = {r["per_class"]: r for r in json.loads(result.read_text())} if result.exists() else {}
+    other = {
+        r["backbone"] for r in rows.values() if r.get("backbone", cfg.backbone) != cfg.backbone
+    }
+    if other and set(args.methods) != {"scratch"}:  # one backbone per curve, or its lines mislead
+        raise ConfigError(
+            f"{result}: its transfer points were measured with {', '.join(sorted(other))}, not "
+            f"{cfg.backbone}; give --out another folder for a curve of {cfg.backbone}"
+        )
     made = {**cfg.model_dump(exclude={"train_per_class"}), "dataset": dataset, "seed": seed}
     have = np.load(features / "train_y.npy").size if (features / "train_y.npy").is_file() else -1
     need = len(labels) if biggest is None else biggest * len(np.unique(labels))
@@ -216,8 +226,6 @@ def main() -> None:
         "model.lr": recipe.model.lr,
         "trainer.max_epochs": recipe.trainer.max_epochs,
     }
-    result = args.out / "learning_curve.json"
-    rows = {r["per_class"]: r for r in json.loads(result.read_text())} if result.exists() else {}
     for n in sizes:
         per_class = whole if n is None else n
         keep = first_per_class(labels, order, n)
@@ -242,6 +250,7 @@ def main() -> None:
                         ),
                     }
                 got = fit("transfer", section_with(raw, "transfer", values), seed, prepared, tag)
+                row["backbone"] = cfg.backbone
             row |= {method: got["test"], f"{method}_val": got["val"], f"{method}_s": got["time_s"]}
             print(f"curve: {tag}: val {got['val']:.4f} test {got['test']:.4f} ({got['time_s']} s)")
             ordered = [rows[k] for k in sorted(rows)]

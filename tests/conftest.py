@@ -198,7 +198,7 @@ def fit_steps(module, dm, steps: int):
 
 TINY_DATA = {"clip": {"fashion_pairs": 32}, "transfer": {"train_per_class": 4}}
 TINY_ATTACK = {"n": 10, "eps": [2, 8], "steps": 2, "batch_size": 10}
-TINY_FEATURES = {"train_per_class": 6}
+TINY_FEATURES = {"train_per_class": 6, "backbone": "efficientnet_lite0"}  # the fastest
 TINY_IWAE = {"samples": 50, "images": 20}
 TINY_DREAM = {"size": 32, "class_steps": 3, "channel_steps": 3}
 TINY_SCORE = {

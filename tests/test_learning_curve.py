@@ -47,6 +47,17 @@ def test_curve_trains_each_method_per_size_and_keeps_earlier_points(repo_copy, t
     assert [r["per_class"] for r in rows] == [2, 4]
     assert "scratch" in rows[0] and set(rows[1]) >= {"frozen", "frozen_val", "images"}
     assert "scratch" not in rows[1]
+    assert rows[0]["backbone"] == rows[1]["backbone"] == "efficientnet_lite0"  # tiny params
+
+    for r in rows:  # a curve measured with another backbone is not extended with this one
+        r["backbone"] = "efficientnet_lite2"
+    (out / "learning_curve.json").write_text(json.dumps(rows))
+    mixed = run_cli(
+        ["python", "pipeline/learning_curve.py", "--sizes", "2", "--methods", "frozen", *common],
+        repo_copy,
+    )
+    assert mixed.returncode != 0 and "Traceback" not in mixed.stderr
+    assert "measured with efficientnet_lite2, not efficientnet_lite0" in mixed.stderr
 
 
 def test_curve_rejects_a_bad_size_in_one_line(repo_copy):
