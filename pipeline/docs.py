@@ -6,7 +6,9 @@ block of pictures, ``<!-- pictures: NAME -->`` ... ``<!-- /pictures -->``: the m
 ``reports/NAME/*.png``, its key pictures first; and ``<!-- params: NAME -->``: the model's
 ``models.NAME`` section of ``params.yaml``; ``<!-- curve: NAME -->``: the table of
 ``reports/curves/NAME/learning_curve.json`` (``make curve``); ``<!-- peers: NAME -->``: the
-model beside its reference peer (``reports/bench/peers.json``, ``make bench-peers``). A figure typed in prose or a hand-made table is followed by a comment naming its source,
+model beside its reference peer (``reports/bench/peers.json``, ``make bench-peers``);
+``<!-- spread: all -->``: the seed spread of every model in ``metrics/spread/`` (``make
+spread``). A figure typed in prose or a hand-made table is followed by a comment naming its source,
 ``0.9788<!-- spam:test/f1 -->`` (a nested value: ``real_floor/fid``): the figure is written
 again from the metrics file, to the digits it shows. This script writes every block and figure; ``--check`` only reports the blocks that
 differ (exit 1), which the tests run, so no page can disagree with its metrics file. The
@@ -28,7 +30,8 @@ from sightline.leaderboard import results_table, summary_table
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(
-    r"(<!-- (results|pictures|params|curve|peers): ([\w-]+) -->\n)(.*?)(<!-- /\2 -->)", re.S
+    r"(<!-- (results|pictures|params|curve|peers|spread): ([\w-]+) -->\n)(.*?)(<!-- /\2 -->)",
+    re.S,
 )
 
 
@@ -149,6 +152,31 @@ def peers_block(name: str, metrics: dict[str, dict], root: Path = REPO) -> str:
     return peer_table(name, metrics.get(name, {}), report[name])
 
 
+def spread_table(root: Path = REPO) -> str:
+    """Per model with a ``metrics/spread/<model>.json``: its seeds, and the mean ± sample
+    standard deviation of its selection and test metrics over them."""
+    from sightline.registry import get_evaluation
+    from sightline.spread import SPREAD_FACTOR
+
+    lines = [
+        "| model | seeds | selection metric | mean ± std | test metric | mean ± std "
+        "| a promotion needs a gain over |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted((root / "metrics" / "spread").glob("*.json")):
+        spread = json.loads(path.read_text())
+        model, values = spread["model"], spread["metrics"]
+        ev = get_evaluation(model)
+        sel, test = values[ev.selection[0]], values[ev.test]
+        lines.append(
+            f"| `{model}` | {', '.join(map(str, spread['seeds']))} | `{ev.selection[0]}` "
+            f"({ev.selection[1]}) | {_score(sel['mean'])} ± {_score(sel['std'])} | `{ev.test}` "
+            f"| {_score(test['mean'])} ± {_score(test['std'])} "
+            f"| {_score(SPREAD_FACTOR * sel['std'])} |"
+        )
+    return "\n".join(lines)
+
+
 def render(text: str, metrics: dict[str, dict], root: Path = REPO) -> str:
     """``text`` with every results and pictures block written from ``metrics`` and
     ``reports/``, and every annotated figure from its metrics file."""
@@ -163,6 +191,8 @@ def render(text: str, metrics: dict[str, dict], root: Path = REPO) -> str:
             body = curve_table(name, root)
         elif kind == "peers":
             body = peers_block(name, metrics, root)
+        elif kind == "spread":
+            body = spread_table(root)
         else:
             body = params_section(name, root)
         return m[1] + body + "\n" + m[5]

@@ -40,6 +40,21 @@ def test_a_changed_metric_makes_its_page_stale(tmp_path):
     assert rendered != page.read_text() and "0.5000" in rendered
 
 
+def test_the_spread_table_is_written_from_the_spread_files(tmp_path):
+    spread = tmp_path / "metrics" / "spread"
+    spread.mkdir(parents=True)
+    values = {"val/acc": {"mean": 0.9412, "std": 0.0021}, "test/acc": {"mean": 0.94, "std": 0.003}}
+    (spread / "classifier.json").write_text(
+        json.dumps({"model": "classifier", "seeds": [42, 43], "metrics": values})
+    )
+    rows = docs.spread_table(tmp_path).splitlines()
+    assert len(rows) == 3  # the heading, its rule, one model
+    assert rows[2] == (
+        "| `classifier` | 42, 43 | `val/acc` (max) | 0.9412 ± 0.0021 | `test/acc` "
+        "| 0.94 ± 0.003 | 0.0042 |"
+    )
+
+
 def test_each_registered_model_has_its_page_with_its_results():
     from sightline.registry import list_models
 
