@@ -6,6 +6,8 @@ spectrally normalised discriminator instead of BatchNorm (``discriminator_norm: 
 SNGAN), the hinge loss, and an exponential moving average of the weights that validation,
 checkpoints and sampling use (``ema_decay``). Each default keeps today's networks and training;
 the README says what they did to the CIFAR-10 profile's 10-epoch run (they slowed it down).
+A fourth, ``conditional``, makes both networks see the label (a projection discriminator); the
+evaluation then adds an FID per class.
 
 Parts: ``params``, ``net``, ``module``, ``data``; the ``SPEC`` that registers it is here.
 """
