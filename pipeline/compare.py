@@ -33,7 +33,7 @@ def main() -> None:
     from sightline.io import atomic_write_text
     from sightline.leaderboard import changed_params, html_page, markdown, parse_exp_show
     from sightline.registry import get_model
-    from sightline.spread import load_spread, params_differ
+    from sightline.spread import load_spread, section_differs
 
     metrics = {}
     for name in sections:
@@ -48,9 +48,7 @@ def main() -> None:
     spreads = {name: load_spread(common.METRICS / "spread" / f"{name}.json") for name in sections}
     for name, spread in spreads.items():  # a spread of another recipe is named as such
         if spread is not None:
-            section = sections[name]
-            defaults = type(section)().model_dump(mode="json")
-            spread["differs"] = params_differ(spread, section.model_dump(mode="json"), defaults)
+            spread["differs"] = section_differs(spread, sections[name])
     rows = common.exp_show_rows(args.exp_json, args.all_commits)
     experiments = parse_exp_show(rows)
     out = Path(args.out)

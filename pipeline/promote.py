@@ -85,7 +85,7 @@ def main() -> None:
         SPREAD_FACTOR,
         inside_spread,
         load_spread,
-        params_differ,
+        section_differs,
         selection_spread,
     )
 
@@ -103,8 +103,7 @@ def main() -> None:
     differs = []
     if std is not None and args.params.is_file():  # the note compares with today's params
         section = common.load_all(args.params)[1][args.model]
-        defaults = type(section)().model_dump(mode="json")
-        differs = params_differ(spread, section.model_dump(mode="json"), defaults)
+        differs = section_differs(spread, section)
     if differs:
         print(
             f"{args.model}: note: metrics/spread/{args.model}.json was measured with other params "

@@ -9,7 +9,13 @@ import pytest
 from conftest import run_cli
 
 from sightline.leaderboard import markdown, parse_exp_show
-from sightline.spread import inside_spread, params_differ, selection_spread, spread_summary
+from sightline.spread import (
+    inside_spread,
+    params_differ,
+    section_differs,
+    selection_spread,
+    spread_summary,
+)
 
 
 def test_spread_summary_has_mean_std_and_values_of_numbers_only():
@@ -70,6 +76,19 @@ def test_a_spread_of_other_params_is_named_as_such():
     spread["differs"] = params_differ(spread, section)
     md = markdown({"classifier": {"val/acc": 0.9}}, {}, parse_exp_show([]), {"classifier": spread})
     assert "± 0.0031 (3 seeds; measured with other params: model.lr)" in md
+
+
+def test_a_typed_section_is_compared_with_its_schema_defaults():
+    from sightline.models.gan import GANParams
+
+    section = GANParams()
+    then = section.model_dump(mode="json")
+    del then["model"]["conditional"]  # a spread measured before the option existed
+    assert section_differs({"section": then}, section) == []
+    changed = section.model_copy(
+        update={"model": section.model.model_copy(update={"conditional": True})}
+    )
+    assert section_differs({"section": then}, changed) == ["model.conditional"]
 
 
 def test_spread_command_trains_each_seed_and_compare_shows_it(repo_copy, tmp_path):

@@ -76,6 +76,13 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def section_differs(spread: dict | None, section) -> list[str]:
+    """``params_differ`` for a typed params ``section`` (a model's pydantic params), with its
+    schema's defaults."""
+    defaults = type(section)().model_dump(mode="json")
+    return params_differ(spread, section.model_dump(mode="json"), defaults)
+
+
 def params_differ(spread: dict | None, section: dict, defaults: dict | None = None) -> list[str]:
     """The keys (dotted, e.g. ``model.lr``) where the params ``section`` (``model_dump(mode=
     "json")``) differs from the one the spread was measured with: a spread of another recipe
