@@ -7,10 +7,14 @@ and the model's selection metric (its validation figure, ``EVALUATION.selection`
 validation. The target is the best value the previous recipe reached (or ``--target``). For each
 recipe it prints the time to first reach the target, its whole training time and the final test
 figure of the exported checkpoint, then the ratio current / previous. A recipe change made in code
-needs a params switch to be compared here: both runs use the current code.
+needs a params switch to be compared here: both runs use the current code. ``--profile`` sets a
+params profile on both (the previous recipe takes the profile file as it was at ``--baseline``),
+``--set`` dotted values on both.
 
     make bench-tta                                    # every model, against HEAD's params
     python benchmarks/time_to_accuracy.py --models classifier --baseline HEAD~3
+    python benchmarks/time_to_accuracy.py --models classifier --profile params/cifar10.yaml \
+        --set models.classifier.attack.n=0            # the CIFAR-10 profile, without the attacks
     python benchmarks/time_to_accuracy.py --tiny      # one short epoch each: the plumbing, for CI
 
 Writes ``reports/bench/time_to_accuracy.json``.
@@ -74,6 +78,38 @@ def baseline_params(rev: str) -> dict:
     return yaml.safe_load(result.stdout)
 
 
+def baseline_profile(rev: str, path: Path) -> dict:
+    """The profile file ``path`` at git revision ``rev``, parsed."""
+    import yaml
+
+    from sightline.errors import InputError
+
+    rel = path.resolve().relative_to(common.ROOT)
+    result = subprocess.run(
+        ["git", "show", f"{rev}:{rel}"], capture_output=True, text=True, cwd=common.ROOT
+    )
+    if result.returncode != 0:
+        raise InputError(f"--profile {path} at {rev}: {result.stderr.strip().splitlines()[-1]}")
+    return yaml.safe_load(result.stdout)
+
+
+def with_settings(raw: dict, profile: dict | None, settings: list[str]) -> dict:
+    """The params tree ``raw`` with a profile's leaves and ``KEY=VALUE`` settings set."""
+    import experiment
+    import yaml
+
+    from sightline.errors import InputError
+    from sightline.params import with_values
+
+    values = experiment.leaves(profile) if profile else {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("models."):
+            raise InputError(f"--set {item}: expected models.<name>.<key>=<value>")
+        values[key] = yaml.safe_load(value)
+    return with_values(raw, values)
+
+
 def run_recipe(name: str, section, seed: int, label: str) -> dict:
     """Train and evaluate one recipe; its clock, training time and test figure."""
     from sightline.evaluation import evaluate
@@ -103,6 +139,8 @@ def main() -> None:
     p.add_argument("--baseline", default="HEAD", help="git revision of the previous params.yaml")
     p.add_argument("--target", type=float, help="target value (default: the previous best)")
     p.add_argument("--tiny", action="store_true", help="a few batches of one epoch each (CI)")
+    p.add_argument("--profile", type=Path, help="a params profile set on both recipes")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="set on both")
     p.add_argument("--out", type=Path, default=common.REPORTS / "bench" / "time_to_accuracy.json")
     args = p.parse_args()
 
@@ -113,6 +151,17 @@ def main() -> None:
 
     current = read_params(common.PARAMS)
     previous = baseline_params(args.baseline)
+    if args.profile:
+        import experiment
+
+        profiles = (
+            baseline_profile(args.baseline, args.profile),
+            experiment.read_profile(args.profile),
+        )
+    else:
+        profiles = (None, None)
+    previous = with_settings(previous, profiles[0], args.set)
+    current = with_settings(current, profiles[1], args.set)
     models = args.models or list(current["models"])
     unknown = [m for m in models if m not in list_models() or m not in current["models"]]
     if unknown:

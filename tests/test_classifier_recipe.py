@@ -200,3 +200,72 @@ def test_the_committed_profile_checks_against_params_yaml():
     assert line.startswith("dvc exp run -n cifar10 -S ") and "evaluate@" not in line
     for name in ("classifier", "vae", "gan"):
         assert f"models.{name}.data.dataset=cifar10" in line
+
+
+def test_muon_trains_the_filters_as_matrix_views(prepared_cifar):
+    """``optimizer: muon``: Muon holds 2-D views that share the filters' storage (channels-last
+    or not), SGD the rest; a step moves the filters with their norm held at sqrt(out), and the
+    state-dict keys stay those of the net."""
+    for channels_last in (True, False):
+        module, dm = recipe_module(prepared_cifar, optimizer="muon", channels_last=channels_last)
+        keys = set(module.state_dict())
+        sgd, sched = module.build_optimizer(10)
+        muon, muon_sched = module.build_muon(10)
+        filters = module.conv_filters()
+        assert len(filters) == 6 and all(p.ndim == 4 for p in filters)
+        in_sgd = {id(p) for g in sgd.param_groups for p in g["params"]}
+        assert not in_sgd & {id(p) for p in filters}
+        assert [p.data_ptr() for p in muon.param_groups[0]["params"]] == [
+            p.data_ptr() for p in filters
+        ]
+        before = [p.detach().clone() for p in filters]
+        x, y = next(iter(dm.train_dataloader()))
+        x = dm.preprocess.normalize(x)
+        loss = torch.nn.functional.cross_entropy(module(x), y)
+        loss.backward()
+        module.muon_update([muon])
+        for p, b in zip(filters, before, strict=True):
+            assert not torch.allclose(p, b)
+            assert p.norm().item() == pytest.approx(len(p) ** 0.5, rel=1e-4)
+        assert set(module.state_dict()) == keys
+        assert sched is not None and muon_sched is not None
+
+
+def test_muon_recipe_trains_and_resumes(prepared_cifar, tmp_path):
+    """The muon recipe through Lightning (manual optimization, EMA, checkpoints): both
+    optimizers' states are saved, the exported weights have the net's keys, and a run killed
+    after epoch 1 resumes."""
+    section = recipe_section(max_epochs=2)
+    section = section.model_copy(
+        update={"model": section.model.model_copy(update={"optimizer": "muon"})}
+    )
+    info = train("classifier", section, 0, prepared_cifar, tmp_path / "a", tmp_path / "ra", None)
+    assert info["epochs"] == 2
+    best = torch.load(tmp_path / "a" / CKPT_FILE, map_location="cpu", weights_only=True)
+    assert len(best["optimizer_states"]) == 2
+    assert set(load_file(tmp_path / "a" / WEIGHTS_FILE)) == set(
+        recipe_module(prepared_cifar)[0].state_dict()
+    )
+    run_dir = tmp_path / "rb"
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        train("classifier", section, 0, prepared_cifar, tmp_path / "b", run_dir, None, [_Crash()])
+    resumed = train("classifier", section, 0, prepared_cifar, tmp_path / "b", run_dir, None)
+    assert resumed["resumed_from"] and resumed["epochs"] == 2
+
+
+def test_muon_learns_a_fixed_batch(prepared_cifar):
+    torch.manual_seed(0)
+    module, dm = recipe_module(prepared_cifar, optimizer="muon")
+    x, y = next(iter(dm.train_dataloader()))
+    x = dm.preprocess.normalize(x)
+    module.net.stem.init_from(x)
+    opts = [module.build_optimizer(60)[0], module.build_muon(60)[0]]
+    module.train()
+    losses = []
+    for _ in range(60):
+        module.net.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(module(x), y)
+        loss.backward()
+        module.muon_update(opts)
+        losses.append(loss.item())
+    assert losses[-1] < 0.25 * losses[0], losses[::10]

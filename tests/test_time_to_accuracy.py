@@ -48,3 +48,29 @@ def test_time_to_accuracy_benchmark_runs_both_recipes_and_prints_the_ratio(repo_
     bad = run_cli(["python", "benchmarks/time_to_accuracy.py", "--models", "nosuch"], repo)
     assert bad.returncode != 0 and "--models: unknown nosuch" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_profile_and_settings_apply_to_a_recipe():
+    """``--profile`` leaves and ``--set`` values land in the params tree (both recipes get
+    them); a setting outside ``models.`` is refused with its text."""
+    import importlib.util
+
+    import pytest
+    from conftest import REPO
+
+    from sightline.errors import InputError
+
+    spec = importlib.util.spec_from_file_location("tta", REPO / "benchmarks/time_to_accuracy.py")
+    tta = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tta)
+    raw = {"seed": 1, "models": {"classifier": {"model": {"lr": 0.1, "dropout": 0.3}}}}
+    profile = {"models": {"classifier": {"model": {"lr": 1.5}, "trainer": {"max_epochs": 8}}}}
+    out = tta.with_settings(raw, profile, ["models.classifier.attack.n=0"])
+    assert out["models"]["classifier"] == {
+        "model": {"lr": 1.5, "dropout": 0.3},
+        "trainer": {"max_epochs": 8},
+        "attack": {"n": 0},
+    }
+    assert raw["models"]["classifier"]["model"]["lr"] == 0.1  # a copy
+    with pytest.raises(InputError, match="--set seed=2"):
+        tta.with_settings(raw, None, ["seed=2"])

@@ -49,6 +49,8 @@ class ClassifierModule(L.LightningModule):
         logit_scale: float = 1.0,
         optimizer: str = "adamw",
         momentum: float = 0.9,
+        muon_lr: float = 0.2,
+        muon_momentum: float = 0.6,
         bn_bias_lr_scale: float = 1.0,
         ema_decay: float = 0.0,
         tta: str = "none",
@@ -56,6 +58,9 @@ class ClassifierModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # muon: two optimizers, stepped in training_step (Lightning's manual optimization)
+        self.automatic_optimization = optimizer != "muon"
+        self._filters: list[tuple[nn.Parameter, nn.Parameter]] = []  # (matrix view, filters)
         self.preprocess = ImagePreprocess.from_dict(preprocess)
         self.net = ClassifierNet(
             self.preprocess.channels,
@@ -133,7 +138,25 @@ class ClassifierModule(L.LightningModule):
         if (self.hparams.adversarial or {}).get("eps", 0.0) > 0:
             x, y = batch
             batch = (self.adversarial_batch(x, y), y)
-        return self._common_step(batch, "train", self.train_acc)
+        loss = self._common_step(batch, "train", self.train_acc)
+        if not self.automatic_optimization:
+            self._muon_step(loss)
+        return loss
+
+    def _muon_step(self, loss: torch.Tensor) -> None:
+        """One step of both optimizers and their schedules. Muon sees each filter bank as an
+        ``(out, in x kh x kw)`` matrix that shares its storage; BatchNorm follows every filter
+        bank, so only its direction matters, and its norm is held at sqrt(out) (as airbench's
+        Muon does): ``muon_lr`` is then the relative size of a step."""
+        opts = self.optimizers()
+        self.net.zero_grad(set_to_none=True)
+        for opt in opts:
+            opt.zero_grad()
+        self.manual_backward(loss)
+        self.muon_update(opts)
+        scheds = self.lr_schedulers()
+        for sched in scheds if isinstance(scheds, list) else [scheds] if scheds else []:
+            sched.step()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._common_step(batch, "val", self.val_acc)
@@ -145,11 +168,34 @@ class ClassifierModule(L.LightningModule):
         """Logits ``(B, K)`` -> per image, the ``top_k`` ``{"label", "probability"}`` dicts."""
         return top_labels(logits, self.hparams.class_names, top_k)
 
+    def muon_update(self, opts) -> None:
+        """After the backward pass: Muon's matrices take their filters' gradients, every
+        optimizer in ``opts`` steps, then each filter bank's norm is set back to sqrt(out)."""
+        for matrix, filters in self._filters:
+            matrix.grad = _as_matrix(filters.grad, filters)
+        for opt in opts:
+            opt.step()
+        with torch.no_grad():
+            for matrix, _ in self._filters:
+                matrix.mul_(len(matrix) ** 0.5 / matrix.norm())
+
+    def conv_filters(self) -> list[nn.Parameter]:
+        """The trainable convolution weights ``(out, in, kh, kw)`` (what ``muon`` trains)."""
+        return [
+            m.weight
+            for m in self.net.modules()
+            if isinstance(m, nn.Conv2d) and m.weight.requires_grad
+        ]
+
     def param_groups(self) -> list[dict] | list[nn.Parameter]:
-        """The trainable parameters; with ``bn_bias_lr_scale`` != 1, BatchNorm biases apart
-        with ``lr`` x scale and ``weight_decay`` / scale (the same decay per step)."""
+        """The trainable parameters (without the filters with ``muon``); with
+        ``bn_bias_lr_scale`` != 1, BatchNorm biases apart with ``lr`` x scale and
+        ``weight_decay`` / scale (the same decay per step)."""
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
+        if hp.optimizer == "muon":
+            filters = {id(p) for p in self.conv_filters()}
+            params = [p for p in params if id(p) not in filters]
         if hp.bn_bias_lr_scale == 1.0:
             return params
         biases = {id(m.bias) for m in self.net.modules() if isinstance(m, nn.BatchNorm2d)}
@@ -167,19 +213,23 @@ class ClassifierModule(L.LightningModule):
         """``(optimizer, per-step scheduler or None)`` for a run of ``total_steps`` steps."""
         hp = self.hparams
         groups = self.param_groups()
-        if hp.optimizer == "sgd":
+        if hp.optimizer in ("sgd", "muon"):
             opt = torch.optim.SGD(
                 groups, lr=hp.lr, momentum=hp.momentum, nesterov=True, weight_decay=hp.weight_decay
             )
         else:
             opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        return opt, self.schedule(opt, total_steps)
+
+    def schedule(self, opt: torch.optim.Optimizer, total_steps: int):
+        """``scheduler`` for ``opt`` over ``total_steps`` steps (peaking at each group's lr),
+        or ``None``."""
+        hp = self.hparams
         max_lr = [g["lr"] for g in opt.param_groups]
         if hp.scheduler == "onecycle":
-            return opt, torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=max_lr, total_steps=total_steps
-            )
+            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total_steps)
         if hp.scheduler == "triangle":  # linear: 0.2 lr -> lr at 23% of the run -> 0.07 lr
-            return opt, torch.optim.lr_scheduler.OneCycleLR(
+            return torch.optim.lr_scheduler.OneCycleLR(
                 opt,
                 max_lr=max_lr,
                 total_steps=total_steps,
@@ -190,11 +240,43 @@ class ClassifierModule(L.LightningModule):
                 cycle_momentum=False,
             )
         if hp.scheduler == "cosine":
-            return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-        return opt, None
+            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+        return None
+
+    def build_muon(self, total_steps: int):
+        """``(torch.optim.Muon over matrix views of the filters, its schedule or None)``; the
+        views are made here, after the module is on its device."""
+        hp = self.hparams
+        self._filters = []
+        for filters in self.conv_filters():
+            matrix = nn.Parameter(_as_matrix(filters.data, filters))
+            if matrix.data_ptr() != filters.data_ptr():  # a copy would train nothing
+                raise RuntimeError("a convolution's filters are not viewable as a matrix")
+            self._filters.append((matrix, filters))
+        opt = torch.optim.Muon(
+            [m for m, _ in self._filters],
+            lr=hp.muon_lr,
+            momentum=hp.muon_momentum,
+            nesterov=True,
+            weight_decay=0.0,  # the norm is held fixed instead
+        )
+        return opt, self.schedule(opt, total_steps)
 
     def configure_optimizers(self):
-        opt, sched = self.build_optimizer(int(self.trainer.estimated_stepping_batches))
+        steps = int(self.trainer.estimated_stepping_batches)
+        opt, sched = self.build_optimizer(steps)
+        if self.hparams.optimizer == "muon":
+            muon, muon_sched = self.build_muon(steps)
+            return [opt, muon], [s for s in (sched, muon_sched) if s is not None]
         if sched is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _as_matrix(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Filters ``(O, I, kh, kw)`` as an ``(O, I * kh * kw)`` matrix, columns in ``like``'s memory
+    order (so a view of ``like`` itself; channels-last filters are ``(O, kh, kw, I)`` in memory).
+    Orthogonalising a matrix does not depend on the order of its columns."""
+    if like.is_contiguous():
+        return t.reshape(len(t), -1)
+    return t.permute(0, 2, 3, 1).reshape(len(t), -1)

@@ -60,8 +60,12 @@ class ClassifierConfig(Strict):
     bn_momentum: float = Field(0.1, gt=0.0, le=1.0)  # running-statistics update (PyTorch's sense)
     bn_weight: bool = True  # False: BatchNorm scales fixed at 1 (only biases learn)
     logit_scale: float = Field(1.0, gt=0.0)  # multiplies the logits
-    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: Nesterov momentum, coupled weight decay
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd only
+    # sgd: Nesterov momentum, coupled weight decay; muon: the same for all but the convolution
+    # filters, which torch.optim.Muon trains (orthogonalised steps, norm held at sqrt(out))
+    optimizer: Literal["adamw", "sgd", "muon"] = "adamw"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd and muon's SGD part
+    muon_lr: float = Field(0.2, gt=0.0)  # muon: the filters' relative step at the peak
+    muon_momentum: float = Field(0.6, ge=0.0, lt=1.0)
     bn_bias_lr_scale: float = Field(1.0, gt=0.0)  # BatchNorm biases: lr x this, weight decay / this
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # > 0: validate and export an EMA of the weights
     tta: Literal["none", "flip", "flip_shift"] = "none"  # test-time augmentation in eval mode
