@@ -114,7 +114,7 @@ def test_flip_shift_tta_averages_six_views(prepared_cifar):
 
 
 def test_optimizer_groups_and_triangle_schedule(prepared_cifar):
-    module, _ = recipe_module(prepared_cifar)
+    module, _ = recipe_module(prepared_cifar, optimizer="sgd")
     hp = module.hparams
     opt, sched = module.build_optimizer(100)
     assert type(opt) is torch.optim.SGD and opt.defaults["nesterov"]
@@ -140,7 +140,7 @@ def test_optimizer_groups_and_triangle_schedule(prepared_cifar):
 
 def test_recipe_learns_a_fixed_batch(prepared_cifar):
     torch.manual_seed(0)
-    module, dm = recipe_module(prepared_cifar)
+    module, dm = recipe_module(prepared_cifar, optimizer="sgd")
     x, y = next(iter(dm.train_dataloader()))
     x = dm.preprocess.normalize(x)
     module.net.stem.init_from(x)
@@ -151,14 +151,16 @@ def test_recipe_learns_a_fixed_batch(prepared_cifar):
 
 
 def test_recipe_trains_exports_the_average_and_resumes_it(prepared_cifar, tmp_path):
-    """The whitening is set from the training images before fitting and stays frozen; the
-    checkpoints hold Lightning's EMA of the weights as the model (the raw weights beside it);
-    a run killed after epoch 1 resumes with that average restored."""
+    """The profile through Lightning (Muon and SGD, manual optimization): the whitening is set
+    from the training images before fitting and stays frozen; the checkpoints hold Lightning's
+    EMA of the weights as the model (the raw weights beside it) and both optimizers' states; a
+    run killed after epoch 1 resumes with that average restored."""
     section = recipe_section(max_epochs=2)
     info = train("classifier", section, 0, prepared_cifar, tmp_path / "a", tmp_path / "ra", None)
     assert info["epochs"] == 2 and info["resumed_from"] is None
     best = torch.load(tmp_path / "a" / CKPT_FILE, map_location="cpu", weights_only=True)
     average, raw = best["state_dict"], best["current_model_state"]
+    assert section.model.optimizer == "muon" and len(best["optimizer_states"]) == 2
     weights = load_file(tmp_path / "a" / WEIGHTS_FILE)
     assert all(torch.equal(weights[k], average[k]) for k in weights)
     assert not torch.equal(average["net.out.weight"], raw["net.out.weight"])
@@ -229,28 +231,6 @@ def test_muon_trains_the_filters_as_matrix_views(prepared_cifar):
             assert p.norm().item() == pytest.approx(len(p) ** 0.5, rel=1e-4)
         assert set(module.state_dict()) == keys
         assert sched is not None and muon_sched is not None
-
-
-def test_muon_recipe_trains_and_resumes(prepared_cifar, tmp_path):
-    """The muon recipe through Lightning (manual optimization, EMA, checkpoints): both
-    optimizers' states are saved, the exported weights have the net's keys, and a run killed
-    after epoch 1 resumes."""
-    section = recipe_section(max_epochs=2)
-    section = section.model_copy(
-        update={"model": section.model.model_copy(update={"optimizer": "muon"})}
-    )
-    info = train("classifier", section, 0, prepared_cifar, tmp_path / "a", tmp_path / "ra", None)
-    assert info["epochs"] == 2
-    best = torch.load(tmp_path / "a" / CKPT_FILE, map_location="cpu", weights_only=True)
-    assert len(best["optimizer_states"]) == 2
-    assert set(load_file(tmp_path / "a" / WEIGHTS_FILE)) == set(
-        recipe_module(prepared_cifar)[0].state_dict()
-    )
-    run_dir = tmp_path / "rb"
-    with pytest.raises((KeyboardInterrupt, SystemExit)):
-        train("classifier", section, 0, prepared_cifar, tmp_path / "b", run_dir, None, [_Crash()])
-    resumed = train("classifier", section, 0, prepared_cifar, tmp_path / "b", run_dir, None)
-    assert resumed["resumed_from"] and resumed["epochs"] == 2
 
 
 def test_muon_learns_a_fixed_batch(prepared_cifar):
