@@ -89,8 +89,8 @@ sweep: setup ## Optuna search of sweeps.MODEL in params.yaml, one DVC experiment
 experiment: setup ## one DVC experiment from a params profile: PROFILE=params/cifar10.yaml; MODELS="classifier" runs only those models; NAME=, QUEUE=1
 	$(BIN)/python pipeline/experiment.py $(or $(PROFILE),params/cifar10.yaml) $(if $(MODELS),--models $(MODELS)) $(if $(NAME),--name $(NAME)) $(if $(QUEUE),--queue)
 
-curve: setup ## the transfer model's learning curve (from scratch, frozen, fine-tuned; 10 to all images per class) -> reports/curves/transfer/learning_curve.{json,png}; SIZES="10 100", METHODS="frozen"
-	$(BIN)/python pipeline/learning_curve.py $(if $(SIZES),--sizes $(SIZES)) $(if $(METHODS),--methods $(METHODS))
+curve: setup ## the transfer model's learning curve (from scratch, frozen, fine-tuned; 10 to all images per class) -> reports/curves/transfer/learning_curve.{json,png}; SIZES="10 100", METHODS="frozen", OUT=<folder>
+	$(BIN)/python pipeline/learning_curve.py $(if $(SIZES),--sizes $(SIZES)) $(if $(METHODS),--methods $(METHODS)) $(if $(OUT),--out $(OUT))
 
 promote: setup ## serve the best DVC experiment of MODEL (or EXP=<name>; FORCE=1 if it is worse or inside the seed spread)
 	$(BIN)/python pipeline/promote.py $(MODEL) $(if $(EXP),--exp $(EXP)) $(if $(FORCE),--force)

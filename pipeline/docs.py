@@ -110,6 +110,8 @@ def curve_table(name: str, root: Path = REPO) -> str:
     names = dict(CURVE_METHODS)
     for m in ("frozen", "finetune"):  # the backbone the transfer points were measured with
         names[m] += f" ({', '.join(backbones)})" if backbones else ""
+    optimizers = sorted({r["scratch_optimizer"] for r in rows if "scratch_optimizer" in r})
+    names["scratch"] += f" ({', '.join(optimizers)})" if optimizers else ""
     head = "| per class | images | " + " | ".join(names.values()) + " |"
     lines = [head, "|" + "---|" * (2 + len(CURVE_METHODS))]
     for r in rows:

@@ -221,6 +221,17 @@ def main() -> None:
     recipe = section_with(raw, "classifier", scratch_base)
     if recipe.data.dataset != dataset:
         raise ConfigError(f"{args.profile}: its classifier does not train on {dataset}")
+    optimizer = recipe.model.optimizer
+    other = {
+        r["scratch_optimizer"]
+        for r in rows.values()
+        if r.get("scratch_optimizer", optimizer) != optimizer
+    }
+    if other and "scratch" in args.methods:  # one from-scratch recipe per curve
+        raise ConfigError(
+            f"{result}: its from-scratch points were trained with {', '.join(sorted(other))}, "
+            f"not {optimizer} ({args.profile}); give --out another folder for this recipe"
+        )
     scratch_base |= {
         "data.batch_size": recipe.data.batch_size,
         "model.lr": recipe.model.lr,
@@ -239,6 +250,7 @@ def main() -> None:
                 data = subset_dir(prepared, order, keep, WORK / "prepared" / tag)
                 got = fit("classifier", section_with(raw, "classifier", values), seed, data, tag)
                 shutil.rmtree(data)
+                row["scratch_optimizer"] = optimizer
             else:
                 values = {"upstream": str(features), "data.train_per_class": n}
                 if method == "finetune":

@@ -48,6 +48,26 @@ def test_curve_trains_each_method_per_size_and_keeps_earlier_points(repo_copy, t
     assert "scratch" in rows[0] and set(rows[1]) >= {"frozen", "frozen_val", "images"}
     assert "scratch" not in rows[1]
     assert rows[0]["backbone"] == rows[1]["backbone"] == "efficientnet_lite0"  # tiny params
+    assert rows[0]["scratch_optimizer"] == "adamw" and "scratch_optimizer" not in rows[1]
+
+    profile.write_text(  # another from-scratch recipe does not extend this curve's points
+        yaml.safe_dump(
+            {
+                "models": {
+                    "classifier": {
+                        "data": {"dataset": "fashion_mnist"},
+                        "model": {"optimizer": "sgd"},
+                    }
+                }
+            }
+        )
+    )
+    other = run_cli(
+        ["python", "pipeline/learning_curve.py", "--sizes", "4", "--methods", "scratch", *common],
+        repo_copy,
+    )
+    assert other.returncode != 0 and "Traceback" not in other.stderr
+    assert "trained with adamw, not sgd" in other.stderr
 
     for r in rows:  # a curve measured with another backbone is not extended with this one
         r["backbone"] = "efficientnet_lite2"
