@@ -195,6 +195,19 @@ def image_to_b64(img: Image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def check_network_pixels(model: str, n: int, size: tuple[int, int]) -> None:
+    """``n`` images, each resized to ``size`` (H, W) for ``model``'s network: over
+    ``max_network_pixels`` is a 413 naming the most images that fit. Checked before decoding, as
+    the work a request costs is its images' count at the network's resolution, not their bytes."""
+    work = n * size[0] * size[1]
+    if work > CONFIG.max_network_pixels:
+        fit = CONFIG.max_network_pixels // (size[0] * size[1])
+        raise TooLarge(
+            f"images: {n} images are {work} pixels at the {model} network's {size[0]}x{size[1]};"
+            f" the limit per request is {CONFIG.max_network_pixels} ({fit} images)"
+        )
+
+
 ImageFile = Annotated[Image, BeforeValidator(_open_upload)]
 """An uploaded image (``image/*``), sized from its header while the request is validated."""
 ImageFiles = Annotated[list[ImageFile], Field(min_length=1, max_length=CONFIG.max_images)]

@@ -57,6 +57,7 @@ from serving.inputs import (
     Template,
     ZeroShotLabel,
     answered,
+    check_network_pixels,
     check_request_chars,
     client_errors,
     decoded,
@@ -65,15 +66,21 @@ from serving.inputs import (
 from serving.metrics import bound_endpoint_labels
 from serving.openapi import fix_spec
 from sightline.data.captions import FASHION_TEMPLATES
+from sightline.data.preprocess import network_size
 from sightline.errors import InputError
 from sightline.mail.ocr import available as ocr_available
 from sightline.mail.parse import parse_email
 
 
+def _hparams(name: str) -> dict:
+    """The packaged model ``name``'s hyper-parameters (its ``config.json``)."""
+    path = Path(bentoml.models.get(MODEL_TAGS[name]).path) / "config.json"
+    return json.loads(path.read_text())["hyper_parameters"]
+
+
 def _spam_reads_images() -> int:
     """How many images per message the packaged spam model reads with OCR (0: none)."""
-    path = Path(bentoml.models.get(MODEL_TAGS["spam"]).path) / "config.json"
-    hparams = json.loads(path.read_text())["hyper_parameters"]
+    hparams = _hparams("spam")
     return int(hparams["max_images"]) if hparams.get("image_text") else 0
 
 
@@ -142,6 +149,11 @@ class Sightline:
     def __init__(self) -> None:
         self.tags = {name: str(bentoml.models.get(MODEL_TAGS[name]).tag) for name in MODEL_TAGS}
         self.spam_images = _spam_reads_images()
+        # the size each upload is resized to for its network: what an image costs
+        self.network_sizes = {
+            name: network_size(_hparams(name)["preprocess"])
+            for name in ("classifier", "transfer", "vae")
+        }
         # the services that decode JPEG uploads on their device get them undecoded
         self.decodes_jpeg = {name: CONFIG.service(name).decodes_jpeg for name in SERVICES}
         if self.spam_images and not ocr_available():
@@ -167,6 +179,7 @@ class Sightline:
     async def classifier_predict(self, images: ImageFiles) -> Annotated[list[list[Label]], JSON]:
         """Each image (any size or mode; resized and converted as in training) -> its top-k
         Fashion-MNIST labels with probabilities."""
+        check_network_pixels("classifier", len(images), self.network_sizes["classifier"])
         items = await decoded(images, keep_jpeg=self.decodes_jpeg["classifier"])
         return answered(await self.batched["classifier", "predict"](items))
 
@@ -176,7 +189,9 @@ class Sightline:
     async def transfer_predict(self, images: ImageFiles) -> Annotated[list[list[Label]], JSON]:
         """Each image (any size or mode; resized to the training images' size, then as the
         backbone's ImageNet training did) -> its top-k CIFAR-10 labels with probabilities, from
-        a head on a pretrained ImageNet backbone."""
+        a head on a pretrained ImageNet backbone. At most ``max_network_pixels`` per request
+        at the backbone's resolution (10 images at 224 x 224 by default)."""
+        check_network_pixels("transfer", len(images), self.network_sizes["transfer"])
         items = await decoded(images, keep_jpeg=False)
         return answered(await self.batched["transfer", "predict"](items))
 
@@ -266,6 +281,7 @@ class Sightline:
     @bentoml.api(route="/vae/reconstruct")
     async def vae_reconstruct(self, images: ImageFiles) -> Annotated[list[str], JSON]:
         """Each image -> its reconstruction from the posterior mean (PNG, base64)."""
+        check_network_pixels("vae", len(images), self.network_sizes["vae"])
         items = await decoded(images, keep_jpeg=self.decodes_jpeg["vae"])
         return answered(await self.batched["vae", "reconstruct"](items))
 

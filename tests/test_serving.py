@@ -857,3 +857,21 @@ def test_transfer_predicts_cifar_labels_through_the_whole_backbone(client, packa
     expected = module.postprocess(logits, top_k=5)[0]
     assert [t["label"] for t in top] == [t["label"] for t in expected]
     assert_client_error(client.post("/transfer/predict", files=upload(b"junk")), 400, "images")
+
+
+def test_transfer_work_is_bounded_at_the_backbones_resolution(client):
+    """A 1x1 PNG costs the backbone as much as a photo (both become 224 x 224): the images a
+    request may send are as many as ``max_network_pixels`` holds at that size. One more is a
+    413 naming the limit, refused before anything is decoded; the 28 x 28 classifier's images
+    fit many times over."""
+    from serving.inputs import CONFIG
+
+    fit = CONFIG.max_network_pixels // (224 * 224)
+    assert 1 <= fit < CONFIG.max_images
+    tiny = _png(Image.new("RGB", (1, 1)))
+    ok = client.post("/transfer/predict", files=upload(tiny) * fit)
+    assert ok.status_code == 200 and len(ok.json()) == fit, ok.text
+    over = client.post("/transfer/predict", files=upload(tiny) * (fit + 1))
+    assert_client_error(over, 413, "224x224", str(CONFIG.max_network_pixels), f"({fit} images)")
+    many = client.post("/classifier/predict", files=upload(tiny) * CONFIG.max_images)
+    assert many.status_code == 200, many.text
