@@ -47,7 +47,7 @@ run: setup system data ## set up, then reproduce the whole pipeline (dvc repro)
 	$(BIN)/dvc repro
 
 test: setup system ## set up, then run the fast tests (tiny configs, synthetic data) and build the docs (strict)
-	$(BIN)/python -m pytest -m "not slow and not gpu"
+	$(BIN)/python -m pytest -m "not slow and not gpu" --durations=15
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $${TMPDIR:-/tmp}/sightline-site
 
 docs: setup ## results tables from metrics/*.json into README.md and docs/, then the site into site/ (MkDocs, strict)

@@ -66,7 +66,6 @@ from serving.inputs import (
 from serving.metrics import bound_endpoint_labels
 from serving.openapi import fix_spec
 from sightline.data.captions import FASHION_TEMPLATES
-from sightline.data.preprocess import network_size
 from sightline.errors import InputError
 from sightline.mail.ocr import available as ocr_available
 from sightline.mail.parse import parse_email
@@ -76,6 +75,15 @@ def _hparams(name: str) -> dict:
     """The packaged model ``name``'s hyper-parameters (its ``config.json``)."""
     path = Path(bentoml.models.get(MODEL_TAGS[name]).path) / "config.json"
     return json.loads(path.read_text())["hyper_parameters"]
+
+
+def _network_size(name: str) -> tuple[int, int]:
+    """The ``(H, W)`` each upload of the packaged model ``name`` reaches its network at, from its
+    saved preprocess: ``input_size`` where the dataset's images are resized again for a
+    pretrained backbone (transfer), else ``size``. What one image costs, whatever its upload."""
+    preprocess = _hparams(name)["preprocess"]
+    h, w = preprocess.get("input_size", preprocess["size"])
+    return int(h), int(w)
 
 
 def _spam_reads_images() -> int:
@@ -151,8 +159,7 @@ class Sightline:
         self.spam_images = _spam_reads_images()
         # the size each upload is resized to for its network: what an image costs
         self.network_sizes = {
-            name: network_size(_hparams(name)["preprocess"])
-            for name in ("classifier", "transfer", "vae")
+            name: _network_size(name) for name in ("classifier", "transfer", "vae")
         }
         # the services that decode JPEG uploads on their device get them undecoded
         self.decodes_jpeg = {name: CONFIG.service(name).decodes_jpeg for name in SERVICES}

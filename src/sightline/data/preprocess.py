@@ -16,14 +16,6 @@ from PIL import Image
 from sightline.data.decode import resize
 
 
-def network_size(preprocess: dict) -> tuple[int, int]:
-    """The ``(H, W)`` an image reaches the network at, from any preprocess's ``to_dict``:
-    ``input_size`` where the dataset's images are resized again for a pretrained backbone
-    (``BackbonePreprocess``), else ``size``. What one image costs a server, whatever its upload."""
-    h, w = preprocess.get("input_size", preprocess["size"])
-    return int(h), int(w)
-
-
 @dataclass(frozen=True)
 class ImagePreprocess:
     """Preprocessing settings saved with every image model (plain values).
