@@ -46,6 +46,27 @@ def _model_tags() -> dict[str, str]:
 MODEL_TAGS = _model_tags()
 
 
+def packaged_hparams(name: str) -> dict:
+    """The packaged model ``name``'s hyper-parameters (its ``config.json``)."""
+    path = Path(bentoml.models.get(MODEL_TAGS[name]).path) / "config.json"
+    return json.loads(path.read_text())["hyper_parameters"]
+
+
+def network_size(name: str) -> tuple[int, int]:
+    """The ``(H, W)`` each upload of the packaged model ``name`` reaches its network at, from its
+    saved preprocess: ``input_size`` where the dataset's images are resized again for a
+    pretrained backbone (transfer), else ``size``. What one image costs, whatever its upload."""
+    preprocess = packaged_hparams(name)["preprocess"]
+    h, w = preprocess.get("input_size", preprocess["size"])
+    return int(h), int(w)
+
+
+def spam_reads_images() -> int:
+    """How many images per message the packaged spam model reads with OCR (0: none)."""
+    hparams = packaged_hparams("spam")
+    return int(hparams["max_images"]) if hparams.get("image_text") else 0
+
+
 def options(name: str) -> dict:
     """``bentoml.service`` keyword arguments of the service ``name`` (its params section)."""
     svc = CONFIG.service(name)

@@ -15,7 +15,6 @@ Every request is held to budgets (``serving.inputs``) and passes ``serving.guard
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 from pathlib import Path
@@ -37,6 +36,8 @@ from serving.backends import (
     SpamModel,
     TransferModel,
     VaeModel,
+    network_size,
+    spam_reads_images,
 )
 from serving.coalesce import Coalesce
 from serving.guard import Guard, routes_of
@@ -69,27 +70,6 @@ from sightline.data.captions import FASHION_TEMPLATES
 from sightline.errors import InputError
 from sightline.mail.ocr import available as ocr_available
 from sightline.mail.parse import parse_email
-
-
-def _hparams(name: str) -> dict:
-    """The packaged model ``name``'s hyper-parameters (its ``config.json``)."""
-    path = Path(bentoml.models.get(MODEL_TAGS[name]).path) / "config.json"
-    return json.loads(path.read_text())["hyper_parameters"]
-
-
-def _network_size(name: str) -> tuple[int, int]:
-    """The ``(H, W)`` each upload of the packaged model ``name`` reaches its network at, from its
-    saved preprocess: ``input_size`` where the dataset's images are resized again for a
-    pretrained backbone (transfer), else ``size``. What one image costs, whatever its upload."""
-    preprocess = _hparams(name)["preprocess"]
-    h, w = preprocess.get("input_size", preprocess["size"])
-    return int(h), int(w)
-
-
-def _spam_reads_images() -> int:
-    """How many images per message the packaged spam model reads with OCR (0: none)."""
-    hparams = _hparams("spam")
-    return int(hparams["max_images"]) if hparams.get("image_text") else 0
 
 
 async def ask(call, *args, **kwargs):
@@ -156,10 +136,10 @@ class Sightline:
 
     def __init__(self) -> None:
         self.tags = {name: str(bentoml.models.get(MODEL_TAGS[name]).tag) for name in MODEL_TAGS}
-        self.spam_images = _spam_reads_images()
+        self.spam_images = spam_reads_images()
         # the size each upload is resized to for its network: what an image costs
         self.network_sizes = {
-            name: _network_size(name) for name in ("classifier", "transfer", "vae")
+            name: network_size(name) for name in ("classifier", "transfer", "vae")
         }
         # the services that decode JPEG uploads on their device get them undecoded
         self.decodes_jpeg = {name: CONFIG.service(name).decodes_jpeg for name in SERVICES}
