@@ -75,9 +75,8 @@ class ServingConfig(Strict):
     max_request_bytes: int = Field(10 * 2**20, gt=0)
     max_images: int = Field(16, ge=1)  # images per request
     max_pixels: int = Field(MAX_PIXELS, ge=1)  # decoded pixels per request, from image headers
-    max_network_pixels: int = Field(
-        2**19, ge=1
-    )  # pixels a network sees per request, after its resize
+    # pixels a model's network sees per request, after the model's resize
+    max_network_pixels: int = Field(2**19, ge=1)
     max_messages: int = Field(16, ge=1)  # messages per /spam/predict request
     max_samples: int = Field(64, ge=1)  # n for the generative endpoints
     max_labels: int = Field(64, ge=2)  # zero-shot labels per request
