@@ -25,7 +25,7 @@ def main() -> None:
         common.PREPARED / dataset, out, section.features, params.seed, select_device()
     )
     print(
-        f"features@{dataset}: {meta['backbone']} ({meta['dim']} per image), {meta['counts']}, "
+        f"features@{dataset}: {meta['backbone']} ({meta['dim']} per image, {meta['precision']}), {meta['counts']}, "
         f"{meta['images_per_s']} images/s -> {out}"
     )
 

@@ -230,7 +230,7 @@ def tiny_classifier(tmp_path_factory, prepared_fashion) -> Path:
 
 @pytest.fixture(scope="session")
 def cifar_features(tmp_path_factory, prepared_cifar) -> Path:
-    """The features stage's output for the synthetic CIFAR-10 (EfficientNet-Lite0, bf16)."""
+    """The features stage's output for the synthetic CIFAR-10 (EfficientNet-Lite0, `precision: auto`)."""
     import torch
 
     from sightline.models.transfer import FeaturesConfig, extract_features

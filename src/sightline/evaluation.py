@@ -45,6 +45,7 @@ def evaluate(
         "train_time_s": info["train_time_s"],
         "epochs": info["epochs"],
         "params": info["params"],
+        **({"precision": info["precision"]} if "precision" in info else {}),  # as trained
     }
 
 

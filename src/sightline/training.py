@@ -24,6 +24,7 @@ from sightline.artifacts import (
 )
 from sightline.config import ModelParams
 from sightline.errors import CheckpointError
+from sightline.hardware import accelerator_device, resolve_precision
 from sightline.io import atomic_dir, write_json
 from sightline.registry import get_model
 
@@ -177,6 +178,8 @@ def train(
     callbacks = [ckpt_cb, *spec.callbacks(section, dm, seed), *(callbacks or [])]
     callbacks += [LearningRateMonitor("step")] if logger else []
     options = section.trainer.model_dump()
+    device = accelerator_device(options["accelerator"])
+    options["precision"] = resolve_precision(options["precision"], device)  # auto: bf16 if native
     if options["enable_progress_bar"] and not sys.stderr.isatty():  # a log file, CI: lines
         options["enable_progress_bar"] = False
         callbacks.append(ProgressLines(name))
@@ -203,6 +206,7 @@ def train(
         "resumed_from": str(resume) if resume else None,
         "params": sum(p.numel() for p in module.parameters()),
         "device": str(trainer.strategy.root_device),
+        "precision": options["precision"],
         "world_size": trainer.world_size,
         "fingerprint": fp,
     }

@@ -20,6 +20,7 @@ from torch.utils.data import (
 from sightline.data.augment import augment_batch
 from sightline.data.splits import load_meta, load_prepared
 from sightline.errors import DataError
+from sightline.hardware import resolve_precision
 from sightline.io import atomic_dir, write_json
 from sightline.models.transfer.backbone import input_config, load_backbone
 from sightline.models.transfer.net import BackbonePreprocess
@@ -137,11 +138,12 @@ def extract_features(
     order = order[first_per_class(data["train"][1], order, cfg.train_per_class)]
     data["train"] = (data["train"][0][order], data["train"][1][order])
     total = sum(len(y) for _, y in data.values())
+    precision = resolve_precision(cfg.precision, device)  # what the served model will use too
     start = time.monotonic()
     with atomic_dir(out) as tmp:
         with Progress(f"features@{meta['dataset']}: {cfg.backbone}", total, "images") as bar:
             for split, (x, y) in data.items():
-                f = backbone_features(net, prep, x, cfg.batch_size, cfg.precision, bar)
+                f = backbone_features(net, prep, x, cfg.batch_size, precision, bar)
                 np.save(tmp / f"{split}_f.npy", f.numpy().astype(np.float16))
                 np.save(tmp / f"{split}_y.npy", y)
         np.save(tmp / "train_index.npy", order)
@@ -151,7 +153,7 @@ def extract_features(
             "backbone": cfg.backbone,
             "weights": cfg.weights,
             "dim": int(net.num_features),
-            "precision": cfg.precision,
+            "precision": precision,
             "preprocess": prep.to_dict(),
             "counts": {s: len(y) for s, (_, y) in data.items()},
         }

@@ -23,7 +23,8 @@ class FeaturesConfig(Strict):
     # overshoot costs 2 points of validation accuracy (docs/models/transfer.md)
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     batch_size: int = Field(16, gt=0)
-    precision: Literal["bf16-mixed", "32-true"] = "bf16-mixed"  # autocast where the device has it
+    # auto: bf16 autocast where the device runs bf16 natively (sightline.hardware), else float32
+    precision: Literal["auto", "bf16-mixed", "32-true"] = "auto"
 
 
 class TransferDataConfig(Strict):
