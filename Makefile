@@ -8,7 +8,7 @@ PORT   ?= 3000
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup system data run test test-slow lint format docs docs-serve bench bench-serve bench-spam bench-features bench-tta bench-peers gpu-check reproduce-check compare package serve sweep experiment curve spread promote push pull clean
+.PHONY: help setup system data run test test-slow lint format docs docs-serve bench bench-serve bench-spam bench-precision bench-features bench-tta bench-peers gpu-check reproduce-check compare package serve sweep experiment curve spread promote push pull clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -103,6 +103,9 @@ bench-serve: setup ## load test of the served classifier vs the in-process model
 
 gpu-check: $(if $(USE_PYTHON),,setup) ## on a CUDA machine: every model trains a few steps there, then the served classifier under load with gpu: 1 (slow on a CPU); USE_PYTHON=python3: an interpreter that has the Bento's packages and pytest, no .venv, nothing installed
 	$(if $(USE_PYTHON),PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(USE_PYTHON),$(BIN)/python) -m pytest -m gpu -s -q -p no:cacheprovider tests/test_gpu.py tests/test_models.py
+
+bench-precision: setup data ## what precision: auto picks here, and each model's training step in float32 and bf16 (MODELS=...), one run
+	$(BIN)/python benchmarks/precision.py $(if $(MODELS),--models $(MODELS))
 
 bench-features: setup ## the transfer features stage's images/s beside its backbone's forward rate, one run (after dvc repro features)
 	$(BIN)/python benchmarks/transfer_features.py

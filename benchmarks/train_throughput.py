@@ -99,6 +99,13 @@ def main() -> None:
     from sightline.params import load_section
 
     params, section = load_section(args.params, "classifier")
+    from sightline.hardware import accelerator_device, resolve_precision
+
+    trainer = section.trainer  # `auto` as training resolves it, so both loops run the same
+    precision = resolve_precision(trainer.precision, accelerator_device(trainer.accelerator))
+    section = section.model_copy(
+        update={"trainer": trainer.model_copy(update={"precision": precision})}
+    )
     from sightline.registry import get_model
 
     spec = get_model("classifier")

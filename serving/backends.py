@@ -113,6 +113,8 @@ class Loaded:
         self.device = select_device()
         self.half = CONFIG.half and self.device.type == "cuda"
         self.m = load_module(self.stored.path, self.name, self.device)
+        if hasattr(self.m, "for_device"):  # a precision the device runs natively (transfer)
+            log.info("%s: runs in %s on %s", self.name, self.m.for_device(self.device), self.device)
         self.ready = False
         with self.infer():
             self.warm_up(PILImage.new("RGB", (32, 32), (128, 128, 128)))

@@ -68,3 +68,27 @@ def test_the_features_stage_records_the_precision_the_served_model_repeats(
     meta = extract_features(prepared_cifar, tmp_path / "f", cfg, 0, torch.device("cpu"))
     assert meta["precision"] == "32-true"
     assert json.loads((tmp_path / "f" / "meta.json").read_text())["precision"] == "32-true"
+
+
+def test_a_bf16_transfer_model_is_served_in_float32_where_bf16_is_emulated(
+    cifar_features, prepared_cifar, cpu_with
+):
+    """Features cached in bf16 (on a machine that has it) and a serving CPU without it: the
+    backbone runs in float32 there, which gives what an explicit float32 pass gives."""
+    from conftest import tiny_section
+
+    from sightline.registry import get_model
+
+    section = tiny_section("transfer", upstream=cifar_features)
+    spec = get_model("transfer")
+    dm = spec.datamodule(section, prepared_cifar, 0)
+    module = spec.module(**{**spec.module_kwargs(section, dm), "precision": "bf16-mixed"}).eval()
+    x = module.preprocess.normalize(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    with torch.no_grad(), module.full_precision():
+        float32 = module.features(x)
+    cpu_with("avx2", "avx512_bf16")
+    assert module.for_device("cpu") == "bf16-mixed"  # native: kept, as the cache was made
+    cpu_with("avx2")
+    assert module.for_device("cpu") == "32-true"
+    with torch.no_grad():
+        assert torch.equal(module.features(x), float32)

@@ -26,27 +26,28 @@ def test_curve_trains_each_method_per_size_and_keeps_earlier_points(repo_copy, t
         "--finetune-images",
         "0",
     ]
+    # the larger size first: its features cover the smaller one's, so they are computed once
     first = run_cli(
-        ["python", "pipeline/learning_curve.py", "--sizes", "2", "--finetune-epochs", "1", *common],
+        ["python", "pipeline/learning_curve.py", "--sizes", "4", "--methods", "frozen", *common],
         repo_copy,
     )
     assert first.returncode == 0, first.stderr[-2000:]
     rows = json.loads((out / "learning_curve.json").read_text())
-    assert [r["per_class"] for r in rows] == [2]
-    assert rows[0]["images"] == 20  # 2 of each of the 10 classes
-    for method in ("scratch", "frozen", "finetune"):
-        assert 0.0 <= rows[0][method] <= 1.0 and 0.0 <= rows[0][f"{method}_val"] <= 1.0
+    assert [r["per_class"] for r in rows] == [4]
+    assert set(rows[0]) >= {"frozen", "frozen_val", "images"} and "scratch" not in rows[0]
     assert (out / "learning_curve.png").stat().st_size > 0
 
     second = run_cli(
-        ["python", "pipeline/learning_curve.py", "--sizes", "4", "--methods", "frozen", *common],
+        ["python", "pipeline/learning_curve.py", "--sizes", "2", "--finetune-epochs", "1", *common],
         repo_copy,
     )
     assert second.returncode == 0, second.stderr[-2000:]
+    assert "curve: features of" not in second.stdout  # the cached ones serve the smaller size
     rows = json.loads((out / "learning_curve.json").read_text())
-    assert [r["per_class"] for r in rows] == [2, 4]
-    assert "scratch" in rows[0] and set(rows[1]) >= {"frozen", "frozen_val", "images"}
-    assert "scratch" not in rows[1]
+    assert [r["per_class"] for r in rows] == [2, 4]  # the earlier point is kept, sizes in order
+    assert rows[0]["images"] == 20  # 2 of each of the 10 classes
+    for method in ("scratch", "frozen", "finetune"):
+        assert 0.0 <= rows[0][method] <= 1.0 and 0.0 <= rows[0][f"{method}_val"] <= 1.0
     assert rows[0]["backbone"] == rows[1]["backbone"] == "efficientnet_lite0"  # tiny params
     assert rows[0]["scratch_optimizer"] == "adamw" and "scratch_optimizer" not in rows[1]
 

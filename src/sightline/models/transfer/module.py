@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from sightline.hardware import BF16, FLOAT32, native_bf16
 from sightline.models import top_labels
 from sightline.models.transfer.backbone import load_backbone
 from sightline.models.transfer.data import autocast
@@ -104,11 +105,20 @@ class TransferModule(L.LightningModule):
         """Run the backbone in float32 inside: attacks need exact input gradients (a bf16
         input rounds away perturbations under 1/128 of the pixel range, which would look like
         robustness)."""
-        self._precision = "32-true"
+        before, self._precision = self._precision, FLOAT32
         try:
             yield self
         finally:
-            self._precision = self.hparams.precision
+            self._precision = before
+
+    def for_device(self, device: torch.device | str) -> str:
+        """Serve on ``device``: the backbone keeps the features' bf16 only where ``device``
+        computes bf16 natively; elsewhere bf16 is emulated, 5 to 20 times slower than float32,
+        and it runs in float32 (its features then differ from bf16-cached ones by bf16
+        rounding). Returns the precision it runs with."""
+        if self._precision == BF16 and not native_bf16(device):
+            self._precision = FLOAT32
+        return self._precision
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's input ``(B, 3, H, W)`` -> pooled features ``(B, F)`` float32, computed
