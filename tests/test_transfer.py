@@ -94,7 +94,7 @@ def test_features_stage_output(cifar_features, prepared_cifar):
 
 def test_served_path_gives_the_cached_features(cifar_features, prepared_cifar):
     """A test image as a served PNG goes through the module's preprocessing and backbone and
-    gives the features the stage cached for it (float16 storage, bf16 autocast in both)."""
+    gives the features the stage cached for it (float16 storage, the same precision in both)."""
     from sightline.data.splits import load_prepared
 
     section = tiny_section("transfer", upstream=cifar_features)
