@@ -35,6 +35,7 @@ def test_dvc_repro_end_to_end(reproduced):
     metrics = json.loads((reproduced / "metrics/classifier.json").read_text())
     assert set(metrics) >= CLASSIFIER_KEYS
     assert metrics["test/n"] == 100 and 0.0 <= metrics["test/acc"] <= 1.0
+    assert metrics["train_precision"] == "32-true"  # the tiny params' trainer precision
     assert len(metrics["test/per_class"]) == 10
     for png in ("confusion_matrix", "filters", "feature_maps"):
         assert (reproduced / f"reports/classifier/{png}.png").stat().st_size > 1000
@@ -47,6 +48,7 @@ def test_dvc_repro_end_to_end(reproduced):
     ):
         scores = json.loads((reproduced / f"metrics/{name}.json").read_text())
         assert scores["fid"] > 0 and scores["samples"] == 60 and "fid" in scores["real_floor"]
+        assert 0.0 <= scores["precision"] <= 1.0  # the sample score, not the numeric precision
         for png in pictures:
             assert (reproduced / f"reports/{name}/{png}.png").stat().st_size > 1000
     spam = json.loads((reproduced / "metrics/spam.json").read_text())

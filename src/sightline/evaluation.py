@@ -45,7 +45,8 @@ def evaluate(
         "train_time_s": info["train_time_s"],
         "epochs": info["epochs"],
         "params": info["params"],
-        **({"precision": info["precision"]} if "precision" in info else {}),  # as trained
+        # the numeric precision it was trained in (not "precision", a sample score's name)
+        **({"train_precision": info["precision"]} if "precision" in info else {}),
     }
 
 
