@@ -22,27 +22,23 @@ sys.path.insert(0, str(ROOT / "pipeline"))
 import common  # noqa: E402
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from train_throughput import StepTimer  # noqa: E402
+from train_throughput import timed_fit  # noqa: E402
 
 PRECISIONS = ("32-true", "bf16-mixed")
 
 
 def step_ms(module, dm, section, precision: str, steps: int, warmup: int) -> float:
     """Mean wall time of a training step after ``warmup`` steps, in ms."""
-    timer = StepTimer(warmup)
-    L.Trainer(
+    timer = timed_fit(
+        module,
+        dm,
+        warmup,
         accelerator=section.trainer.accelerator,
         devices=1,
         precision=precision,
         limit_train_batches=warmup + steps,  # batches, not optimiser steps (the GAN has two)
         max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[timer],
-    ).fit(module, datamodule=dm)
+    )
     return 1000 * (timer.end - timer.start) / steps  # from batch `warmup` to the last's end
 
 

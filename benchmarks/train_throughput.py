@@ -40,18 +40,25 @@ class StepTimer(L.Callback):
         self.end = time.perf_counter()
 
 
-def lightning_loop(module, dm, section, steps: int, warmup: int) -> float:
+def timed_fit(module, dm, warmup: int, **trainer) -> StepTimer:
+    """Fit ``module`` with ``trainer`` settings and nothing else (no logger, checkpoint,
+    progress bar or validation); returns the timer of the steps after ``warmup``."""
     timer = StepTimer(warmup)
-    trainer_kwargs = {**section.trainer.model_dump(), "max_steps": steps, "max_epochs": -1}
-    trainer_kwargs.update(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[timer],
-    )
-    L.Trainer(**trainer_kwargs).fit(module, datamodule=dm)
+    quiet = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "limit_val_batches": 0,
+        "callbacks": [timer],
+    }
+    L.Trainer(**{**trainer, **quiet}).fit(module, datamodule=dm)
+    return timer
+
+
+def lightning_loop(module, dm, section, steps: int, warmup: int) -> float:
+    settings = {**section.trainer.model_dump(), "max_steps": steps, "max_epochs": -1}
+    timer = timed_fit(module, dm, warmup, **settings)
     return (steps - warmup) * dm.batch_size / (timer.end - timer.start)
 
 
