@@ -51,11 +51,15 @@ def features_ms(section, device, precision: str, steps: int, warmup: int) -> flo
 
     cfg, prepared = section.features, common.PREPARED / section.data.dataset
     x = torch.as_tensor(load_prepared(prepared, "val")[0][: (warmup + steps) * cfg.batch_size])
-    prep = backbone_preprocess(load_meta(prepared), cfg.backbone, cfg.interpolation)
+    prep = backbone_preprocess(load_meta(prepared), cfg)
     net = load_backbone(cfg.backbone, cfg.weights).to(device).to(memory_format=torch.channels_last)
-    backbone_features(net, prep, x[: warmup * cfg.batch_size], cfg.batch_size, precision)
+    backbone_features(
+        net, prep, x[: warmup * cfg.batch_size], cfg.batch_size, precision, layers=cfg.layers
+    )
     start = time.perf_counter()
-    backbone_features(net, prep, x[warmup * cfg.batch_size :], cfg.batch_size, precision)
+    backbone_features(
+        net, prep, x[warmup * cfg.batch_size :], cfg.batch_size, precision, layers=cfg.layers
+    )
     return 1000 * (time.perf_counter() - start) / steps
 
 

@@ -36,7 +36,7 @@ def main() -> None:
     from sightline.data.splits import load_meta, load_prepared
     from sightline.hardware import resolve_precision
     from sightline.inference import select_device
-    from sightline.models.transfer.backbone import load_backbone
+    from sightline.models.transfer.backbone import load_backbone, tap
     from sightline.models.transfer.data import autocast, backbone_features, backbone_preprocess
     from sightline.params import load_section
 
@@ -48,11 +48,11 @@ def main() -> None:
     device = select_device()
     precision = resolve_precision(cfg.precision, device)  # as the stage resolves it
     x = torch.as_tensor(load_prepared(prepared, "val")[0][: args.images])
-    prep = backbone_preprocess(load_meta(prepared), cfg.backbone, cfg.interpolation)
+    prep = backbone_preprocess(load_meta(prepared), cfg)
     net = load_backbone(cfg.backbone, cfg.weights).to(device).to(memory_format=torch.channels_last)
     ready = prep.normalize(x.to(device)).contiguous(memory_format=torch.channels_last)
     print(
-        f"{cfg.backbone}, {precision} ({cfg.precision}), {len(x)} {section.data.dataset} images "
+        f"{cfg.backbone} ({', '.join(cfg.layers)}), {precision} ({cfg.precision}), {len(x)} {section.data.dataset} images "
         f"{tuple(x.shape[1:])} -> {tuple(ready.shape[1:])}, {torch.get_num_threads()} threads, "
         f"{device}"
     )
@@ -61,10 +61,12 @@ def main() -> None:
     def forward(bs: int) -> None:
         for i in range(0, len(ready), bs):
             with autocast(device, precision):
-                net(ready[i : i + bs])
+                tap(net, ready[i : i + bs], cfg.layers)
 
     for bs in args.batch_sizes:
-        stage = rate(lambda bs=bs: backbone_features(net, prep, x, bs, precision), len(x))
+        stage = rate(
+            lambda bs=bs: backbone_features(net, prep, x, bs, precision, layers=cfg.layers), len(x)
+        )
         backbone = rate(lambda bs=bs: forward(bs), len(x))
         print(
             f"batch {bs:4d}: features path {stage:7.1f} images/s, backbone forward "

@@ -224,3 +224,101 @@ def test_a_wrong_backbone_name_is_a_params_error():
     }
     with pytest.raises(ConfigError, match="models.transfer.features.backbone"):
         parse_section(raw, "transfer")
+
+
+TAPPED = {"layers": ["blocks.4", "blocks.5", "blocks.6"], "resolution": 96}
+
+
+@pytest.fixture(scope="module")
+def tapped_features(tmp_path_factory, prepared_cifar):
+    """The features stage with stage outputs tapped at a lower input side than the backbone's."""
+    from conftest import TINY_FEATURES
+
+    from sightline.models.transfer import FeaturesConfig, extract_features
+
+    out = tmp_path_factory.mktemp("tapped") / "cifar10"
+    cfg = FeaturesConfig(**{**TINY_FEATURES, "train_per_class": 4, **TAPPED})
+    extract_features(prepared_cifar, out, cfg, 0, torch.device("cpu"))
+    return out
+
+
+def test_tapped_layers_are_pooled_and_concatenated_in_network_order():
+    from sightline.models.transfer.backbone import tap, tap_dim
+
+    net = load_backbone("efficientnet_lite0")
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        stages, pooled = [], net.bn1(net.conv_stem(x))
+        for stage in net.blocks:
+            pooled = stage(pooled)
+            stages.append(pooled.mean((2, 3)))
+        both = tap(net, x, ["head", "blocks.2"])  # named out of order: network order still
+        three = tap(net, x, TAPPED["layers"])
+        assert torch.allclose(three, torch.cat(stages[4:], 1), atol=1e-5)
+        assert torch.allclose(both[:, :40], stages[2], atol=1e-5)
+        assert torch.allclose(both[:, 40:], net(x), atol=1e-5)  # the network's own features
+    assert tap_dim(net, TAPPED["layers"]) == three.shape[1] == 112 + 192 + 320
+    assert tap_dim(net, ["head"]) == net.num_features == 1280
+    with pytest.raises(ConfigError, match="unknown layer 'blocks.7'.*blocks.6"):
+        tap(net, x, ["blocks.7"])
+
+
+def test_tapped_features_stage_and_served_path_agree(tapped_features, prepared_cifar):
+    """Tapped layers at 96 px: the stage records them; the module built from that stage's
+    meta has a head as wide as the features and serves the cached features for a test image."""
+    import json
+
+    from sightline.data.splits import load_prepared
+
+    meta = json.loads((tapped_features / "meta.json").read_text())
+    assert meta["layers"] == TAPPED["layers"] and meta["dim"] == 624
+    assert meta["preprocess"]["input_size"] == [96, 96]
+    assert np.load(tapped_features / "test_f.npy").shape[1] == 624
+    section = tiny_section("transfer", upstream=tapped_features)
+    spec = get_model("transfer")
+    dm = spec.datamodule(section, prepared_cifar, 0)
+    module = spec.module(**spec.module_kwargs(section, dm)).eval()
+    assert module.net.head[-1].in_features == 624
+    module.load_pretrained()
+    x, _ = load_prepared(prepared_cifar, "test")
+    pixels = module.preprocess.to_uint8([Image.fromarray(a.transpose(1, 2, 0)) for a in x[:5]])
+    inp = module.preprocess.normalize(pixels)
+    assert inp.shape[-2:] == (96, 96)
+    with torch.no_grad():
+        served = module.features(inp)
+    cached = torch.from_numpy(np.load(tapped_features / "test_f.npy")[:5]).float()
+    assert (served - cached).abs().max() <= 0.02 * cached.abs().max()
+    assert torch.nn.functional.cosine_similarity(served, cached).min() > 0.999
+
+
+def test_finetuning_below_the_head_trains_no_layer_past_the_deepest_tapped(
+    tapped_features, prepared_cifar
+):
+    """Tapping up to stage 5: fine-tuning two blocks trains stage 5's last two, never stage 6
+    or the head conv, whose outputs the head does not read."""
+    section = tiny_section(
+        "transfer",
+        upstream=tapped_features,
+        model={"finetune_blocks": 2, "probe_epochs": 0},
+    )
+    spec = get_model("transfer")
+    dm = spec.datamodule(section, prepared_cifar, 0)
+    kwargs = {**spec.module_kwargs(section, dm), "layers": ["blocks.3", "blocks.5"]}
+    net = spec.module(**kwargs).net
+    named = {id(m): n for n, m in net.backbone.named_modules()}
+    parts = [named[id(m)] for m in net.trainable()]
+    assert parts == [f"blocks.5.{len(net.backbone.blocks[5]) - i}" for i in (2, 1)]
+    trains = {n for n, p in net.backbone.named_parameters() if p.requires_grad}
+    assert trains and all(n.startswith("blocks.5.") for n in trains)
+
+
+@pytest.mark.parametrize(
+    ("layers", "match"),
+    [(["block4"], "layers"), ([], "layers"), (["head", "head"], "named twice")],
+)
+def test_bad_layers_are_params_errors(layers, match):
+    from sightline.params import parse_section
+
+    raw = {"seed": 0, "datasets": {}, "models": {"transfer": {"features": {"layers": layers}}}}
+    with pytest.raises(ConfigError, match=match):
+        parse_section(raw, "transfer")

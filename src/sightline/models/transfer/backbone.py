@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import pickle
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +163,57 @@ def load_backbone(
     if not imagenet_head:
         model.reset_classifier(0)
     return model.eval()
+
+
+def layer_index(model: nn.Module, layer: str) -> int:
+    """timm's intermediate index of a tapped ``layer``: ``blocks.N`` (the output of stage N, of
+    ``len(model.blocks)``) is N + 1, the stem being 0; ``head`` is the head conv's. Any other name
+    is a ``ConfigError`` listing the known."""
+    names = [f"blocks.{i}" for i in range(len(model.blocks))]
+    if layer == "head":
+        return len(names) + 1
+    if layer not in names:
+        raise ConfigError(
+            f"models.transfer.features.layers: unknown layer {layer!r} (known: head, "
+            f"{names[0]} ... {names[-1]})"
+        )
+    return names.index(layer) + 1
+
+
+def tap(model: nn.Module, x: torch.Tensor, layers: Sequence[str] = ("head",)) -> torch.Tensor:
+    """Global-average-pooled outputs of ``layers`` of a backbone (no ImageNet layer),
+    concatenated in network order: ``(B, 3, H, W)`` -> ``(B, F)``.
+
+    ``("head",)`` is the network's own pooled features (``num_features``). Stage outputs are
+    narrower and less ImageNet-specific than the head conv's; on small upscaled images a few of
+    them beat it (docs/models/transfer.md). Layers past the deepest tapped one are not run.
+    """
+    order = sorted({layer_index(model, layer) for layer in layers})
+    head = order[-1] == len(model.blocks) + 1
+    blocks = order[:-1] if head else order
+    if not blocks:
+        return model(x)
+    if not head:
+        stages = model.forward_intermediates(
+            x, indices=blocks, stop_early=True, intermediates_only=True, extra_blocks=True
+        )
+        return torch.cat([t.mean((2, 3)) for t in stages], dim=1)
+    final, stages = model.forward_intermediates(x, indices=blocks, extra_blocks=True)
+    pooled = [t.mean((2, 3)) for t in stages]
+    return torch.cat([*pooled, model.forward_head(final, pre_logits=True)], dim=1)
+
+
+@torch.no_grad()
+def tap_dim(model: nn.Module, layers: Sequence[str] = ("head",)) -> int:
+    """The width of ``tap(model, x, layers)``: the summed channels of the tapped layers."""
+    if tuple(layers) == ("head",):
+        return int(model.num_features)
+    p = next(model.parameters())
+    was = model.training
+    model.eval()
+    dim = tap(model, torch.zeros(1, 3, 64, 64, device=p.device, dtype=p.dtype), layers).shape[1]
+    model.train(was)
+    return int(dim)
 
 
 def empty_backbone(name: str) -> nn.Module:

