@@ -200,13 +200,17 @@ def main() -> None:
     cfg = transfer.features.model_copy(update={"train_per_class": biggest})
     result = args.out / "learning_curve.json"
     rows = {r["per_class"]: r for r in json.loads(result.read_text())} if result.exists() else {}
+    side = f"{cfg.resolution} px" if cfg.resolution else "its own size"
+    frozen = f"{cfg.backbone} ({'+'.join(cfg.layers)} at {side}, {transfer.model.head} head)"
     other = {
-        r["backbone"] for r in rows.values() if r.get("backbone", cfg.backbone) != cfg.backbone
+        r.get("transfer_recipe", r["backbone"])  # points from before the recipe was recorded
+        for r in rows.values()
+        if "backbone" in r and r.get("transfer_recipe", r["backbone"]) != frozen
     }
-    if other and set(args.methods) != {"scratch"}:  # one backbone per curve, or its lines mislead
+    if other and set(args.methods) != {"scratch"}:  # one transfer recipe per curve, or it misleads
         raise ConfigError(
             f"{result}: its transfer points were measured with {', '.join(sorted(other))}, not "
-            f"{cfg.backbone}; give --out another folder for a curve of {cfg.backbone}"
+            f"{frozen}; give --out another folder for a curve of this recipe"
         )
     made = {**cfg.model_dump(exclude={"train_per_class"}), "dataset": dataset, "seed": seed}
     have = np.load(features / "train_y.npy").size if (features / "train_y.npy").is_file() else -1
@@ -262,7 +266,7 @@ def main() -> None:
                         ),
                     }
                 got = fit("transfer", section_with(raw, "transfer", values), seed, prepared, tag)
-                row["backbone"] = cfg.backbone
+                row["backbone"], row["transfer_recipe"] = cfg.backbone, frozen
             row |= {method: got["test"], f"{method}_val": got["val"], f"{method}_s": got["time_s"]}
             print(f"curve: {tag}: val {got['val']:.4f} test {got['test']:.4f} ({got['time_s']} s)")
             ordered = [rows[k] for k in sorted(rows)]

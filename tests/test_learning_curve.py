@@ -70,7 +70,10 @@ def test_curve_trains_each_method_per_size_and_keeps_earlier_points(repo_copy, t
     assert other.returncode != 0 and "Traceback" not in other.stderr
     assert "trained with adamw, not sgd" in other.stderr
 
+    recipe = "efficientnet_lite0 (blocks.4+blocks.5+blocks.6 at 160 px, mlp head)"  # params.yaml
+    assert rows[0]["transfer_recipe"] == rows[1]["transfer_recipe"] == recipe
     for r in rows:  # a curve measured with another backbone is not extended with this one
+        del r["transfer_recipe"]  # as points written before the recipe was recorded
         r["backbone"] = "efficientnet_lite2"
     (out / "learning_curve.json").write_text(json.dumps(rows))
     mixed = run_cli(
@@ -78,7 +81,7 @@ def test_curve_trains_each_method_per_size_and_keeps_earlier_points(repo_copy, t
         repo_copy,
     )
     assert mixed.returncode != 0 and "Traceback" not in mixed.stderr
-    assert "measured with efficientnet_lite2, not efficientnet_lite0" in mixed.stderr
+    assert f"measured with efficientnet_lite2, not {recipe}" in mixed.stderr
 
 
 def test_curve_rejects_a_bad_size_in_one_line(repo_copy):
