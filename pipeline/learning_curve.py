@@ -156,7 +156,13 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    ax.set_title("learning curve: from scratch vs ImageNet features")
+    recipes = {r["transfer_recipe"] for r in rows if "transfer_recipe" in r}
+    parts = {
+        "from scratch": any("scratch" in r for r in rows),
+        "ImageNet features": any("frozen" in r or "finetune" in r for r in rows),
+    }
+    shown = " vs ".join(name for name, drawn in parts.items() if drawn)
+    ax.set_title(f"learning curve: {shown}" + "".join(f"\n{r}" for r in recipes), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
