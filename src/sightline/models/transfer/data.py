@@ -137,6 +137,7 @@ def extract_features(
     meta = load_meta(prepared)
     net = load_backbone(cfg.backbone, cfg.weights).to(device)
     net = net.to(memory_format=torch.channels_last)
+    dim = tap_dim(net, cfg.layers)  # a layer the backbone lacks fails here, before any work
     prep = backbone_preprocess(meta, cfg)
     data = {s: load_prepared(prepared, s) for s in SPLITS}
     order = per_class_order(data["train"][1], seed)
@@ -158,7 +159,7 @@ def extract_features(
             "backbone": cfg.backbone,
             "weights": cfg.weights,
             "layers": list(cfg.layers),
-            "dim": tap_dim(net, cfg.layers),
+            "dim": dim,
             "precision": precision,
             "preprocess": prep.to_dict(),
             "counts": {s: len(y) for s, (_, y) in data.items()},
