@@ -46,7 +46,7 @@ def features_ms(section, device, precision: str, steps: int, warmup: int) -> flo
     """The transfer model's cost is its frozen backbone (the features stage, the served path):
     mean wall time of one batch of ``features.batch_size`` through it, in ms."""
     from sightline.data.splits import load_meta, load_prepared
-    from sightline.models.transfer.backbone import load_backbone
+    from sightline.models.backbone import load_backbone
     from sightline.models.transfer.data import backbone_features, backbone_preprocess
 
     cfg, prepared = section.features, common.PREPARED / section.data.dataset

@@ -36,7 +36,7 @@ def main() -> None:
     from sightline.data.splits import load_meta, load_prepared
     from sightline.hardware import resolve_precision
     from sightline.inference import select_device
-    from sightline.models.transfer.backbone import load_backbone, tap
+    from sightline.models.backbone import load_backbone, tap
     from sightline.models.transfer.data import autocast, backbone_features, backbone_preprocess
     from sightline.params import load_section
 

@@ -192,6 +192,7 @@ def test_train_and_evaluate_write_metrics_and_pictures(prepared_emoji, prepared_
         >= metrics["test/t2i_recall@1"]
     )
     assert metrics["zero_shot/fashion_mnist_n"] == 100 and metrics["trained_from"] == "scratch"
+    assert metrics["image_tower"] == "trained"
     for png in ("similarity_matrix.png", "retrieval.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000
 
@@ -222,3 +223,61 @@ def test_building_the_model_does_not_claim_it_is_random(caplog):
     assert not logging.getLogger().filters
     logging.warning("another warning")
     assert "another warning" in caplog.text
+
+
+LIT = {"arch": "sightline-LiT-Lite1-64", "image_tower": "efficientnet_lite1"}
+
+
+def test_a_locked_imagenet_tower_starts_from_the_backbone_and_never_moves(
+    prepared_emoji, prepared_fashion, tmp_path
+):
+    from sightline.inference import load_module
+    from sightline.models.backbone import input_config, load_backbone
+
+    section = tiny_section("clip", upstream=prepared_fashion, model=LIT)
+    info = train("clip", section, 0, prepared_emoji, tmp_path / "m", tmp_path / "run", None)
+    assert info["global_steps"] > 0
+    served = load_module(tmp_path / "m")
+    # images are normalised as the backbone's ImageNet training did, at the config's side
+    norm = served.preprocess_one.transforms[-1]
+    assert list(norm.mean) == input_config("efficientnet_lite1")["mean"]
+    assert list(norm.std) == input_config("efficientnet_lite1")["std"]
+    assert served.preprocess([Image.new("RGB", (10, 300))]).shape == (1, 3, 64, 64)
+    # the trained tower is the ImageNet network, BatchNorm statistics included: training moved
+    # only the projection (and the text tower)
+    backbone = load_backbone("efficientnet_lite1")
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(served.model.visual.trunk(x), backbone(x), atol=1e-4)
+    assert not any(p.requires_grad for p in served.model.visual.trunk.parameters())
+    fresh = ClipModule(**LIT)
+    assert not torch.equal(
+        served.model.visual.head.proj.weight, fresh.model.visual.head.proj.weight
+    )
+
+
+def test_a_locked_tower_runs_each_image_once_while_fitting_and_never_caches_served(
+    prepared_emoji, prepared_fashion
+):
+    module = ClipModule(**LIT).eval()
+    x = torch.randn(4, 3, 64, 64)
+    plain = module.encode_images(x)
+    calls = []
+    module.model.visual.trunk.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    module.on_fit_start()
+    batch = torch.cat([x, x[:2]])  # six inputs, four distinct
+    first = module.encode_images(batch)
+    again = module.encode_images(x[[3, 1]])
+    assert calls == [4]  # once per distinct image, none for the second call
+    assert torch.allclose(first[:4], plain, atol=1e-5) and torch.equal(first[4:], first[:2])
+    assert torch.allclose(again, plain[[3, 1]], atol=1e-5)
+    module.on_fit_end()
+    module.encode_images(x)
+    assert calls == [4, 4] and module._tower_cache is None
+
+
+def test_an_image_tower_needs_a_config_built_on_it(prepared_emoji, prepared_fashion):
+    with pytest.raises(ConfigError, match="image_tower: efficientnet_lite0 needs an open_clip"):
+        build(prepared_emoji, prepared_fashion, image_tower="efficientnet_lite0")
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet'"):
+        ClipModule(arch=LIT["arch"], image_tower="resnet")

@@ -10,13 +10,13 @@ from conftest import fit_steps, fixed_batch_losses, tiny_section
 from PIL import Image
 
 from sightline.errors import CheckpointError, ConfigError, DataError
+from sightline.models.backbone import weights_file
 from sightline.models.transfer import (
     TransferDataModule,
     input_config,
     load_backbone,
     per_class_order,
 )
-from sightline.models.transfer.backbone import weights_file
 from sightline.models.transfer.data import first_per_class
 from sightline.registry import get_model
 
@@ -243,7 +243,7 @@ def tapped_features(tmp_path_factory, prepared_cifar):
 
 
 def test_tapped_layers_are_pooled_and_concatenated_in_network_order():
-    from sightline.models.transfer.backbone import tap, tap_dim
+    from sightline.models.backbone import tap, tap_dim
 
     net = load_backbone("efficientnet_lite0")
     x = torch.randn(2, 3, 96, 96)

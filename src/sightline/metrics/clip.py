@@ -94,6 +94,9 @@ def evaluate_clip(module, dm, report_dir: Path, section, seed: int, model_dir: P
         "zero_shot/emoji_category_majority": r(majority),
         "logit_scale": r(float(module.model.logit_scale.exp())),
         "trained_from": section.model.pretrained or "scratch",
+        "image_tower": (  # pretrained and locked (LiT), or trained with the text tower
+            f"locked {section.model.image_tower}" if section.model.image_tower else "trained"
+        ),
     }
 
 

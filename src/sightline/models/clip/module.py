@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from sightline.data.decode import on_white, resize_centre_crop
 from sightline.errors import ConfigError, InputError
@@ -15,6 +17,9 @@ from sightline.models.clip.net import (
     TOKENIZER_CACHE,
     BoundedCache,
     _NoRandomInitWarning,
+    image_tower_input,
+    load_image_tower,
+    lock_image_tower,
     open_clip_module,
 )
 from sightline.schedules import warmup_cosine
@@ -51,6 +56,10 @@ class ClipModule(L.LightningModule):
         lr, weight_decay, warmup_steps: AdamW with linear warmup then cosine decay; no weight
             decay on gains, biases, embeddings' positions or the logit scale (as open_clip).
         max_texts: request limit for ``embed_texts``.
+        image_tower: an ImageNet backbone (``efficientnet_lite0/1/2``) that starts the
+            config's timm image tower and stays locked, only its projection learning (LiT,
+            Zhai et al. 2022): its weights are loaded when fitting starts, its BatchNorm
+            statistics frozen, and images are normalised as its ImageNet training did.
     """
 
     def __init__(
@@ -62,18 +71,22 @@ class ClipModule(L.LightningModule):
         weight_decay: float = 0.1,
         warmup_steps: int = 30,
         max_texts: int = 256,
+        image_tower: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         oc = open_clip_module()
+        norm = image_tower_input(arch, image_tower)
         quiet, root = _NoRandomInitWarning(), logging.getLogger()  # open_clip logs to the root
         root.addFilter(quiet)
         try:
             self.model, _, self.preprocess_one = oc.create_model_and_transforms(
-                arch, pretrained=None, force_context_length=context_length
+                arch, pretrained=None, force_context_length=context_length, **norm
             )
         finally:
             root.removeFilter(quiet)
+        if image_tower is not None:  # frozen BatchNorm from the start: the same keys to rebuild
+            lock_image_tower(self.model)
         self.tokenizer = oc.get_tokenizer(arch, context_length=context_length)
         if isinstance(getattr(self.tokenizer, "cache", None), dict):
             self.tokenizer.cache = BoundedCache(self.tokenizer.cache, TOKENIZER_CACHE)
@@ -122,6 +135,8 @@ class ClipModule(L.LightningModule):
         return self.tokenizer([str(t) for t in texts])
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.image_tower is not None:
+            load_image_tower(self.model, self.hparams.image_tower)
         if stage == "fit" and self.hparams.pretrained:
             open_clip_module().load_checkpoint(
                 self.model, self.hparams.pretrained, weights_only=True
@@ -132,9 +147,36 @@ class ClipModule(L.LightningModule):
                 gather_with_grad=True, rank=self.global_rank, world_size=world
             )
 
+    def on_fit_start(self) -> None:
+        # a locked tower's output depends on the pixels alone, and an epoch shows the same
+        # emoji and Fashion-MNIST images again: each distinct input runs through it once
+        self._tower_cache = {} if self.hparams.image_tower is not None else None
+
+    def on_fit_end(self) -> None:
+        self._tower_cache = None
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images ``(B, 3, S, S)`` -> unit-norm embeddings ``(B, D)``; while fitting, a
+        locked tower's outputs come from the cache (served models never cache: no memory grows
+        with what clients send)."""
+        cache = getattr(self, "_tower_cache", None)
+        if cache is None:
+            return self.model.encode_image(images, normalize=True)
+        keys = [hashlib.blake2b(x.cpu().numpy().tobytes(), digest_size=16).digest() for x in images]
+        first: dict[bytes, int] = {}  # each input not yet seen, once
+        for i, key in enumerate(keys):
+            if key not in cache:
+                first.setdefault(key, i)
+        if first:
+            with torch.no_grad():
+                out = self.model.visual.trunk(images[list(first.values())])  # (M, F)
+            cache.update(zip(first, out, strict=True))
+        pooled = torch.stack([cache[k] for k in keys])  # (B, F)
+        return F.normalize(self.model.visual.head(pooled), dim=-1)
+
     def forward(self, images: torch.Tensor, tokens: torch.Tensor):
         """``(image_features (B, D), text_features (B, D), logit_scale.exp())``, unit norm."""
-        img = self.model.encode_image(images, normalize=True)
+        img = self.encode_images(images)
         txt = self.model.encode_text(tokens, normalize=True)
         return img, txt, self.model.logit_scale.exp()
 
@@ -217,7 +259,7 @@ class ClipModule(L.LightningModule):
     def embed_images(self, images) -> torch.Tensor:
         """PIL images -> unit-norm embeddings ``(B, D)`` (float32, on the CPU)."""
         x = self.preprocess(images).to(self.device)
-        return self.model.encode_image(x, normalize=True).float().cpu()
+        return self.encode_images(x).float().cpu()
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:

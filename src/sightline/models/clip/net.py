@@ -6,6 +6,8 @@ import logging
 import math
 from pathlib import Path
 
+from sightline.errors import ConfigError
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 MAX_LOGIT_SCALE = math.log(100)  # open_clip clamps the learned temperature here
 
@@ -45,3 +47,48 @@ class _NoRandomInitWarning(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "initialized randomly" not in record.getMessage()
+
+
+def image_tower_input(arch: str, image_tower: str | None) -> dict:
+    """The normalisation keyword arguments of ``create_model_and_transforms`` for ``arch``: none
+    for a tower trained here (open_clip's defaults), the backbone's own ImageNet mean, std and
+    resampling for a pretrained ``image_tower``, whose timm network the config must name.
+
+    Raises:
+        ConfigError: an unknown backbone, or a config whose image tower is another network.
+    """
+    if image_tower is None:
+        return {}
+    from sightline.models.backbone import backbone_spec, input_config
+
+    spec = backbone_spec(image_tower)
+    cfg = open_clip_module().get_model_config(arch) or {}
+    tower = cfg.get("vision_cfg", {}).get("timm_model_name")
+    if tower != spec.arch:
+        raise ConfigError(
+            f"models.clip.model.image_tower: {image_tower} needs an open_clip config whose image tower is timm's {spec.arch}; {arch} has {tower or 'its own'}"
+        )
+    norm = input_config(image_tower)
+    return {
+        "image_mean": tuple(norm["mean"]),
+        "image_std": tuple(norm["std"]),
+        "image_interpolation": "bilinear",
+    }
+
+
+def lock_image_tower(model) -> None:
+    """Freeze ``model.visual.trunk``: no gradients, BatchNorm statistics fixed whatever the mode.
+    timm's converter, not open_clip's ``lock_image_tower``: open_clip's turns timm's
+    ``BatchNormAct2d`` into a plain frozen BatchNorm and so drops its activation."""
+    from timm.utils.model import freeze
+
+    freeze(model.visual.trunk)
+
+
+def load_image_tower(model, image_tower: str) -> None:
+    """Copy the ImageNet weights of ``image_tower`` into ``model.visual.trunk`` (every key,
+    ``strict``)."""
+    from sightline.models.backbone import load_backbone
+
+    state = load_backbone(image_tower).state_dict()
+    model.visual.trunk.load_state_dict(state, strict=True)

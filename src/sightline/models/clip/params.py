@@ -29,6 +29,7 @@ class ClipConfig(Strict):
     weight_decay: float = Field(0.1, ge=0.0)
     warmup_steps: int = Field(30, ge=0)
     max_texts: int = Field(256, ge=1)  # the most captions or labels one request may embed
+    image_tower: str | None = None  # an ImageNet backbone for the image tower, locked (LiT)
 
 
 class ClipParams(ModelParams):

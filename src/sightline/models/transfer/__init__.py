@@ -8,7 +8,7 @@ Parts: ``backbone`` (the ImageNet networks and their weights), ``params``, ``net
 
 from __future__ import annotations
 
-from sightline.models.transfer.backbone import BACKBONES, input_config, load_backbone
+from sightline.models.backbone import BACKBONES, input_config, load_backbone
 from sightline.models.transfer.data import (
     TransferDataModule,
     _datamodule,

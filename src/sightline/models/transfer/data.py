@@ -23,7 +23,7 @@ from sightline.data.splits import load_meta, load_prepared
 from sightline.errors import DataError
 from sightline.hardware import resolve_precision
 from sightline.io import atomic_dir, write_json
-from sightline.models.transfer.backbone import input_config, load_backbone, tap, tap_dim
+from sightline.models.backbone import input_config, load_backbone, tap, tap_dim
 from sightline.models.transfer.net import BackbonePreprocess
 from sightline.models.transfer.params import FeaturesConfig, TransferParams
 from sightline.progress import Progress

@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from sightline.hardware import BF16, FLOAT32, native_bf16
 from sightline.models import top_labels
-from sightline.models.transfer.backbone import load_backbone
+from sightline.models.backbone import load_backbone
 from sightline.models.transfer.data import autocast
 from sightline.models.transfer.net import BackbonePreprocess, TransferNet
 

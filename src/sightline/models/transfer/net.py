@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sightline.data.preprocess import ImagePreprocess
-from sightline.models.transfer.backbone import empty_backbone, layer_index, tap, tap_dim
+from sightline.models.backbone import empty_backbone, layer_index, tap, tap_dim
 
 
 @dataclass(frozen=True)
