@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -97,6 +98,43 @@ def test_vae_loss_is_recon_plus_beta_kl(likelihood, prepared_fashion):
     recon, kl, _ = module.terms(x)
     assert torch.allclose(loss, (recon + 2.5 * kl).mean())
     assert recon.shape == kl.shape == (len(x),) and (kl >= 0).all()
+
+
+def test_free_bits_floor_each_latent_dimension_in_training_only(prepared_fashion):
+    module, dm = build("vae", prepared_fashion, free_bits=1000.0)  # above any dimension's KL
+    x = first_batch(dm)
+    module.log = lambda *a, **k: None
+    module.eval()  # the same posterior sample stats in both calls (BatchNorm)
+    torch.manual_seed(1)
+    train_loss = module._common_step((x, None), "train")
+    torch.manual_seed(1)
+    val_loss = module._common_step((x, None), "val")
+    torch.manual_seed(1)
+    recon, kl, _ = module.terms(x)
+    dims = module.hparams.latent_dim
+    assert torch.allclose(train_loss, recon.mean() + dims * 1000.0)  # every dimension floored
+    assert torch.allclose(val_loss, (recon + kl).mean())  # the logged bound is the true one
+
+
+def test_kl_warmup_ramps_the_weight_to_beta(prepared_fashion):
+    module, _ = build("vae", prepared_fashion, beta=2.0, kl_warmup_epochs=2.0)
+    module._trainer = SimpleNamespace(current_epoch=0, num_training_batches=10)
+    ramp = [module.kl_weight(i) for i in (0, 5)]
+    module._trainer.current_epoch = 1
+    ramp += [module.kl_weight(0), module.kl_weight(5)]
+    module._trainer.current_epoch = 3
+    ramp.append(module.kl_weight(0))
+    assert ramp == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0])
+
+
+def test_residual_blocks_keep_shapes_and_add_depth(prepared_fashion):
+    plain, dm = build("vae", prepared_fashion)
+    deep, _ = build("vae", prepared_fashion, blocks=2)
+    x = first_batch(dm)
+    logits, mu, _ = deep.net(x)
+    assert logits.shape == x.shape and mu.shape == (len(x), deep.hparams.latent_dim)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(deep) > count(plain)
 
 
 def test_iwae_bound_is_exact_when_the_posterior_is_the_prior(prepared_fashion):

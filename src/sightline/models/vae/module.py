@@ -13,11 +13,15 @@ from sightline.models.generative import (
     draw_latents,
     samples_to_pil,
 )
-from sightline.models.vae.net import VAENet, kl_divergence
+from sightline.models.vae.net import VAENet, kl_per_dim
 
 
 class VAEModule(L.LightningModule):
     """LightningModule for ``VAENet``; loss = reconstruction NLL + beta * KL, per image in nats.
+
+    Two training-only KL schedules (the logged ``nelbo`` is always the true bound):
+    ``kl_warmup_epochs`` ramps the KL weight from 0 to ``beta``; ``free_bits`` stops pushing a
+    latent dimension's batch-mean KL below that many nats (Kingma et al., 2016).
 
     Args:
         class_names: label names of the training data (for pictures and scoring).
@@ -35,6 +39,9 @@ class VAEModule(L.LightningModule):
         channels: list[int] = (32, 64),
         hidden: int = 256,
         negative_slope: float = 0.2,
+        blocks: int = 0,
+        kl_warmup_epochs: float = 0.0,
+        free_bits: float = 0.0,
         lr: float = 2e-3,
         weight_decay: float = 0.0,
         max_samples: int = 256,
@@ -49,6 +56,7 @@ class VAEModule(L.LightningModule):
             list(channels),
             hidden,
             negative_slope,
+            blocks,
         )
 
     def reconstruction_nll(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -69,13 +77,30 @@ class VAEModule(L.LightningModule):
 
     def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(recon, kl, mu)`` per image for a batch in [0, 1] (one posterior sample)."""
-        logits, mu, logvar = self.net(x)
-        return self.reconstruction_nll(logits, x), kl_divergence(mu.float(), logvar.float()), mu
+        recon, kl, mu = self._terms(x)
+        return recon, kl.sum(-1), mu
 
-    def _common_step(self, batch, stage: str) -> torch.Tensor:
+    def _terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, mu, logvar = self.net(x)
+        return self.reconstruction_nll(logits, x), kl_per_dim(mu.float(), logvar.float()), mu
+
+    def kl_weight(self, batch_idx: int) -> float:
+        """``beta``, times the warm-up ramp while it lasts (training only)."""
+        hp = self.hparams
+        if hp.kl_warmup_epochs <= 0:
+            return hp.beta
+        epoch = self.current_epoch + batch_idx / max(1, self.trainer.num_training_batches)
+        return hp.beta * min(1.0, epoch / hp.kl_warmup_epochs)
+
+    def _common_step(self, batch, stage: str, batch_idx: int = 0) -> torch.Tensor:
         x, _ = batch
-        recon, kl, _ = self.terms(x)
-        loss = (recon + self.hparams.beta * kl).mean()
+        recon, kl_dims, _ = self._terms(x)
+        kl = kl_dims.sum(-1)
+        kl_term = kl
+        if stage == "train" and self.hparams.free_bits > 0:  # per dimension, batch mean
+            kl_term = kl_dims.mean(0).clamp(min=self.hparams.free_bits).sum().expand_as(kl)
+        weight = self.kl_weight(batch_idx) if stage == "train" else self.hparams.beta
+        loss = (recon + weight * kl_term).mean()
         on_step = stage == "train"
         for key, value in (
             ("loss", loss),
@@ -94,7 +119,7 @@ class VAEModule(L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._common_step(batch, "train")
+        return self._common_step(batch, "train", batch_idx)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._common_step(batch, "val")

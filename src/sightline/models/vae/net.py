@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+
+def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) of each latent dimension, in nats: ``(B, D) -> (B, D)``."""
+    return 0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar)
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, diag(exp(logvar))) || N(0, I)) per row, in nats: ``(B, D) -> (B,)``."""
-    return 0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(-1)
+    return kl_per_dim(mu, logvar).sum(-1)
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -19,6 +25,8 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 class VAENet(nn.Module):
     """Encoder: stride-2 Conv-BN-LeakyReLU stages -> flatten -> dense -> (mu, logvar).
     Decoder: dense -> reshape -> ConvTranspose-BN-LeakyReLU stages -> pixel logits.
+    ``blocks`` > 0 adds that many residual blocks (torchvision's ``BasicBlock``: two 3x3
+    convolutions and a skip) after every encoder stage and at every decoder resolution.
 
     ``(B, C, H, W)`` in [0, 1] -> logits ``(B, C, H, W)``, ``mu`` and ``logvar`` ``(B, D)``.
     """
@@ -31,6 +39,7 @@ class VAENet(nn.Module):
         channels: list[int],
         hidden: int,
         negative_slope: float,
+        blocks: int = 0,
     ) -> None:
         super().__init__()
         h, w = size[0] // 2 ** len(channels), size[1] // 2 ** len(channels)
@@ -39,6 +48,7 @@ class VAENet(nn.Module):
         enc, c = [], in_channels
         for c_out in channels:  # each stage halves H and W
             enc += [nn.Conv2d(c, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), act]
+            enc += [BasicBlock(c_out, c_out) for _ in range(blocks)]
             c = c_out
         flat = channels[-1] * h * w
         self.encoder = nn.Sequential(*enc, nn.Flatten(), nn.Linear(flat, hidden), act)
@@ -46,9 +56,10 @@ class VAENet(nn.Module):
         self.from_latent = nn.Sequential(
             nn.Linear(latent_dim, hidden), act, nn.Linear(hidden, flat), act
         )
-        dec, c = [], channels[-1]
+        dec, c = [BasicBlock(channels[-1], channels[-1]) for _ in range(blocks)], channels[-1]
         for c_out in reversed(channels[:-1]):  # coarse shape -> texture -> edges
             dec += [nn.ConvTranspose2d(c, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), act]
+            dec += [BasicBlock(c_out, c_out) for _ in range(blocks)]
             c = c_out
         self.decoder = nn.Sequential(*dec, nn.ConvTranspose2d(c, in_channels, 4, 2, 1))
 

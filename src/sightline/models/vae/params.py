@@ -18,6 +18,9 @@ class VAEConfig(Strict):
     channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1, max_length=5)
     hidden: int = Field(256, gt=0)  # dense layer between the conv stack and the latent
     negative_slope: float = Field(0.2, ge=0.0)
+    blocks: int = Field(0, ge=0, le=8)  # residual blocks per encoder stage / decoder resolution
+    kl_warmup_epochs: float = Field(0.0, ge=0.0)  # the KL weight rises linearly from 0 to beta
+    free_bits: float = Field(0.0, ge=0.0)  # nats per latent dimension the KL is not pushed below
     lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     max_samples: int = Field(256, ge=1, le=10000)  # the most images one sample() call may make
