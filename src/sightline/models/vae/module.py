@@ -13,7 +13,7 @@ from sightline.models.generative import (
     draw_latents,
     samples_to_pil,
 )
-from sightline.models.vae.net import VAENet, kl_per_dim
+from sightline.models.vae.net import VAENet, kl_divergence, kl_per_dim
 
 
 class VAEModule(L.LightningModule):
@@ -77,12 +77,8 @@ class VAEModule(L.LightningModule):
 
     def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(recon, kl, mu)`` per image for a batch in [0, 1] (one posterior sample)."""
-        recon, kl, mu = self._terms(x)
-        return recon, kl.sum(-1), mu
-
-    def _terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, mu, logvar = self.net(x)
-        return self.reconstruction_nll(logits, x), kl_per_dim(mu.float(), logvar.float()), mu
+        return self.reconstruction_nll(logits, x), kl_divergence(mu.float(), logvar.float()), mu
 
     def kl_weight(self, batch_idx: int) -> float:
         """``beta``, times the warm-up ramp while it lasts (training only)."""
@@ -94,11 +90,13 @@ class VAEModule(L.LightningModule):
 
     def _common_step(self, batch, stage: str, batch_idx: int = 0) -> torch.Tensor:
         x, _ = batch
-        recon, kl_dims, _ = self._terms(x)
-        kl = kl_dims.sum(-1)
+        logits, mu, logvar = self.net(x)
+        mu, logvar = mu.float(), logvar.float()
+        recon, kl = self.reconstruction_nll(logits, x), kl_divergence(mu, logvar)
         kl_term = kl
         if stage == "train" and self.hparams.free_bits > 0:  # per dimension, batch mean
-            kl_term = kl_dims.mean(0).clamp(min=self.hparams.free_bits).sum().expand_as(kl)
+            floored = kl_per_dim(mu, logvar).mean(0).clamp(min=self.hparams.free_bits)
+            kl_term = floored.sum().expand_as(kl)
         weight = self.kl_weight(batch_idx) if stage == "train" else self.hparams.beta
         loss = (recon + weight * kl_term).mean()
         on_step = stage == "train"
