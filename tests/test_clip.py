@@ -268,8 +268,11 @@ def test_a_locked_tower_runs_each_image_once_while_fitting_and_never_caches_serv
     batch = torch.cat([x, x[:2]])  # six inputs, four distinct
     first = module.encode_images(batch)
     again = module.encode_images(x[[3, 1]])
-    assert calls == [4]  # once per distinct image, none for the second call
-    assert torch.allclose(first[:4], plain, atol=1e-5) and torch.equal(first[4:], first[:2])
+    assert calls == [4] and len(module._tower_cache) == 4  # once per distinct image
+    # a repeated image reuses its cached tower output; only the head's matmul runs on it again,
+    # and some CPUs' kernels round a row differently by its position in the batch
+    assert torch.allclose(first[:4], plain, atol=1e-5)
+    assert torch.allclose(first[4:], first[:2], rtol=0, atol=1e-6)
     assert torch.allclose(again, plain[[3, 1]], atol=1e-5)
     module.on_fit_end()
     module.encode_images(x)
